@@ -1,0 +1,1 @@
+"""CPU backend: CI and small jobs."""

@@ -1,0 +1,1 @@
+"""GPU backend: NVIDIA GPUs through TensorFlow's CUDA build."""

@@ -1,0 +1,1 @@
+"""NPU backend: Huawei Ascend through CANN's TensorFlow 1.15 adapter (npu_bridge)."""

@@ -1,0 +1,249 @@
+#!/usr/bin/env python
+"""unet3d command line: ``python cli.py COMMAND --help`` documents every flag.
+
+Commands: train / evaluate / predict (the trainer's exec modes), synth
+(synthetic BraTS-like cases), preprocess (raw NIfTI -> records), backends
+(list installed backends), demo (the whole pipeline on synthetic data, CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# TensorFlow's C++ start-up chatter drowns our progress lines; warnings and errors still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+from typing import List, Optional
+
+from unet3d_core import __version__
+from unet3d_core.errors import ConfigError, UNet3DError
+
+# Used only when running from a source tree that was never pip-installed, so
+# no entry points exist; an installed unet3d registers these same modules.
+SOURCE_TREE_BACKENDS = {"cpu": "backends.cpu.plugin", "gpu": "backends.gpu.plugin", "npu": "backends.npu.plugin"}
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer, got {}".format(text))
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0, got {}".format(text))
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0, got {}".format(text))
+    return value
+
+
+def load_backends():
+    """All installed backends (see unet3d_core.plugins)."""
+    import importlib
+
+    from unet3d_core import plugins
+
+    registry = plugins.BackendRegistry.discover()
+    if not registry.names and not os.environ.get(plugins.FILTER_VARIABLE):
+        for name, module_name in sorted(SOURCE_TREE_BACKENDS.items()):
+            registry.add(plugins.load_backend(importlib.import_module(module_name), name,
+                                              "unet3d (source tree)", __version__))
+    return registry
+
+
+def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registry) -> None:
+    from unet3d_core.config import EXEC_MODES, LOSSES, LR_SCHEDULES, NORMS
+
+    data = parser.add_argument_group("data and run folders")
+    data.add_argument("--data_dir", required=True, help="preprocessed data set (output of 'preprocess')")
+    data.add_argument("--model_dir", required=True,
+                      help="run folder: checkpoints, logs, results; re-running on it resumes")
+    data.add_argument("--fold", type=non_negative_int, default=0, help="cross-validation fold held out (default 0)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--exec_mode", choices=EXEC_MODES, default=exec_mode,
+                     help="what to run (default {})".format(exec_mode))
+    run.add_argument("--backend", default="cpu",
+                     help="device backend: {} (default cpu; see 'cli.py backends')".format(", ".join(registry.names)))
+    run.add_argument("--max_steps", type=positive_int, default=16000,
+                     help="training steps shared out over the workers, as in the seed (default 16000)")
+    run.add_argument("--batch_size", type=positive_int, default=1, help="volumes per step per worker (default 1)")
+    run.add_argument("--augment", action="store_true", help="flip and brightness augmentation (seed's)")
+    run.add_argument("--benchmark", action="store_true",
+                     help="time steps after --warmup_steps; no checkpoints or evaluation")
+    run.add_argument("--warmup_steps", type=non_negative_int, default=200,
+                     help="untimed steps before benchmark timing (default 200)")
+    run.add_argument("--seed", type=int, default=0, help="random seed for weights and data order (default 0)")
+    run.add_argument("--log_every", type=positive_int, default=100, help="steps between log lines (default 100)")
+    run.add_argument("--checkpoint_every", type=positive_int, default=500,
+                     help="steps between checkpoints (default 500)")
+    run.add_argument("--keep_checkpoints", type=positive_int, default=3, help="checkpoints kept (default 3)")
+    optim = parser.add_argument_group("loss and optimiser")
+    optim.add_argument("--loss", choices=LOSSES, default="dice+ce", help="training loss (default dice+ce)")
+    optim.add_argument("--learning_rate", type=positive_float, default=0.0002, help="Adam's base rate (default 2e-4)")
+    optim.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="constant",
+                       help="after warm-up: constant, or cosine decay to 0 (default constant)")
+    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=0,
+                       help="linear learning-rate warm-up steps (default 0)")
+    model = parser.add_argument_group("model and shapes")
+    model.add_argument("--input_shape", type=positive_int, nargs=3, default=[128, 128, 128], metavar=("X", "Y", "Z"),
+                       help="training crop (default 128 128 128)")
+    model.add_argument("--eval_crop", type=positive_int, nargs=3, default=[224, 224, 155], metavar=("X", "Y", "Z"),
+                       help="evaluation centre crop, padded to the network's multiple (default 224 224 155)")
+    model.add_argument("--base_filters", type=positive_int, default=32, help="filters at full resolution (default 32)")
+    model.add_argument("--max_filters", type=positive_int, default=320, help="filter cap (default 320)")
+    model.add_argument("--depth", type=positive_int, default=6, help="resolutions incl. bottleneck (default 6)")
+    model.add_argument("--norm", choices=NORMS, default="instancenorm", help="normalisation (default instancenorm)")
+    out = parser.add_argument_group("prediction")
+    out.add_argument("--predict_on", choices=("fold", "all"), default="fold",
+                     help="predict the --fold cases or all cases of --data_dir (default fold)")
+    out.add_argument("--output_dir", default=None, help="prediction folder (default MODEL_DIR/predictions)")
+    out.add_argument("--overwrite", action="store_true", help="replace existing prediction files")
+    registry.add_options(parser)
+
+
+def validate_trainer_options(options) -> None:
+    from unet3d_core.config import ModelConfig
+
+    config = ModelConfig(base_filters=options.base_filters, max_filters=options.max_filters,
+                         depth=options.depth, norm=options.norm)
+    config.validate()
+    bad = [size for size in options.input_shape if size % config.divisor]
+    if bad:
+        raise ConfigError("--input_shape {}: every size must be a multiple of {} (2^(depth-1) for --depth {})".format(
+            " ".join(map(str, options.input_shape)), config.divisor, options.depth))
+    if options.benchmark and options.max_steps <= options.warmup_steps:
+        raise ConfigError("--benchmark: --max_steps ({}) must be greater than --warmup_steps ({})".format(
+            options.max_steps, options.warmup_steps))
+    if os.path.exists(options.model_dir) and not os.path.isdir(options.model_dir):
+        raise ConfigError("--model_dir {}: exists and is not a directory".format(options.model_dir))
+
+
+def build_parser(registry) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version="unet3d " + __version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    for name, mode, text in (("train", "train", "train (or any --exec_mode) on a backend"),
+                             ("evaluate", "evaluate", "score the newest checkpoint on the held-out fold"),
+                             ("predict", "predict", "write NIfTI label maps with the newest checkpoint")):
+        sub = commands.add_parser(name, help=text, description=text)
+        add_trainer_options(sub, mode, registry)
+
+    synth = commands.add_parser("synth", help="write synthetic BraTS 2019-style cases",
+                                description="Write synthetic BraTS 2019-style cases (HGG/ and LGG/).")
+    synth.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    synth.add_argument("--cases", type=positive_int, default=20, help="number of cases (default 20)")
+    synth.add_argument("--shape", type=positive_int, nargs=3, default=[64, 64, 48], metavar=("X", "Y", "Z"),
+                       help="volume shape (default 64 64 48; BraTS is 240 240 155)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    prep = commands.add_parser("preprocess", help="raw BraTS NIfTI -> records + manifest",
+                               description="Convert raw BraTS NIfTI cases into TFRecords and a manifest "
+                                           "with seeded, case-level folds.")
+    prep.add_argument("-i", "--input_dir", required=True, help="raw BraTS folder")
+    prep.add_argument("-o", "--output_dir", required=True, help="output folder (must not exist or be empty)")
+    prep.add_argument("--folds", type=positive_int, default=5, help="number of folds (default 5)")
+    prep.add_argument("--seed", type=int, default=0, help="fold assignment seed (default 0)")
+    prep.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
+    prep.add_argument("-v", "--verbose", action="store_true",
+                      help="accepted for the seed's scripts; progress is always shown")
+
+    commands.add_parser("backends", help="list installed backends and whether they are usable here")
+
+    demo = commands.add_parser("demo", help="synthetic data -> preprocess -> train -> evaluate -> predict on CPU",
+                               description="The whole pipeline on a small synthetic data set, on the CPU.")
+    demo.add_argument("--workdir", default="demo", help="folder for data and run (default ./demo)")
+    demo.add_argument("--max_steps", type=positive_int, default=300, help="training steps (default 300)")
+    return parser
+
+
+def command_backends(registry) -> int:
+    print("{:<6} {:<9} {:<28} {}".format("name", "usable", "distribution", "summary / reason"))
+    for name in registry.names:
+        backend = registry.backends[name]
+        usable = "yes" if backend.info.available else "no"
+        detail = backend.info.summary if backend.info.available else backend.info.reason
+        print("{:<6} {:<9} {:<28} {}".format(name, usable, "{} {}".format(backend.distribution, backend.version),
+                                             detail))
+        print("{:<6} {:<9} {:<28} hooks: {}".format("", "", "", ", ".join(backend.hooks)))
+    return 0
+
+
+def command_demo(options) -> int:
+    """Run the README's demo: each stage is the same command a user would type."""
+    workdir = os.path.abspath(options.workdir)
+    raw, records, run_dir = (os.path.join(workdir, name) for name in ("raw", "records", "run"))
+    stages = []
+    if not os.path.isdir(raw):
+        stages.append(["synth", "--out", raw, "--cases", "20", "--shape", "64", "64", "48", "--seed", "0"])
+    if not os.path.isdir(records):
+        stages.append(["preprocess", "-i", raw, "-o", records, "--folds", "5", "--seed", "0"])
+    common = ["--data_dir", records, "--model_dir", run_dir, "--backend", "cpu", "--fold", "0",
+              "--input_shape", "48", "48", "32", "--base_filters", "8", "--max_filters", "64", "--depth", "4",
+              "--seed", "0"]
+    stages.append(["train", "--exec_mode", "train_and_evaluate", "--max_steps", str(options.max_steps),
+                   "--batch_size", "2", "--augment", "--learning_rate", "0.002", "--lr_schedule", "cosine",
+                   "--lr_warmup_steps", "20", "--log_every", "25", "--checkpoint_every", "100"] + common)
+    stages.append(["predict", "--overwrite"] + common)
+    for number, stage in enumerate(stages, start=1):
+        print("\n[demo {}/{}] python cli.py {}".format(number, len(stages), " ".join(stage)), flush=True)
+        code = main(stage)
+        if code:
+            return code
+    print("\n[demo] done. Run folder: {} (checkpoints, log.json, eval_results.json, predictions/)".format(run_dir))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        registry = load_backends()
+        options = build_parser(registry).parse_args(argv)
+        if options.command == "backends":
+            return command_backends(registry)
+        if options.command == "demo":
+            return command_demo(options)
+        if options.command == "synth":
+            from unet3d_core.progress import Progress
+            from unet3d_core.synth import write_synthetic_dataset
+
+            bar = Progress("synth", options.cases)
+            write_synthetic_dataset(options.out, cases=options.cases, shape=tuple(options.shape),
+                                    seed=options.seed, progress=lambda done, total, case_id: bar.update(done, case_id))
+            print("wrote {} cases to {}".format(options.cases, options.out))
+            return 0
+        if options.command == "preprocess":
+            from unet3d_core.preprocess import preprocess
+
+            manifest = preprocess(options.input_dir, options.output_dir, folds=options.folds, seed=options.seed,
+                                  workers=options.workers)
+            print("wrote {} cases in {} folds to {}".format(len(manifest["cases"]), options.folds, options.output_dir))
+            return 0
+        validate_trainer_options(options)
+        backend = registry.get(options.backend)
+        backend.validate_options(options)
+        code = backend.launch(options, argv)
+        if code is not None:
+            return int(code)
+        from unet3d_core.train import run
+
+        run(options=options, backend=backend)
+        return 0
+    except UNet3DError as error:
+        print("error: {}".format(error), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

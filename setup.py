@@ -1,0 +1,36 @@
+"""Packaging for unet3d: the core, the three built-in backends and the CLI.
+
+The built-in backends register through the same ``unet3d.backends`` entry-point
+group that third-party accelerator plugins use.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="unet3d",
+    version="0.1.0",
+    description="Plugin-based multi-backend TensorFlow trainer for the 3D U-Net on BraTS MRI",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.7",
+    packages=find_packages(include=["unet3d_core", "unet3d_core.*", "backends", "backends.*"]),
+    py_modules=["cli"],
+    install_requires=["numpy", "nibabel", "pluggy>=1.0"],
+    extras_require={
+        # TensorFlow 1.15 environment (Python 3.7): the NPU adapter's host side.
+        "tf1": ["tensorflow==1.15.5", "protobuf<3.21", "numpy==1.18.5", "h5py<3"],
+        # TensorFlow 2.15 environment (Python 3.11): modern GPUs and a fast CPU build.
+        "tf2": ["tensorflow-cpu==2.15.1"],
+        "tf2-gpu": ["tensorflow==2.15.1"],
+        # Build with HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1, after TensorFlow.
+        "horovod": ["horovod==0.28.1"],
+        "test": ["pytest", "scipy"],
+    },
+    entry_points={
+        "console_scripts": ["unet3d = cli:main"],
+        "unet3d.backends": [
+            "cpu = backends.cpu.plugin",
+            "gpu = backends.gpu.plugin",
+            "npu = backends.npu.plugin",
+        ],
+    },
+)

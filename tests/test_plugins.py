@@ -1,0 +1,139 @@
+"""Backends are plugins: discovery, selection by name, and clear errors on misuse."""
+import inspect
+import os
+import re
+import types
+
+import pytest
+
+from unet3d_core import BackendInfo, hookimpl, hookspecs, plugins
+from unet3d_core.errors import BackendError
+from unet3d_core.types import DistributedStrategy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _plugin(name="toy", **hooks):
+    """A backend module made on the fly, with unet3d_backend_info plus ``hooks``."""
+    module = types.ModuleType("toy_backend_" + name)
+
+    @hookimpl
+    def unet3d_backend_info():
+        return BackendInfo(name=name, summary="toy backend")
+
+    module.unet3d_backend_info = unet3d_backend_info
+    for hook_name, function in hooks.items():
+        setattr(module, hook_name, hookimpl(function))
+    return module
+
+
+def test_builtin_backends_are_found_through_entry_points():
+    registry = plugins.BackendRegistry.discover()
+    assert {"cpu", "gpu", "npu"} <= set(registry.names)
+    assert registry.backends["cpu"].distribution == "unet3d"
+    assert registry.get("cpu").info.available
+
+
+def test_unknown_backend_lists_what_is_installed():
+    registry = plugins.BackendRegistry.discover()
+    with pytest.raises(BackendError, match=r"backend 'tpu' is not available .* installed: cpu, gpu, npu"):
+        registry.get("tpu")
+
+
+def test_unavailable_backend_says_why(monkeypatch):
+    registry = plugins.BackendRegistry.discover()
+    if registry.backends["npu"].info.available:
+        pytest.skip("a real npu_bridge is installed here")
+    with pytest.raises(BackendError) as error:
+        registry.get("npu")
+    assert "npu_bridge not importable" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_filter_variable_restricts_loaded_backends(monkeypatch):
+    monkeypatch.setenv(plugins.FILTER_VARIABLE, "cpu")
+    assert plugins.BackendRegistry.discover().names == ["cpu"]
+
+
+def test_backend_hooks_override_core_defaults():
+    strategy = DistributedStrategy()
+
+    def unet3d_session_config(config, options, strategy):
+        config["touched"] = True
+        return config
+
+    backend = plugins.load_backend(_plugin(unet3d_session_config=unet3d_session_config), "toy")
+    assert backend.session_config({}, options=None, strategy=strategy) == {"touched": True}
+    # Hooks the plugin does not implement fall back to the core's defaults.
+    assert backend.mixed_precision("optimizer", options=None, strategy=strategy) == "optimizer"
+    assert isinstance(backend.distributed_strategy(options=None), DistributedStrategy)
+    assert backend.launch(options=None, argv=[]) is None
+
+
+def test_unknown_hook_fails_at_load_naming_plugin_and_hook():
+    def unet3d_make_coffee(options):
+        return None
+
+    with pytest.raises(BackendError, match=r"backend 'toy'.*unet3d_make_coffee"):
+        plugins.load_backend(_plugin(unet3d_make_coffee=unet3d_make_coffee), "toy")
+
+
+def test_wrong_signature_fails_at_load():
+    def unet3d_session_config(config, options, strategy, colour):
+        return config
+
+    with pytest.raises(BackendError, match=r"backend 'toy'.*unet3d_session_config"):
+        plugins.load_backend(_plugin(unet3d_session_config=unet3d_session_config), "toy")
+
+
+def test_missing_info_hook_and_wrong_name_are_refused():
+    empty = types.ModuleType("empty_backend")
+    with pytest.raises(BackendError, match="unet3d_backend_info"):
+        plugins.load_backend(empty, "empty")
+    with pytest.raises(BackendError, match="calls itself 'toy'"):
+        plugins.load_backend(_plugin("toy"), "other")
+
+
+def test_hook_that_raises_is_named_in_the_error():
+    def unet3d_prepare_environment(options):
+        raise RuntimeError("driver missing")
+
+    backend = plugins.load_backend(_plugin(unet3d_prepare_environment=unet3d_prepare_environment), "toy")
+    with pytest.raises(BackendError, match=r"backend 'toy' .* unet3d_prepare_environment: RuntimeError: driver"):
+        backend.prepare_environment(options=None)
+
+
+def test_two_plugins_with_one_name_are_refused():
+    registry = plugins.BackendRegistry()
+    registry.add(plugins.load_backend(_plugin("toy"), "toy", distribution="first-dist"))
+    with pytest.raises(BackendError, match="first-dist and second-dist"):
+        registry.add(plugins.load_backend(_plugin("toy"), "toy", distribution="second-dist"))
+
+
+def test_every_hook_spec_is_documented_and_prefixed():
+    specs = [name for name, value in inspect.getmembers(hookspecs, inspect.isfunction)]
+    assert len(specs) >= 8
+    for name in specs:
+        assert name.startswith("unet3d_")
+        assert len((getattr(hookspecs, name).__doc__ or "").strip()) > 40, name
+
+
+def test_core_never_imports_a_backend():
+    core = os.path.join(ROOT, "unet3d_core")
+    for file_name in os.listdir(core):
+        if file_name.endswith(".py"):
+            with open(os.path.join(core, file_name)) as handle:
+                source = handle.read()
+            assert not re.search(r"^\s*(from|import)\s+backends\b", source, re.M), file_name
+
+
+def test_builtin_backends_use_only_public_core_names():
+    allowed = {"unet3d_core", "unet3d_core.errors", "unet3d_core.types"}
+    for backend in ("cpu", "gpu", "npu"):
+        folder = os.path.join(ROOT, "backends", backend)
+        for file_name in os.listdir(folder):
+            if not file_name.endswith(".py"):
+                continue
+            with open(os.path.join(folder, file_name)) as handle:
+                imported = set(re.findall(r"^\s*from\s+(unet3d_core[\w.]*)\s+import", handle.read(), re.M))
+            assert imported <= allowed, (backend, file_name, imported - allowed)

@@ -1,0 +1,128 @@
+"""Raw cases -> records: layout, validation errors, intensities, folds, atomic output."""
+import json
+import os
+import shutil
+
+import nibabel
+import numpy as np
+import pytest
+
+from unet3d_core.cases import discover_cases, load_case, map_labels
+from unet3d_core.errors import DataError
+from unet3d_core.preprocess import assign_folds, foreground_statistics, preprocess, scale_intensities
+from unet3d_core.records import Manifest
+
+
+def _copy(raw_dataset, tmp_path):
+    target = str(tmp_path / "raw")
+    shutil.copytree(raw_dataset, target)
+    return target
+
+
+def _first_case_folder(raw):
+    return os.path.join(raw, "HGG", sorted(os.listdir(os.path.join(raw, "HGG")))[0])
+
+
+def test_brats_2019_layout_is_discovered_with_grades(raw_dataset):
+    cases = discover_cases(raw_dataset)
+    assert len(cases) == 10
+    assert {case.grade for case in cases} == {"HGG", "LGG"}
+    assert all(set(case.images) == {"t1", "t1ce", "t2", "flair"} for case in cases)
+
+
+def test_labels_map_to_internal_and_unknown_labels_are_refused():
+    labels = np.array([[[0, 1, 2, 4]]])
+    assert map_labels(labels, {0: 0, 1: 1, 2: 2, 4: 3}, "x").tolist() == [[[0, 1, 2, 3]]]
+    with pytest.raises(DataError, match=r"case A: seg.nii.gz: unknown label value\(s\) 3"):
+        map_labels(np.array([0, 3]), {0: 0, 1: 1, 2: 2, 4: 3}, "case A: seg.nii.gz")
+
+
+def test_missing_modality_names_case_and_file(raw_dataset, tmp_path):
+    raw = _copy(raw_dataset, tmp_path)
+    folder = _first_case_folder(raw)
+    case_id = os.path.basename(folder)
+    os.remove(os.path.join(folder, case_id + "_t1ce.nii.gz"))
+    with pytest.raises(DataError, match="case {}: missing t1ce image".format(case_id)):
+        discover_cases(raw)
+
+
+def test_corrupt_nifti_names_the_file(raw_dataset, tmp_path):
+    raw = _copy(raw_dataset, tmp_path)
+    folder = _first_case_folder(raw)
+    case_id = os.path.basename(folder)
+    path = os.path.join(folder, case_id + "_flair.nii.gz")
+    with open(path, "r+b") as handle:
+        handle.truncate(100)
+    out = str(tmp_path / "records")
+    with pytest.raises(DataError, match="cannot read .*_flair.nii.gz"):
+        preprocess(raw, out, show_progress=False)
+    # Nothing half-written: no output and no staging folder left behind.
+    assert not os.path.exists(out)
+    assert not [name for name in os.listdir(str(tmp_path)) if name.startswith(".unet3d")]
+
+
+def test_shape_mismatch_is_refused(raw_dataset, tmp_path):
+    raw = _copy(raw_dataset, tmp_path)
+    folder = _first_case_folder(raw)
+    case_id = os.path.basename(folder)
+    path = os.path.join(folder, case_id + "_t2.nii.gz")
+    image = nibabel.load(path)
+    nibabel.save(nibabel.Nifti1Image(np.asanyarray(image.dataobj)[:-2], image.affine), path)
+    case = [c for c in discover_cases(raw) if c.case_id == case_id][0]
+    with pytest.raises(DataError, match="_t2.nii.gz has shape"):
+        load_case(case)
+
+
+def test_intensities_are_clipped_at_85_percent_of_max_and_scaled_to_uint8():
+    image = np.zeros((2, 2, 2, 1), np.float32)
+    image[0, 0, 0, 0] = 1000.0  # the maximum: clipped to 850 -> 255
+    image[1, 0, 0, 0] = 425.0  # half of 850 -> 128 (rounded)
+    scaled = scale_intensities(image)
+    assert scaled.dtype == np.uint8
+    assert scaled[0, 0, 0, 0] == 255 and scaled[1, 0, 0, 0] == 128 and scaled[1, 1, 1, 0] == 0
+    mean, std = foreground_statistics(scaled)
+    assert mean[0] == pytest.approx((255 + 128) / 2) and std[0] == pytest.approx((255 - 128) / 2)
+
+
+def test_folds_are_seeded_case_level_and_stratified(raw_dataset):
+    cases = discover_cases(raw_dataset)
+    first = assign_folds(cases, 5, seed=0)
+    assert first == assign_folds(list(reversed(cases)), 5, seed=0)  # order of discovery does not matter
+    assert first != assign_folds(cases, 5, seed=1)
+    assert sorted(first) == sorted(case.case_id for case in cases)
+    counts = np.bincount(list(first.values()), minlength=5)
+    assert counts.max() - counts.min() <= 1
+    lgg = [first[case.case_id] for case in cases if case.grade == "LGG"]
+    assert len(set(lgg)) == len(lgg)  # LGG cases spread over different folds
+
+
+def test_manifest_records_geometry_statistics_and_folds(records, raw_dataset):
+    manifest = Manifest(records)
+    assert manifest.num_folds == 5 and len(manifest.cases) == 10
+    assert manifest.label_map == {0: 0, 1: 1, 2: 2, 4: 3}
+    case = manifest.cases[0]
+    raw = nibabel.load(case["source_images"]["flair"])
+    assert case["shape"] == list(raw.shape)
+    assert np.allclose(case["affine"], raw.affine)
+    assert len(case["mean"]) == 4 and all(s > 0 for s in case["std"])
+    training, validation = manifest.split(0)
+    assert not {c["id"] for c in training} & {c["id"] for c in validation}
+    assert len(training) + len(validation) == 10
+
+
+def test_same_input_gives_identical_records(raw_dataset, records, tmp_path):
+    again = str(tmp_path / "again")
+    preprocess(raw_dataset, again, folds=5, seed=0, workers=2, show_progress=False)
+    for case in Manifest(records).cases:
+        with open(os.path.join(records, case["file"]), "rb") as a, open(os.path.join(again, case["file"]), "rb") as b:
+            assert a.read() == b.read()
+    with open(os.path.join(records, "manifest.json")) as a, open(os.path.join(again, "manifest.json")) as b:
+        first, second = json.load(a), json.load(b)
+    assert [c["fold"] for c in first["cases"]] == [c["fold"] for c in second["cases"]]
+
+
+def test_existing_output_and_missing_records_are_refused(raw_dataset, records, tmp_path):
+    with pytest.raises(DataError, match="already exists and is not empty"):
+        preprocess(raw_dataset, records, show_progress=False)
+    with pytest.raises(DataError, match="not a preprocessed data set"):
+        Manifest(str(tmp_path))

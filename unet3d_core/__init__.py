@@ -1,0 +1,38 @@
+"""unet3d core: the device-agnostic 3D U-Net trainer and its plugin interface.
+
+Writing a backend (the quick start)
+-----------------------------------
+A backend is a Python module registered under the ``unet3d.backends``
+entry-point group, e.g. in its ``setup.py``::
+
+    entry_points={"unet3d.backends": ["mychip = mychip_unet3d.plugin"]}
+
+The module implements hooks from :mod:`unet3d_core.hookspecs`, decorated with
+:data:`hookimpl`::
+
+    from unet3d_core import hookimpl, BackendInfo
+
+    @hookimpl
+    def unet3d_backend_info():
+        return BackendInfo(name="mychip", summary="My accelerator", available=True)
+
+    @hookimpl
+    def unet3d_session_config(config, options):
+        config.intra_op_parallelism_threads = 4
+        return config
+
+Only ``unet3d_backend_info`` is required; every other hook has a core default.
+Then ``python cli.py train --backend mychip`` uses it.
+"""
+import pluggy
+
+from unet3d_core.types import BackendInfo, DistributedStrategy
+
+__version__ = "0.1.0"
+
+PROJECT_NAME = "unet3d"
+ENTRY_POINT_GROUP = "unet3d.backends"
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+__all__ = ["hookimpl", "BackendInfo", "DistributedStrategy", "PROJECT_NAME", "ENTRY_POINT_GROUP", "__version__"]

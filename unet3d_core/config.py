@@ -1,0 +1,44 @@
+"""Run configuration that must be importable without TensorFlow (the CLI's --help, validation)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict")
+LR_SCHEDULES = ("constant", "cosine")
+LOSSES = ("dice", "ce", "dice+ce")
+NORMS = ("instancenorm", "groupnorm", "batchnorm", "none")
+LEAKY_RELU_SLOPE = 0.01
+NORM_EPSILON = 1e-6
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything size-like about the network, so tests can run it tiny."""
+
+    in_channels: int = 4
+    num_classes: int = 4
+    base_filters: int = 32
+    max_filters: int = 320
+    depth: int = 6  # number of resolutions, the bottleneck included
+    norm: str = "instancenorm"
+    groups: int = 16  # group norm only
+
+    @property
+    def widths(self) -> List[int]:
+        return [min(self.base_filters * 2 ** level, self.max_filters) for level in range(self.depth)]
+
+    @property
+    def divisor(self) -> int:
+        """Spatial sizes must be multiples of this (the total down-sampling)."""
+        return 2 ** (self.depth - 1)
+
+    def validate(self) -> None:
+        from unet3d_core.errors import ConfigError
+
+        if self.norm not in NORMS:
+            raise ConfigError("--norm: '{}' is not one of {}".format(self.norm, ", ".join(NORMS)))
+        if self.depth < 2:
+            raise ConfigError("--depth must be at least 2, got {}".format(self.depth))
+        if self.base_filters < 1 or self.max_filters < self.base_filters:
+            raise ConfigError("--base_filters must be >= 1 and <= --max_filters")

@@ -1,0 +1,28 @@
+"""The core's default hook implementations: one process, full precision.
+
+Registered before the backend, so any hook the backend implements wins.
+"""
+from __future__ import annotations
+
+from unet3d_core import hookimpl
+from unet3d_core.types import DistributedStrategy
+
+
+@hookimpl
+def unet3d_launch(options, argv):
+    return None
+
+
+@hookimpl
+def unet3d_distributed_strategy(options):
+    return DistributedStrategy()
+
+
+@hookimpl
+def unet3d_session_config(config, options, strategy):
+    return config
+
+
+@hookimpl
+def unet3d_mixed_precision(optimizer, options, strategy):
+    return optimizer

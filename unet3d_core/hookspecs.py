@@ -1,0 +1,145 @@
+"""Hook specifications: the whole contract between the core and a backend.
+
+Every hook is called with keyword arguments. An implementation may accept
+fewer arguments than the spec lists. Hooks marked *first result* stop at the
+first implementation that returns something other than None; because pluggy
+calls the last registered plugin first, a backend's implementation always
+wins over the core's defaults (:mod:`unet3d_core.defaults`).
+
+Lifecycle of ``cli.py train --backend X``:
+
+1. ``unet3d_backend_info`` — for every installed backend, to list and select.
+2. ``unet3d_add_options`` — for every installed backend, to build ``--help``.
+3. ``unet3d_validate_options`` — selected backend, before anything runs.
+4. ``unet3d_launch`` — selected backend, in the process the user started; it
+   may start one worker process per device and return their exit status.
+5. In each training process: ``unet3d_prepare_environment``, then
+   ``unet3d_distributed_strategy``, ``unet3d_session_config`` and, while the
+   training graph is built, ``unet3d_mixed_precision``.
+"""
+from __future__ import annotations
+
+import pluggy
+
+from unet3d_core import PROJECT_NAME
+
+_hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+
+@_hookspec(firstresult=True)
+def unet3d_backend_info():
+    """Describe the backend. Required.
+
+    Called once per installed backend when plugins are loaded (also for
+    ``cli.py backends``), so it must be cheap and must not fail when the
+    device's libraries are missing: report that through ``available`` and
+    ``reason`` instead.
+
+    Returns:
+        :class:`unet3d_core.types.BackendInfo` whose ``name`` equals the
+        entry-point name.
+    """
+
+
+@_hookspec
+def unet3d_add_options(group):
+    """Add backend-specific flags to the ``train``/``evaluate``/``predict`` parsers.
+
+    Called for every installed backend (available or not) so that ``--help``
+    documents all of them. Flag names must not collide with the core's or
+    another backend's.
+
+    Args:
+        group: an ``argparse`` argument group titled after the backend.
+    """
+
+
+@_hookspec
+def unet3d_validate_options(options):
+    """Check the parsed options for the selected backend.
+
+    Called in the user's process before anything is launched or written.
+    Raise :class:`unet3d_core.errors.ConfigError` naming the flag on a bad
+    value or combination.
+
+    Args:
+        options: the ``argparse.Namespace`` of the command.
+    """
+
+
+@_hookspec(firstresult=True)
+def unet3d_launch(options, argv):
+    """Start the worker processes of a multi-process run. *First result.*
+
+    Called in the user's process. A backend that needs one process per device
+    starts them here (with argument lists, never shell strings), waits for
+    all of them and returns the job's exit status. Return None to train in
+    this process (the default).
+
+    Args:
+        options: the parsed options.
+        argv: the command line, without the program name, that each worker
+            should run (``cli.py`` is re-run with it).
+
+    Returns:
+        int exit status, or None.
+    """
+
+
+@_hookspec
+def unet3d_prepare_environment(options):
+    """Prepare this process for training, before TensorFlow builds a graph.
+
+    Called in every training process. Use it for device checks, environment
+    variables and installation workarounds. Raise
+    :class:`unet3d_core.errors.BackendError` with a one-line reason on failure.
+
+    Args:
+        options: the parsed options.
+    """
+
+
+@_hookspec(firstresult=True)
+def unet3d_distributed_strategy(options):
+    """Return the process's :class:`unet3d_core.types.DistributedStrategy`. *First result.*
+
+    Called once per training process, after ``unet3d_prepare_environment``
+    (initialise the communication library here). The core default is a
+    single process.
+
+    Args:
+        options: the parsed options.
+    """
+
+
+@_hookspec(firstresult=True)
+def unet3d_session_config(config, options, strategy):
+    """Return the ``tf.compat.v1.ConfigProto`` for this process's sessions. *First result.*
+
+    Called once per process before any session is created. ``config`` holds
+    the core's settings (soft placement, seeds are set elsewhere); modify it
+    and return it, or return a new one.
+
+    Args:
+        config: a ``tf.compat.v1.ConfigProto``.
+        options: the parsed options.
+        strategy: the process's DistributedStrategy.
+    """
+
+
+@_hookspec(firstresult=True)
+def unet3d_mixed_precision(optimizer, options, strategy):
+    """Return the optimizer to use for mixed precision and loss scaling. *First result.*
+
+    Called once while the training graph is built, before
+    ``strategy.wrap_optimizer``. Return the optimizer unchanged for full
+    precision (the default), or a wrapping optimizer (graph-rewrite AMP,
+    loss scaling). A wrapper that already performs the distributed
+    reduction may set ``optimizer.unet3d_distributed = True`` so that the
+    strategy does not wrap it again.
+
+    Args:
+        optimizer: a ``tf.compat.v1.train.Optimizer``.
+        options: the parsed options.
+        strategy: the process's DistributedStrategy.
+    """

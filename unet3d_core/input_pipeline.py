@@ -1,0 +1,143 @@
+"""tf.data input pipelines: training crops with the reference's augmentation, whole-volume evaluation.
+
+Training (reference order): random crop to ``--input_shape`` -> cast to
+float32 -> [augment] flip along y with p=0.5 -> z-score normalise voxels > 0
+with the record's statistics -> [augment] brightness: with p=0.5 add a
+per-channel shift drawn from U(0.9, 1.1) to voxels > 0.
+
+Every random number of a sample comes from a stateless generator keyed by
+(seed, global sample number), so the pipeline gives the same samples for the
+same seed whatever the thread scheduling, and a resumed run continues the
+exact sample sequence of an uninterrupted one.
+
+Evaluation: centre crop to at most ``--eval_crop`` (reference: 224x224x155,
+i.e. offsets 8, 8, 0 on a BraTS volume), cast, normalise, zero-pad every axis
+at its end to a multiple of the network's divisor (155 -> 160).
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import tensorflow as tf
+
+from unet3d_core.records import parse_case
+
+FLIP_AXIS = 1  # y of [x, y, z, c]: the axis the reference's "horizontal" flip reverses
+FLIP_PROBABILITY = 0.5
+BRIGHTNESS_PROBABILITY = 0.5
+BRIGHTNESS_RANGE = (0.9, 1.1)
+NORMALIZE_EPSILON = 1e-8
+# Draws per sample: 3 crop offsets, flip gate, brightness gate, 4 brightness shifts.
+DRAWS_PER_SAMPLE = 9
+AUTOTUNE = tf.data.experimental.AUTOTUNE
+
+
+def normalize(image, mean, std):
+    """Z-score voxels > 0 with the stored per-channel statistics; zeros stay zero."""
+    return tf.where(image > 0, (image - mean) / (std + NORMALIZE_EPSILON), image)
+
+
+def _pad_to_at_least(volume, minimum_shape):
+    shape = tf.shape(volume)
+    padding = [[0, tf.maximum(minimum_shape[axis] - shape[axis], 0)] for axis in range(3)]
+    padding += [[0, 0]] * (len(volume.shape) - 3)
+    return tf.pad(volume, padding)
+
+
+def training_transform(image, label, mean, std, draws, crop_shape: Sequence[int], augment: bool):
+    """Apply the training transforms to one case with the given uniform draws in [0, 1).
+
+    Args:
+        image: uint8 [x, y, z, 4]; label: uint8 [x, y, z].
+        mean, std: float32 [4].
+        draws: float32 [DRAWS_PER_SAMPLE] uniform in [0, 1).
+        crop_shape: (cx, cy, cz); volumes smaller than it are zero-padded first.
+    Returns:
+        float32 [cx, cy, cz, 4] image and int32 [cx, cy, cz] label.
+    """
+    crop_shape = [int(size) for size in crop_shape]
+    image = _pad_to_at_least(image, crop_shape)
+    label = _pad_to_at_least(label, crop_shape)
+    room = tf.cast(tf.shape(label)[:3] - crop_shape + 1, tf.float32)  # number of valid offsets per axis
+    offsets = tf.minimum(tf.cast(tf.floor(draws[:3] * room), tf.int32), tf.cast(room, tf.int32) - 1)
+    image = tf.slice(image, tf.concat([offsets, [0]], 0), crop_shape + [4])
+    label = tf.slice(label, offsets, crop_shape)
+    image = tf.cast(image, tf.float32)
+    if augment:
+        flip = draws[3] < FLIP_PROBABILITY
+        image = tf.cond(flip, lambda: tf.reverse(image, [FLIP_AXIS]), lambda: image)
+        label = tf.cond(flip, lambda: tf.reverse(label, [FLIP_AXIS]), lambda: label)
+    image = normalize(image, mean, std)
+    if augment:
+        low, high = BRIGHTNESS_RANGE
+        shift = low + (high - low) * draws[5:9]
+        brighten = draws[4] < BRIGHTNESS_PROBABILITY
+        image = tf.cond(brighten, lambda: tf.where(image > 0, image + shift, image), lambda: image)
+    image.set_shape(crop_shape + [4])
+    label = tf.cast(label, tf.int32)
+    label.set_shape(crop_shape)
+    return image, label
+
+
+def sample_draws(seed: int, sample_number):
+    """The uniform draws of one sample, keyed by (seed, sample number)."""
+    key = tf.stack([tf.constant(seed, tf.int64), tf.cast(sample_number, tf.int64)])
+    return tf.random.stateless_uniform([DRAWS_PER_SAMPLE], seed=key, dtype=tf.float32)
+
+
+def training_dataset(record_files: List[str], *, batch_size: int, crop_shape: Sequence[int], augment: bool,
+                     seed: int, first_sample: int = 0, parallel_reads: int = 4):
+    """An endless, deterministic stream of (image, label) batches.
+
+    Case order: shuffled with ``seed`` each epoch. ``first_sample`` skips that
+    many samples (the resume point: step x batch size) without reading them.
+    """
+    names = tf.data.Dataset.from_tensor_slices(list(record_files))
+    names = names.shuffle(len(record_files), seed=seed, reshuffle_each_iteration=True).repeat()
+    names = names.skip(first_sample)
+    numbers = tf.data.Dataset.range(first_sample, 2 ** 62)
+    dataset = tf.data.Dataset.zip((numbers, names))
+    # One record per file, so interleave keeps the order. Reads are sequential:
+    # TensorFlow 1.15 can crash closing a session while a parallel interleave runs.
+    dataset = dataset.interleave(
+        lambda number, name: tf.data.TFRecordDataset(name).map(lambda record: (number, record)),
+        cycle_length=parallel_reads, block_length=1)
+
+    def transform(number, record):
+        case = parse_case(record)
+        return training_transform(case["image"], case["label"], case["mean"], case["std"],
+                                  sample_draws(seed, number), crop_shape, augment)
+
+    dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=True).prefetch(2)
+
+
+def evaluation_transform(image, mean, std, eval_crop: Sequence[int], divisor: int):
+    """Centre crop, cast, normalise, pad to a multiple of ``divisor``.
+
+    Returns:
+        (float32 [x', y', z', 4] network input, int32 [3] crop offsets, int32 [3] crop size)
+    """
+    shape = tf.shape(image)[:3]
+    crop = tf.minimum(shape, tf.constant([int(size) for size in eval_crop], tf.int32))
+    offsets = (shape - crop) // 2
+    image = tf.slice(image, tf.concat([offsets, [0]], 0), tf.concat([crop, [4]], 0))
+    image = normalize(tf.cast(image, tf.float32), mean, std)
+    padded = (crop + divisor - 1) // divisor * divisor
+    padding = tf.stack([tf.zeros([3], tf.int32), padded - crop], axis=1)
+    image = tf.pad(image, tf.concat([padding, [[0, 0]]], axis=0))
+    image.set_shape([None, None, None, 4])
+    return image, offsets, crop
+
+
+def evaluation_dataset(record_files: List[str], *, eval_crop: Sequence[int], divisor: int):
+    """Each case once, in order: dict of network input (batch 1), full label, offsets, crop, case index."""
+
+    def transform(record):
+        case = parse_case(record)
+        image, offsets, crop = evaluation_transform(case["image"], case["mean"], case["std"], eval_crop, divisor)
+        return {"image": image[tf.newaxis], "label": case["label"], "offsets": offsets, "crop": crop,
+                "case_index": case["case_index"]}
+
+    dataset = tf.data.TFRecordDataset(list(record_files))
+    return dataset.map(transform, num_parallel_calls=2).prefetch(1)

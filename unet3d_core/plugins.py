@@ -1,0 +1,216 @@
+"""Finding, loading and calling backends.
+
+Backends are modules registered under the ``unet3d.backends`` entry-point
+group (the built-in cpu, gpu and npu ones too). Each backend gets its own
+pluggy manager holding the core defaults plus that backend, so hooks of one
+backend never run for another. The core calls hooks only through
+:class:`Backend` methods.
+
+Set ``UNET3D_BACKENDS=cpu,npu`` to load only the named backends (tests, debugging).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import pluggy
+
+from unet3d_core import ENTRY_POINT_GROUP, PROJECT_NAME, defaults, hookspecs
+from unet3d_core.errors import BackendError
+from unet3d_core.types import BackendInfo
+
+try:  # Python >= 3.8
+    from importlib import metadata as importlib_metadata
+except ImportError:  # Python 3.7: the backport pluggy itself depends on
+    import importlib_metadata  # type: ignore
+
+FILTER_VARIABLE = "UNET3D_BACKENDS"
+
+
+@dataclass
+class Backend:
+    """One loaded backend: its info, where it came from, and its hooks."""
+
+    info: BackendInfo
+    module: object
+    distribution: str = "local"
+    version: str = ""
+    manager: pluggy.PluginManager = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def hooks(self) -> List[str]:
+        """Names of the hooks this backend implements itself."""
+        implemented = self.manager.get_hookcallers(self.module) or []
+        return sorted(caller.name for caller in implemented)
+
+    def _call(self, hook_name: str, **kwargs):
+        caller = getattr(self.manager.hook, hook_name)
+        try:
+            return caller(**kwargs)
+        except (BackendError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as error:
+            from unet3d_core.errors import UNet3DError
+
+            if isinstance(error, UNet3DError):
+                raise
+            raise BackendError(
+                "backend '{}' ({}) failed in hook {}: {}: {}".format(
+                    self.name, self.distribution, hook_name, type(error).__name__, error)
+            ) from error
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        group = parser.add_argument_group("{} backend".format(self.name), self.info.summary)
+        self._call("unet3d_add_options", group=group)
+
+    def validate_options(self, options) -> None:
+        self._call("unet3d_validate_options", options=options)
+
+    def launch(self, options, argv: List[str]) -> Optional[int]:
+        return self._call("unet3d_launch", options=options, argv=list(argv))
+
+    def prepare_environment(self, options) -> None:
+        self._call("unet3d_prepare_environment", options=options)
+
+    def distributed_strategy(self, options):
+        return self._call("unet3d_distributed_strategy", options=options)
+
+    def session_config(self, config, options, strategy):
+        return self._call("unet3d_session_config", config=config, options=options, strategy=strategy)
+
+    def mixed_precision(self, optimizer, options, strategy):
+        return self._call("unet3d_mixed_precision", optimizer=optimizer, options=options, strategy=strategy)
+
+
+def _new_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    manager.register(defaults, name="unet3d-core-defaults")
+    return manager
+
+
+def load_backend(module, entry_name: str, distribution: str = "local", version: str = "") -> Backend:
+    """Register one backend module in its own manager and validate it.
+
+    Raises:
+        BackendError: the module implements an unknown hook, a hook with a
+            wrong signature, no ``unet3d_backend_info``, or a name that
+            differs from its entry point.
+    """
+    origin = "backend '{}' ({})".format(entry_name, distribution)
+    manager = _new_manager()
+    try:
+        manager.register(module, name=entry_name)
+        manager.check_pending()
+    except pluggy.PluginValidationError as error:
+        raise BackendError("{}: invalid plugin: {}".format(origin, error)) from error
+    if "unet3d_backend_info" not in [c.name for c in (manager.get_hookcallers(module) or [])]:
+        raise BackendError("{}: does not implement the required hook unet3d_backend_info".format(origin))
+    try:
+        info = manager.hook.unet3d_backend_info()
+    except Exception as error:
+        raise BackendError("{}: unet3d_backend_info failed: {}: {}".format(
+            origin, type(error).__name__, error)) from error
+    if not isinstance(info, BackendInfo):
+        raise BackendError("{}: unet3d_backend_info must return unet3d_core.BackendInfo, got {!r}".format(
+            origin, info))
+    if info.name != entry_name:
+        raise BackendError("{}: calls itself '{}'; the entry-point name and BackendInfo.name must match".format(
+            origin, info.name))
+    return Backend(info=info, module=module, distribution=distribution, version=version, manager=manager)
+
+
+def _selected_names() -> Optional[List[str]]:
+    raw = os.environ.get(FILTER_VARIABLE, "").strip()
+    if not raw:
+        return None
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+def _entry_points():
+    found = importlib_metadata.entry_points()
+    if hasattr(found, "select"):
+        return list(found.select(group=ENTRY_POINT_GROUP))
+    return list(found.get(ENTRY_POINT_GROUP, []))
+
+
+def _distribution_of(entry_point):
+    dist = getattr(entry_point, "dist", None)
+    if dist is not None:
+        return dist.metadata["Name"], dist.version
+    return "unknown", ""
+
+
+class BackendRegistry:
+    """All installed backends, by name."""
+
+    def __init__(self, backends: Optional[Dict[str, Backend]] = None):
+        self.backends = dict(backends or {})
+
+    @classmethod
+    def discover(cls) -> "BackendRegistry":
+        """Load every backend of the ``unet3d.backends`` entry-point group.
+
+        Raises:
+            BackendError: two distributions claim the same backend name, or a
+                plugin is invalid (naming the plugin).
+        """
+        wanted = _selected_names()
+        claimed = {}  # name -> (distribution, entry point); two claims is an error
+        for entry_point in _entry_points():
+            if wanted is not None and entry_point.name not in wanted:
+                continue
+            distribution, version = _distribution_of(entry_point)
+            if entry_point.name in claimed:
+                previous = claimed[entry_point.name]
+                if (previous[0], previous[1].value) == (distribution, entry_point.value):
+                    continue  # the same distribution seen twice on sys.path
+                raise BackendError(
+                    "backend name '{}' is claimed by two installed distributions: {} ({}) and {} ({}); "
+                    "uninstall one of them".format(entry_point.name, previous[0], previous[1].value,
+                                                   distribution, entry_point.value))
+            claimed[entry_point.name] = (distribution, entry_point)
+        registry = cls()
+        for name, (distribution, entry_point) in sorted(claimed.items()):
+            try:
+                module = entry_point.load()
+            except Exception as error:
+                raise BackendError("backend '{}' ({}): cannot import {}: {}: {}".format(
+                    name, distribution, entry_point.value, type(error).__name__, error)) from error
+            version = _distribution_of(entry_point)[1]
+            registry.add(load_backend(module, name, distribution, version))
+        return registry
+
+    def add(self, backend: Backend) -> None:
+        if backend.name in self.backends:
+            existing = self.backends[backend.name]
+            raise BackendError("backend name '{}' is claimed by two plugins: {} and {}".format(
+                backend.name, existing.distribution, backend.distribution))
+        self.backends[backend.name] = backend
+
+    @property
+    def names(self) -> List[str]:
+        return sorted(self.backends)
+
+    def get(self, name: str) -> Backend:
+        """Return an available backend, or raise a one-line BackendError saying why not."""
+        if name not in self.backends:
+            raise BackendError("backend '{}' is not available (plugin not installed?) — installed: {}".format(
+                name, ", ".join(self.names) or "none"))
+        backend = self.backends[name]
+        if not backend.info.available:
+            others = ["{}: {}".format(other.name, "usable" if other.info.available else other.info.reason)
+                      for other in self.backends.values() if other.name != name]
+            raise BackendError("backend '{}' is installed but unusable here: {} (other backends: {})".format(
+                name, backend.info.reason, "; ".join(others) or "none"))
+        return backend
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        for name in self.names:
+            self.backends[name].add_options(parser)

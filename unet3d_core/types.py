@@ -1,0 +1,92 @@
+"""Small types passed between the core and backends.
+
+These are the only core objects a backend needs besides the hook specs; they
+import TensorFlow lazily so that listing backends stays fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What a backend says about itself.
+
+    Attributes:
+        name: the value users pass to ``--backend``; must equal the entry-point name.
+        summary: one line for ``cli.py backends``.
+        available: whether the backend can run on this machine now.
+        reason: why it is unavailable, and what to install (shown to the user).
+    """
+
+    name: str
+    summary: str
+    available: bool = True
+    reason: str = ""
+
+
+class DistributedStrategy:
+    """How training is spread over processes. The default is one process.
+
+    Backends subclass this in their ``unet3d_distributed_strategy`` hook. The
+    core calls the methods below at fixed points of a run:
+
+    - ``rank``, ``size``, ``local_rank``, ``is_chief``: read at start-up; only
+      the chief writes checkpoints, logs and predictions.
+    - ``wrap_optimizer(optimizer)``: once, after mixed precision wrapping.
+    - ``broadcast_initial_variables_op()``: once, after variables are
+      initialised or restored; the op is run before the first step.
+    - ``shard(items)``: input sharding, applied to the lists of training and
+      evaluation cases.
+    - ``allreduce_sum(values)``: reduces a float64 array across ranks (metric
+      reduction); every rank receives the sum.
+    """
+
+    name = "single-process"
+
+    @property
+    def rank(self) -> int:
+        return 0
+
+    @property
+    def size(self) -> int:
+        return 1
+
+    @property
+    def local_rank(self) -> int:
+        return 0
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+    def wrap_optimizer(self, optimizer):
+        return optimizer
+
+    def broadcast_initial_variables_op(self):
+        return None
+
+    def shard(self, items: Sequence[T]) -> List[T]:
+        # Round-robin by rank: every item lands on exactly one rank.
+        return list(items)[self.rank::self.size]
+
+    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64)
+
+    def describe(self) -> str:
+        return "{} (rank {} of {})".format(self.name, self.rank, self.size)
+
+
+def optional_import(module_name: str) -> Optional[object]:
+    """Import a module if it is installed, else return None."""
+    import importlib
+
+    try:
+        return importlib.import_module(module_name)
+    except ImportError:
+        return None
