@@ -3,7 +3,9 @@
 
 Commands: train / evaluate / predict (the trainer's exec modes), synth
 (synthetic BraTS-like cases), preprocess (raw NIfTI -> records), backends
-(list installed backends), demo (the whole pipeline on synthetic data, CPU).
+(list installed backends), score (any predictions against ground truth),
+report (curves and case pictures of a run), demo (the whole pipeline on
+synthetic data, CPU).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import List, Optional
 
 from unet3d_core import __version__
 from unet3d_core.errors import ConfigError, UNet3DError
+from unet3d_core.stopping import TrainingStopped
 
 # Used only when running from a source tree that was never pip-installed, so
 # no entry points exist; an installed unet3d registers these same modules.
@@ -35,6 +38,16 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError("must be >= 0, got {}".format(text))
     return value
+
+
+def fold_value(text: str):
+    """A fold number, or 'all' (folds 0..N-1 one after another)."""
+    if text == "all":
+        return text
+    try:
+        return non_negative_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("must be a fold number or 'all', got {}".format(text)) from None
 
 
 def positive_float(text: str) -> float:
@@ -62,10 +75,14 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
     from unet3d_core.config import EXEC_MODES, LOSSES, LR_SCHEDULES, NORMS
 
     data = parser.add_argument_group("data and run folders")
-    data.add_argument("--data_dir", required=True, help="preprocessed data set (output of 'preprocess')")
+    data.add_argument("--data_dir", required=exec_mode != "predict",
+                      help="preprocessed data set (output of 'preprocess')"
+                           + ("; not needed with --input_dir" if exec_mode == "predict" else ""))
     data.add_argument("--model_dir", required=True,
                       help="run folder: checkpoints, logs, results; re-running on it resumes")
-    data.add_argument("--fold", type=non_negative_int, default=0, help="cross-validation fold held out (default 0)")
+    data.add_argument("--fold", type=fold_value, default=0,
+                      help="cross-validation fold held out, or 'all': folds 0..N-1 in turn, each in "
+                           "MODEL_DIR/fold-N, then the pooled table MODEL_DIR/cv_results.json (default 0)")
     run = parser.add_argument_group("run")
     run.add_argument("--exec_mode", choices=EXEC_MODES, default=exec_mode,
                      help="what to run (default {})".format(exec_mode))
@@ -75,10 +92,18 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                      help="training steps shared out over the workers, as in the seed (default 16000)")
     run.add_argument("--batch_size", type=positive_int, default=1, help="volumes per step per worker (default 1)")
     run.add_argument("--augment", action="store_true", help="flip and brightness augmentation (seed's)")
+    run.add_argument("--cache", action="store_true",
+                     help="keep the decoded training cases in memory (about 36 MB per BraTS case per worker)")
     run.add_argument("--benchmark", action="store_true",
-                     help="time steps after --warmup_steps; no checkpoints or evaluation")
+                     help="time the steps after --warmup_steps up to --max_steps and log throughput (volumes/s, "
+                          "all workers) and latency; no checkpoints or evaluation. For predict a step is one "
+                          "whole volume and nothing is written")
     run.add_argument("--warmup_steps", type=non_negative_int, default=200,
                      help="untimed steps before benchmark timing (default 200)")
+    run.add_argument("--synthetic_input", action="store_true",
+                     help="feed random in-memory data instead of the records, so the device and not the disk is "
+                          "timed: train repeats one batch of --input_shape crops, predict one volume of "
+                          "--eval_crop (--data_dir is still read for its case list)")
     run.add_argument("--seed", type=int, default=0, help="random seed for weights and data order (default 0)")
     run.add_argument("--log_every", type=positive_int, default=100, help="steps between log lines (default 100)")
     run.add_argument("--checkpoint_every", type=positive_int, default=500,
@@ -91,6 +116,12 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                        help="after warm-up: constant, or cosine decay to 0 (default constant)")
     optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=0,
                        help="linear learning-rate warm-up steps (default 0)")
+    optim.add_argument("--lr_scaling", choices=("none", "linear"), default="none",
+                       help="multi-worker runs: keep --learning_rate (none, the seed's way) or multiply it "
+                            "by the number of workers (linear) (default none)")
+    dist = parser.add_argument_group("multi-process (Horovod-based backends)")
+    dist.add_argument("--hosts", default=None,
+                      help="hosts and slots for Horovod's launcher, e.g. host1:4,host2:4 (default: this machine)")
     model = parser.add_argument_group("model and shapes")
     model.add_argument("--input_shape", type=positive_int, nargs=3, default=[128, 128, 128], metavar=("X", "Y", "Z"),
                        help="training crop (default 128 128 128)")
@@ -105,6 +136,26 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                      help="predict the --fold cases or all cases of --data_dir (default fold)")
     out.add_argument("--output_dir", default=None, help="prediction folder (default MODEL_DIR/predictions)")
     out.add_argument("--overwrite", action="store_true", help="replace existing prediction files")
+    out.add_argument("--input_dir", default=None,
+                     help="predict a folder of raw BraTS NIfTI cases (segmentations optional) instead of --data_dir")
+    out.add_argument("--save_probabilities", action="store_true",
+                     help="also write <case>_probabilities.nii.gz (float32, one channel per class)")
+    out.add_argument("--inference_mode", choices=("sliding", "crop"), default="sliding",
+                     help="evaluate/predict with Gaussian-blended sliding windows (default), or the seed's single "
+                          "centre crop --eval_crop")
+    out.add_argument("--window_shape", type=positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                     help="sliding-window size (default: --input_shape, the training crop)")
+    out.add_argument("--overlap", type=float, default=0.5,
+                     help="fraction of a window shared with the next one, in [0, 1) (default 0.5)")
+    out.add_argument("--blend", choices=("gaussian", "constant"), default="gaussian",
+                     help="weighting of overlapping windows (default gaussian)")
+    out.add_argument("--tta", action="store_true",
+                     help="test-time augmentation: average over the 8 mirrorings of x, y, z (8x the work)")
+    out.add_argument("--inference_batch_size", type=positive_int, default=1,
+                     help="windows per network call (default 1; memory grows with it)")
+    out.add_argument("--min_et_component_voxels", type=non_negative_int, default=0,
+                     help="relabel enhancing-tumour components smaller than this many voxels as tumour core "
+                          "(default 0: off)")
     registry.add_options(parser)
 
 
@@ -123,6 +174,37 @@ def validate_trainer_options(options) -> None:
             options.max_steps, options.warmup_steps))
     if os.path.exists(options.model_dir) and not os.path.isdir(options.model_dir):
         raise ConfigError("--model_dir {}: exists and is not a directory".format(options.model_dir))
+
+
+def check_run_inputs(options) -> None:
+    """Fail on a bad data folder, fold or inference flag before any process is launched or anything is written."""
+    from unet3d_core.checkpoints import check_folder_can_be_written
+    from unet3d_core.config import ModelConfig
+    from unet3d_core.inference import InferenceSettings
+    from unet3d_core.records import Manifest
+
+    InferenceSettings.from_options(options, ModelConfig(depth=options.depth).divisor)
+    check_folder_can_be_written(options.model_dir, "--model_dir")
+    if options.exec_mode == "predict" and options.output_dir:
+        check_folder_can_be_written(options.output_dir, "--output_dir")
+        output = os.path.realpath(options.output_dir)
+        for flag in ("input_dir", "data_dir"):
+            source = getattr(options, flag, None)
+            if source and (output + os.sep).startswith(os.path.realpath(source) + os.sep):
+                raise ConfigError("--output_dir {} is inside --{} {}: predictions are never written among the "
+                                  "inputs; choose another folder".format(options.output_dir, flag, source))
+    if options.input_dir and options.exec_mode != "predict":
+        raise ConfigError("--input_dir is for predict; to score a raw folder, predict it and run 'cli.py score'")
+    if options.input_dir:
+        from unet3d_core.cases import detect_layout
+
+        detect_layout(options.input_dir)
+        return
+    if not options.data_dir:
+        raise ConfigError("--data_dir is required (only 'predict --input_dir RAW_DIR' works without it)")
+    manifest = Manifest(options.data_dir)
+    if options.fold != "all":
+        manifest.split(options.fold)
 
 
 def build_parser(registry) -> argparse.ArgumentParser:
@@ -145,18 +227,60 @@ def build_parser(registry) -> argparse.ArgumentParser:
                        help="volume shape (default 64 64 48; BraTS is 240 240 155)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
-    prep = commands.add_parser("preprocess", help="raw BraTS NIfTI -> records + manifest",
-                               description="Convert raw BraTS NIfTI cases into TFRecords and a manifest "
-                                           "with seeded, case-level folds.")
-    prep.add_argument("-i", "--input_dir", required=True, help="raw BraTS folder")
+    from unet3d_core.cases import LAYOUT_NAMES
+
+    layout_choices = ("auto",) + LAYOUT_NAMES
+    prep = commands.add_parser("preprocess", help="raw NIfTI (BraTS 2018-2023+, MSD) -> records + manifest",
+                               description="Check and convert raw cases (BraTS 2018/2019, 2020/2021, 2023+ or MSD "
+                                           "Task01_BrainTumour; detected automatically) into TFRecords and a "
+                                           "manifest with seeded, case-level folds.")
+    prep.add_argument("-i", "--input_dir", required=True, help="raw data folder")
     prep.add_argument("-o", "--output_dir", required=True, help="output folder (must not exist or be empty)")
     prep.add_argument("--folds", type=positive_int, default=5, help="number of folds (default 5)")
     prep.add_argument("--seed", type=int, default=0, help="fold assignment seed (default 0)")
     prep.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
+    prep.add_argument("--layout", choices=layout_choices, default="auto",
+                      help="raw layout (default auto: detected from the folder)")
+    prep.add_argument("--skip-invalid", "--skip_invalid", dest="skip_invalid", action="store_true",
+                      help="leave invalid cases out and list them, instead of stopping at the first")
     prep.add_argument("-v", "--verbose", action="store_true",
                       help="accepted for the seed's scripts; progress is always shown")
 
+    check = commands.add_parser("validate", help="check raw cases without writing anything",
+                                description="Run every check of 'preprocess' on every case, write nothing, "
+                                            "list the invalid cases; exit status 1 if there are any.")
+    check.add_argument("-i", "--input_dir", required=True, help="raw data folder")
+    check.add_argument("--layout", choices=layout_choices, default="auto",
+                       help="raw layout (default auto: detected from the folder)")
+    check.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
+
     commands.add_parser("backends", help="list installed backends and whether they are usable here")
+    registry.add_commands(commands)
+
+    score = commands.add_parser("score", help="score a folder of predictions against ground truth",
+                                description="Score predicted label maps (any tool's) against ground truth: "
+                                            "Dice in the seed's and the BraTS schemes, HD95 in mm. Prints a table, "
+                                            "writes a per-case CSV and a JSON summary beside it.")
+    score.add_argument("--pred", required=True, help="flat folder of <case>.nii.gz label maps")
+    score.add_argument("--truth", required=True,
+                       help="raw BraTS folder (<case>/<case>_seg.nii.gz) or flat folder of <case>.nii.gz")
+    score.add_argument("--out", default=None,
+                       help="per-case CSV; the summary goes to the same name with .json (default PRED/metrics.csv)")
+    score.add_argument("--labels", default="brats2019",
+                       help="label convention of both folders (default brats2019: 0, 1, 2, 4)")
+    score.add_argument("--require_all", action="store_true",
+                       help="fail when a truth case has no prediction (default: score the predicted cases)")
+
+    report = commands.add_parser("report", help="render training curves, case overlays and a summary of a run",
+                                 description="Render PNGs of a run (training curves from log.json, slice overlays "
+                                             "of ground truth and prediction) and a Markdown summary linking them.")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a --model_dir (also one trained with --fold all)")
+    report.add_argument("--out", default=None, help="output folder (default RUN_DIR/report)")
+    report.add_argument("--cases", type=non_negative_int, default=3, help="cases to draw (default 3)")
+    report.add_argument("--images", default=None,
+                        help="raw BraTS folder with the cases' images (default: found from the run's parameters)")
+    report.add_argument("--predictions", default=None,
+                        help="folder of <case>.nii.gz predictions (default: the run's predictions/)")
 
     demo = commands.add_parser("demo", help="synthetic data -> preprocess -> train -> evaluate -> predict on CPU",
                                description="The whole pipeline on a small synthetic data set, on the CPU.")
@@ -166,14 +290,20 @@ def build_parser(registry) -> argparse.ArgumentParser:
 
 
 def command_backends(registry) -> int:
-    print("{:<6} {:<9} {:<28} {}".format("name", "usable", "distribution", "summary / reason"))
+    rows = []
     for name in registry.names:
         backend = registry.backends[name]
-        usable = "yes" if backend.info.available else "no"
-        detail = backend.info.summary if backend.info.available else backend.info.reason
-        print("{:<6} {:<9} {:<28} {}".format(name, usable, "{} {}".format(backend.distribution, backend.version),
-                                             detail))
-        print("{:<6} {:<9} {:<28} hooks: {}".format("", "", "", ", ".join(backend.hooks)))
+        rows.append((name, "yes" if backend.info.available else "no",
+                     "{} {}".format(backend.distribution, backend.version).strip(),
+                     backend.info.summary if backend.info.available else backend.info.reason,
+                     ", ".join(backend.hooks)))
+    name_width = max([len("name")] + [len(row[0]) for row in rows])
+    source_width = max([len("distribution")] + [len(row[2]) for row in rows])
+    line = "{:<%d}  {:<6}  {:<%d}  {}" % (name_width, source_width)
+    print(line.format("name", "usable", "distribution", "summary / reason"))
+    for name, usable, source, detail, hooks in rows:
+        print(line.format(name, usable, source, detail))
+        print(line.format("", "", "", "hooks: " + hooks))
     return 0
 
 
@@ -190,7 +320,7 @@ def command_demo(options) -> int:
               "--input_shape", "48", "48", "32", "--base_filters", "8", "--max_filters", "64", "--depth", "4",
               "--seed", "0"]
     stages.append(["train", "--exec_mode", "train_and_evaluate", "--max_steps", str(options.max_steps),
-                   "--batch_size", "2", "--augment", "--learning_rate", "0.002", "--lr_schedule", "cosine",
+                   "--batch_size", "2", "--augment", "--cache", "--learning_rate", "0.002", "--lr_schedule", "cosine",
                    "--lr_warmup_steps", "20", "--log_every", "25", "--checkpoint_every", "100"] + common)
     stages.append(["predict", "--overwrite"] + common)
     for number, stage in enumerate(stages, start=1):
@@ -207,8 +337,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         registry = load_backends()
         options = build_parser(registry).parse_args(argv)
+        if getattr(options, "command_handler", None) is not None:  # a backend's own command
+            return int(options.command_handler(options))
         if options.command == "backends":
             return command_backends(registry)
+        if options.command == "score":
+            from unet3d_core.score import run_score
+
+            run_score(options.pred, options.truth, out_csv=options.out, labels=options.labels,
+                      require_all=options.require_all)
+            return 0
+        if options.command == "report":
+            from unet3d_core.report import build_report
+
+            index = build_report(options.run_dir, out_dir=options.out, cases=options.cases,
+                                 images_dir=options.images, predictions_dir=options.predictions)
+            print("wrote {}".format(index))
+            return 0
         if options.command == "demo":
             return command_demo(options)
         if options.command == "synth":
@@ -221,21 +366,34 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("wrote {} cases to {}".format(options.cases, options.out))
             return 0
         if options.command == "preprocess":
-            from unet3d_core.preprocess import preprocess
+            from unet3d_core.preprocess import preprocess, skipped_summary
 
             manifest = preprocess(options.input_dir, options.output_dir, folds=options.folds, seed=options.seed,
-                                  workers=options.workers)
-            print("wrote {} cases in {} folds to {}".format(len(manifest["cases"]), options.folds, options.output_dir))
+                                  workers=options.workers, layout=options.layout, skip_invalid=options.skip_invalid)
+            if manifest["skipped"]:
+                print(skipped_summary(manifest))
+            print("wrote {} cases ({} layout) in {} folds to {}".format(
+                len(manifest["cases"]), manifest["source_layout"], options.folds, options.output_dir))
             return 0
+        if options.command == "validate":
+            from unet3d_core.preprocess import validate
+
+            report = validate(options.input_dir, layout=options.layout, workers=options.workers)
+            print(report.summary())
+            return 1 if report.problems else 0
         validate_trainer_options(options)
         backend = registry.get(options.backend)
         backend.validate_options(options)
-        code = backend.launch(options, argv)
+        check_run_inputs(options)
+        code = backend.launch(options, [sys.executable, os.path.abspath(__file__)] + argv)
         if code is not None:
             return int(code)
         from unet3d_core.train import run
 
         run(options=options, backend=backend)
+        return 0
+    except TrainingStopped as stopped:
+        print(str(stopped), flush=True)
         return 0
     except UNet3DError as error:
         print("error: {}".format(error), file=sys.stderr)

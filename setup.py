@@ -14,7 +14,8 @@ setup(
     python_requires=">=3.7",
     packages=find_packages(include=["unet3d_core", "unet3d_core.*", "backends", "backends.*"]),
     py_modules=["cli"],
-    install_requires=["numpy", "nibabel", "pluggy>=1.0"],
+    # scipy: HD95 and post-processing; matplotlib: 'report' (Agg backend, no display).
+    install_requires=["numpy", "nibabel", "pluggy>=1.0", "scipy", "matplotlib"],
     extras_require={
         # TensorFlow 1.15 environment (Python 3.7): the NPU adapter's host side.
         "tf1": ["tensorflow==1.15.5", "protobuf<3.21", "numpy==1.18.5", "h5py<3"],

@@ -62,3 +62,21 @@ def cli_subprocess(args, timeout=300, env=None, **kwargs):
 def train_args(records_dir, model_dir, *extra):
     return ["train", "--data_dir", records_dir, "--model_dir", model_dir, "--batch_size", "2",
             "--log_every", "1", "--seed", "1", "--max_steps", "2"] + TINY_MODEL + list(extra)
+
+
+def pid_with(variable, marker):
+    """PID of a running cli.py whose environment holds ``variable`` (e.g. "RANK_ID=1") and whose
+    command line contains ``marker`` (e.g. the run's model_dir), or None."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/{}/environ".format(pid), "rb") as handle:
+                environ = handle.read().split(b"\0")
+            with open("/proc/{}/cmdline".format(pid), "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if variable.encode() in environ and marker.encode() in cmdline and b"cli.py" in cmdline:
+            return int(pid)
+    return None

@@ -5,7 +5,8 @@ import pytest
 from conftest import cli_subprocess, run_cli, train_args
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "synth", "preprocess", "backends", "demo"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "synth", "validate", "preprocess", "backends",
+                                     "demo", "score", "report", "npu"])
 def test_every_command_documents_its_flags(command):
     result = cli_subprocess([command, "--help"], timeout=60)
     assert result.returncode == 0
@@ -63,3 +64,11 @@ def test_backends_command_lists_each_backend_and_why(capsys):
     for name in ("cpu", "gpu", "npu"):
         assert "\n{} ".format(name) in out
     assert "hooks: " in out
+
+
+def test_predictions_are_never_written_among_the_inputs(records, tmp_path, capsys):
+    for output in (records, os.path.join(records, "predictions")):
+        code = run_cli(["predict", "--data_dir", records, "--model_dir", str(tmp_path / "run"),
+                        "--output_dir", output], check=False)
+        assert code == 1
+        assert "predictions are never written among the inputs" in capsys.readouterr().err

@@ -42,7 +42,7 @@ def test_missing_modality_names_case_and_file(raw_dataset, tmp_path):
     folder = _first_case_folder(raw)
     case_id = os.path.basename(folder)
     os.remove(os.path.join(folder, case_id + "_t1ce.nii.gz"))
-    with pytest.raises(DataError, match="case {}: missing t1ce image".format(case_id)):
+    with pytest.raises(DataError, match="^case {}: .*/{}_t1ce.nii.gz: missing t1ce image$".format(case_id, case_id)):
         discover_cases(raw)
 
 
@@ -54,10 +54,30 @@ def test_corrupt_nifti_names_the_file(raw_dataset, tmp_path):
     with open(path, "r+b") as handle:
         handle.truncate(100)
     out = str(tmp_path / "records")
-    with pytest.raises(DataError, match="cannot read .*_flair.nii.gz"):
+    with pytest.raises(DataError, match="case {}: .*_flair.nii.gz: cannot read".format(case_id)):
         preprocess(raw, out, show_progress=False)
     # Nothing half-written: no output and no staging folder left behind.
     assert not os.path.exists(out)
+    assert not [name for name in os.listdir(str(tmp_path)) if name.startswith(".unet3d")]
+
+
+def test_failure_while_writing_leaves_no_output(raw_dataset, tmp_path, monkeypatch):
+    import unet3d_core.preprocess as preprocess_module
+
+    written = []
+
+    def failing_entry(case, file_name):
+        written.append(file_name)
+        if len(written) == 3:
+            raise RuntimeError("disk full")
+        return original(case, file_name)
+
+    original = preprocess_module._manifest_entry
+    monkeypatch.setattr(preprocess_module, "_manifest_entry", failing_entry)
+    out = str(tmp_path / "records")
+    with pytest.raises(RuntimeError, match="disk full"):
+        preprocess(raw_dataset, out, show_progress=False)
+    assert len(written) == 3 and not os.path.exists(out)
     assert not [name for name in os.listdir(str(tmp_path)) if name.startswith(".unet3d")]
 
 
@@ -69,7 +89,7 @@ def test_shape_mismatch_is_refused(raw_dataset, tmp_path):
     image = nibabel.load(path)
     nibabel.save(nibabel.Nifti1Image(np.asanyarray(image.dataobj)[:-2], image.affine), path)
     case = [c for c in discover_cases(raw) if c.case_id == case_id][0]
-    with pytest.raises(DataError, match="_t2.nii.gz has shape"):
+    with pytest.raises(DataError, match="_t2.nii.gz: has shape"):
         load_case(case)
 
 
@@ -126,3 +146,30 @@ def test_existing_output_and_missing_records_are_refused(raw_dataset, records, t
         preprocess(raw_dataset, records, show_progress=False)
     with pytest.raises(DataError, match="not a preprocessed data set"):
         Manifest(str(tmp_path))
+
+
+@pytest.mark.parametrize("with_label", [True, False])
+def test_hand_encoded_records_are_tensorflows_own_bytes(with_label):
+    import tensorflow as tf
+
+    from unet3d_core.records import serialize_case
+
+    rng = np.random.RandomState(1)
+    image = rng.randint(0, 256, size=(5, 4, 3, 4)).astype(np.uint8)
+    label = rng.randint(0, 4, size=(5, 4, 3)).astype(np.uint8) if with_label else None
+    mean, std = [10.5, 20.25, 30.0, 41.125], [1.5, 2.0, 3.25, 4.0]
+
+    def feature(**kind):
+        return tf.train.Feature(**kind)
+
+    stored_label = label if with_label else np.zeros((5, 4, 3), np.uint8)
+    expected = tf.train.Example(features=tf.train.Features(feature={
+        "image": feature(bytes_list=tf.train.BytesList(value=[image.tobytes()])),
+        "label": feature(bytes_list=tf.train.BytesList(value=[stored_label.tobytes()])),
+        "shape": feature(int64_list=tf.train.Int64List(value=[5, 4, 3])),
+        "mean": feature(float_list=tf.train.FloatList(value=mean)),
+        "std": feature(float_list=tf.train.FloatList(value=std)),
+        "case_index": feature(int64_list=tf.train.Int64List(value=[300])),
+        "has_label": feature(int64_list=tf.train.Int64List(value=[1 if with_label else 0])),
+    })).SerializeToString(deterministic=True)
+    assert serialize_case(image, label, mean, std, 300) == expected

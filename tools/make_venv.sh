@@ -28,11 +28,11 @@ case "$flavour" in
             echo "error: Python 3.7 not found (needed for TensorFlow 1.15). Install it (e.g. 'pyenv install 3.7.16') or put python3.7 on PATH." >&2
             exit 3
         fi
-        packages=("tensorflow==1.15.5" "protobuf<3.21" "numpy==1.18.5" "h5py<3" "nibabel<5" "pluggy>=1.0,<1.3" "pytest<8" "scipy<1.8")
+        packages=("tensorflow==1.15.5" "protobuf<3.21" "numpy==1.18.5" "h5py<3" "nibabel<5" "pluggy>=1.0,<1.3" "pytest<8" "scipy<1.8" "matplotlib<3.6")
         ;;
     tf2)
         python=$(command -v python3.11 || command -v python3)
-        packages=("tensorflow-cpu==2.15.1" "numpy<2" "nibabel>=5" "pluggy>=1.3" "pytest>=7" "scipy<1.14" "ruff")
+        packages=("tensorflow-cpu==2.15.1" "numpy<2" "nibabel>=5" "pluggy>=1.3" "pytest>=7" "scipy<1.14" "matplotlib" "ruff")
         ;;
     *) echo "error: unknown environment '$flavour' (expected tf1 or tf2)" >&2; exit 2 ;;
 esac

@@ -9,7 +9,7 @@ from unet3d_core.types import DistributedStrategy
 
 
 @hookimpl
-def unet3d_launch(options, argv):
+def unet3d_launch(options, worker_command):
     return None
 
 
@@ -26,3 +26,8 @@ def unet3d_session_config(config, options, strategy):
 @hookimpl
 def unet3d_mixed_precision(optimizer, options, strategy):
     return optimizer
+
+
+@hookimpl
+def unet3d_training_loop(session, train_op, options):
+    return train_op, 1

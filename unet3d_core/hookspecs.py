@@ -14,8 +14,12 @@ Lifecycle of ``cli.py train --backend X``:
 4. ``unet3d_launch`` — selected backend, in the process the user started; it
    may start one worker process per device and return their exit status.
 5. In each training process: ``unet3d_prepare_environment``, then
-   ``unet3d_distributed_strategy``, ``unet3d_session_config`` and, while the
-   training graph is built, ``unet3d_mixed_precision``.
+   ``unet3d_distributed_strategy``, ``unet3d_session_config``; while the
+   training graph is built, ``unet3d_mixed_precision``; once the session
+   exists, ``unet3d_training_loop``. At the end the core calls the
+   strategy's ``close()``.
+
+``unet3d_add_commands`` lets a backend add its own top-level commands.
 """
 from __future__ import annotations
 
@@ -55,6 +59,21 @@ def unet3d_add_options(group):
 
 
 @_hookspec
+def unet3d_add_commands(commands):
+    """Add the backend's own top-level commands (e.g. ``cli.py npu unpatch``).
+
+    Called for every installed backend when the command line is built.
+    Each parser made with ``commands.add_parser(name, help=...)`` must call
+    ``set_defaults(command_handler=function)``; the CLI then calls
+    ``function(options)`` and exits with the int it returns. Raise
+    :class:`unet3d_core.errors.UNet3DError` for a one-line error.
+
+    Args:
+        commands: the ``argparse`` sub-parsers action of ``cli.py``.
+    """
+
+
+@_hookspec
 def unet3d_validate_options(options):
     """Check the parsed options for the selected backend.
 
@@ -68,18 +87,21 @@ def unet3d_validate_options(options):
 
 
 @_hookspec(firstresult=True)
-def unet3d_launch(options, argv):
+def unet3d_launch(options, worker_command):
     """Start the worker processes of a multi-process run. *First result.*
 
-    Called in the user's process. A backend that needs one process per device
-    starts them here (with argument lists, never shell strings), waits for
-    all of them and returns the job's exit status. Return None to train in
-    this process (the default).
+    Called in the user's process after the options were validated. A
+    backend that needs one process per device starts them here (with
+    argument lists, never shell strings), waits for all of them and returns
+    the job's exit status. Return None to train in this process (the
+    default). Workers run the same command, so the hook is called in them
+    too: it must recognise a worker (e.g. by the launcher's environment
+    variables) and return None there.
 
     Args:
         options: the parsed options.
-        argv: the command line, without the program name, that each worker
-            should run (``cli.py`` is re-run with it).
+        worker_command: the full command each worker should run, starting
+            with the Python interpreter (``[python, cli.py, train, ...]``).
 
     Returns:
         int exit status, or None.
@@ -136,10 +158,33 @@ def unet3d_mixed_precision(optimizer, options, strategy):
     precision (the default), or a wrapping optimizer (graph-rewrite AMP,
     loss scaling). A wrapper that already performs the distributed
     reduction may set ``optimizer.unet3d_distributed = True`` so that the
-    strategy does not wrap it again.
+    strategy does not wrap it again, and may define
+    ``optimizer.unet3d_step_metrics()`` returning a dict of scalar tensors
+    (e.g. the loss scale, the number of overflow steps skipped); the core
+    calls it after ``minimize`` and logs the values with each log line.
 
     Args:
         optimizer: a ``tf.compat.v1.train.Optimizer``.
         options: the parsed options.
         strategy: the process's DistributedStrategy.
+    """
+
+
+@_hookspec(firstresult=True)
+def unet3d_training_loop(session, train_op, options):
+    """Return ``(op, steps)``: the op to run each time and the training steps one run performs. *First result.*
+
+    Called once per training process after the session is created and the
+    variables are initialised or restored, before the first step; the graph
+    can still be changed. A device that runs several steps per
+    ``session.run`` (the NPU's ``iterations_per_loop``) wraps ``train_op``
+    here. The core reads the global step after every run, so progress,
+    throughput, logging and checkpoints stay exact whatever one run does
+    (including steps a loss-scaling optimizer skipped). Default:
+    ``(train_op, 1)``.
+
+    Args:
+        session: the training ``tf.compat.v1.Session``.
+        train_op: the op that performs one training step.
+        options: the parsed options.
     """

@@ -3,7 +3,8 @@
 Training (reference order): random crop to ``--input_shape`` -> cast to
 float32 -> [augment] flip along y with p=0.5 -> z-score normalise voxels > 0
 with the record's statistics -> [augment] brightness: with p=0.5 add a
-per-channel shift drawn from U(0.9, 1.1) to voxels > 0.
+per-channel shift drawn from U(0.9, 1.1) to voxels > 0. (The code flips
+the uint8 crop before the cast, which gives the same numbers faster.)
 
 Every random number of a sample comes from a stateless generator keyed by
 (seed, global sample number), so the pipeline gives the same samples for the
@@ -33,8 +34,14 @@ AUTOTUNE = tf.data.experimental.AUTOTUNE
 
 
 def normalize(image, mean, std):
-    """Z-score voxels > 0 with the stored per-channel statistics; zeros stay zero."""
-    return tf.where(image > 0, (image - mean) / (std + NORMALIZE_EPSILON), image)
+    """Z-score voxels > 0 with the stored per-channel statistics; zeros stay zero.
+
+    ``image``: non-negative intensities, uint8 as stored or float32. Returns float32.
+    """
+    # Arithmetic with a 0/1 mask instead of tf.where: the same numbers (to float
+    # rounding) at a third of the cost, tf.where being slow on large volumes.
+    foreground = tf.cast(image > 0, tf.float32)
+    return (tf.cast(image, tf.float32) - mean * foreground) * (1.0 / (std + NORMALIZE_EPSILON))
 
 
 def _pad_to_at_least(volume, minimum_shape):
@@ -62,17 +69,18 @@ def training_transform(image, label, mean, std, draws, crop_shape: Sequence[int]
     offsets = tf.minimum(tf.cast(tf.floor(draws[:3] * room), tf.int32), tf.cast(room, tf.int32) - 1)
     image = tf.slice(image, tf.concat([offsets, [0]], 0), crop_shape + [4])
     label = tf.slice(label, offsets, crop_shape)
-    image = tf.cast(image, tf.float32)
     if augment:
+        # The flip commutes with the voxel-wise steps after it, so it runs on
+        # the uint8 crop: a quarter of the bytes of the float32 one.
         flip = draws[3] < FLIP_PROBABILITY
         image = tf.cond(flip, lambda: tf.reverse(image, [FLIP_AXIS]), lambda: image)
         label = tf.cond(flip, lambda: tf.reverse(label, [FLIP_AXIS]), lambda: label)
-    image = normalize(image, mean, std)
+    image = normalize(image, mean, std)  # also the cast to float32
     if augment:
         low, high = BRIGHTNESS_RANGE
         shift = low + (high - low) * draws[5:9]
         brighten = draws[4] < BRIGHTNESS_PROBABILITY
-        image = tf.cond(brighten, lambda: tf.where(image > 0, image + shift, image), lambda: image)
+        image = tf.cond(brighten, lambda: image + shift * tf.cast(image > 0, tf.float32), lambda: image)
     image.set_shape(crop_shape + [4])
     label = tf.cast(label, tf.int32)
     label.set_shape(crop_shape)
@@ -86,25 +94,40 @@ def sample_draws(seed: int, sample_number):
 
 
 def training_dataset(record_files: List[str], *, batch_size: int, crop_shape: Sequence[int], augment: bool,
-                     seed: int, first_sample: int = 0, parallel_reads: int = 4):
+                     seed: int, first_sample: int = 0, parallel_reads: int = 4, cache: bool = False):
     """An endless, deterministic stream of (image, label) batches.
 
     Case order: shuffled with ``seed`` each epoch. ``first_sample`` skips that
-    many samples (the resume point: step x batch size) without reading them.
-    """
-    names = tf.data.Dataset.from_tensor_slices(list(record_files))
-    names = names.shuffle(len(record_files), seed=seed, reshuffle_each_iteration=True).repeat()
-    names = names.skip(first_sample)
-    numbers = tf.data.Dataset.range(first_sample, 2 ** 62)
-    dataset = tf.data.Dataset.zip((numbers, names))
-    # One record per file, so interleave keeps the order. Reads are sequential:
-    # TensorFlow 1.15 can crash closing a session while a parallel interleave runs.
-    dataset = dataset.interleave(
-        lambda number, name: tf.data.TFRecordDataset(name).map(lambda record: (number, record)),
-        cycle_length=parallel_reads, block_length=1)
+    many samples (the resume point: step x batch size) without transforming them.
 
-    def transform(number, record):
-        case = parse_case(record)
+    Args:
+        parallel_reads: record files open at once, read one after another (without the cache).
+        cache: keep every decoded case (uint8, as stored) in memory after its
+            first read, so later epochs read no files: about 45 MB per
+            240x240x155 case. The first batch waits until every case is read.
+            The stream is the same, sample for sample, with or without it.
+    """
+    files = list(record_files)
+    numbers = tf.data.Dataset.range(first_sample, 2 ** 62)
+    if cache:
+        # Shuffling decoded cases draws the same permutation as shuffling file
+        # names would: shuffle's choices depend on its seed and buffer size only.
+        cases = tf.data.TFRecordDataset(files).map(parse_case, num_parallel_calls=AUTOTUNE).cache()
+        cases = cases.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+        dataset = tf.data.Dataset.zip((numbers, cases.skip(first_sample)))
+    else:
+        names = tf.data.Dataset.from_tensor_slices(files)
+        names = names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+        names = names.skip(first_sample)
+        # One record per file, so interleave keeps the order. Reads are sequential:
+        # TensorFlow 1.15 can crash closing a session while a parallel interleave runs.
+        dataset = tf.data.Dataset.zip((numbers, names)).interleave(
+            lambda number, name: tf.data.TFRecordDataset(name).map(lambda record: (number, record)),
+            cycle_length=parallel_reads, block_length=1)
+
+    def transform(number, case):
+        if not cache:
+            case = parse_case(case)  # here, in the parallel map, not in the sequential read
         return training_transform(case["image"], case["label"], case["mean"], case["std"],
                                   sample_draws(seed, number), crop_shape, augment)
 
@@ -122,7 +145,7 @@ def evaluation_transform(image, mean, std, eval_crop: Sequence[int], divisor: in
     crop = tf.minimum(shape, tf.constant([int(size) for size in eval_crop], tf.int32))
     offsets = (shape - crop) // 2
     image = tf.slice(image, tf.concat([offsets, [0]], 0), tf.concat([crop, [4]], 0))
-    image = normalize(tf.cast(image, tf.float32), mean, std)
+    image = normalize(image, mean, std)
     padded = (crop + divisor - 1) // divisor * divisor
     padding = tf.stack([tf.zeros([3], tf.int32), padded - crop], axis=1)
     image = tf.pad(image, tf.concat([padding, [[0, 0]]], axis=0))

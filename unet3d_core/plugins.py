@@ -69,11 +69,17 @@ class Backend:
         group = parser.add_argument_group("{} backend".format(self.name), self.info.summary)
         self._call("unet3d_add_options", group=group)
 
+    def add_commands(self, commands) -> None:
+        self._call("unet3d_add_commands", commands=commands)
+
+    def training_loop(self, session, train_op, options):
+        return self._call("unet3d_training_loop", session=session, train_op=train_op, options=options)
+
     def validate_options(self, options) -> None:
         self._call("unet3d_validate_options", options=options)
 
-    def launch(self, options, argv: List[str]) -> Optional[int]:
-        return self._call("unet3d_launch", options=options, argv=list(argv))
+    def launch(self, options, worker_command: List[str]) -> Optional[int]:
+        return self._call("unet3d_launch", options=options, worker_command=list(worker_command))
 
     def prepare_environment(self, options) -> None:
         self._call("unet3d_prepare_environment", options=options)
@@ -109,7 +115,8 @@ def load_backend(module, entry_name: str, distribution: str = "local", version: 
         manager.register(module, name=entry_name)
         manager.check_pending()
     except pluggy.PluginValidationError as error:
-        raise BackendError("{}: invalid plugin: {}".format(origin, error)) from error
+        # pluggy's message spans lines; a user error is one line.
+        raise BackendError("{}: invalid plugin: {}".format(origin, " ".join(str(error).split()))) from error
     if "unet3d_backend_info" not in [c.name for c in (manager.get_hookcallers(module) or [])]:
         raise BackendError("{}: does not implement the required hook unet3d_backend_info".format(origin))
     try:
@@ -214,3 +221,7 @@ class BackendRegistry:
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         for name in self.names:
             self.backends[name].add_options(parser)
+
+    def add_commands(self, commands) -> None:
+        for name in self.names:
+            self.backends[name].add_commands(commands)

@@ -5,26 +5,44 @@ Intensity handling follows the reference: per modality, values are clipped to
 standard deviation over voxels > 0 are stored with the record for z-score
 normalisation at load time. Labels are stored in the internal convention.
 
-The output is complete or absent: everything is written into a hidden
-temporary folder next to the output and renamed into place at the end.
+Every case is checked (see ``unet3d_core.cases``) before anything of it is
+written. Worker processes read, check, scale and encode cases without
+TensorFlow (light to start); the parent writes the records in case order, so
+the output is byte-for-byte the same for the same input whatever ``workers``
+is. The output is complete or absent: everything goes into a hidden folder
+next to the output, renamed into place at the end.
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import multiprocessing
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
 from unet3d_core import __version__
-from unet3d_core.cases import CHANNELS, LABEL_MAPS, RawCase, detect_layout, discover_cases, load_case
+from unet3d_core.cases import (
+    AUTO,
+    CHANNELS,
+    LAYOUTS,
+    CaseProblem,
+    InvalidCaseError,
+    LoadedCase,
+    RawCase,
+    load_case,
+    scan_cases,
+)
 from unet3d_core.errors import ConfigError, DataError
 from unet3d_core.progress import Progress
-from unet3d_core.records import FORMAT_VERSION, RECORD_SUFFIX, serialize_case, write_manifest
+from unet3d_core.records import FORMAT_VERSION, RECORD_SUFFIX, assemble_record, encode_case_features, write_manifest
 
 CLIP_FRACTION = 0.85
+STAGING_PREFIX = ".unet3d-preprocess-"
 
 
 def scale_intensities(image: np.ndarray) -> np.ndarray:
@@ -54,107 +72,165 @@ def foreground_statistics(image: np.ndarray):
 def assign_folds(cases: List[RawCase], folds: int, seed: int) -> Dict[str, int]:
     """Seeded, case-level folds, stratified by grade where the layout gives it.
 
-    Cases of each grade are shuffled with ``seed`` and dealt round-robin, so
-    every fold gets a near-equal share of HGG and LGG. The same case ids and
-    seed always give the same folds, whatever the file system's order.
+    Cases are grouped by (has a segmentation, grade); each group is shuffled
+    with ``seed`` and dealt round-robin, continuing where the previous group
+    stopped, so every fold gets a near-equal share of HGG, LGG and unlabelled
+    cases. The same case ids and seed always give the same folds, whatever
+    the file system's order.
     """
+    def group(case):
+        return (case.segmentation is None, case.grade or "")
+
     assignment = {}
     offset = 0
-    for grade in sorted({case.grade or "" for case in cases}):
-        ids = sorted(case.case_id for case in cases if (case.grade or "") == grade)
+    for key in sorted({group(case) for case in cases}):
+        ids = sorted(case.case_id for case in cases if group(case) == key)
         order = np.random.RandomState(seed).permutation(len(ids))
         for position, index in enumerate(order):
             assignment[ids[index]] = (position + offset) % folds
-        offset += len(ids)  # continue dealing where the previous grade stopped
+        offset += len(ids)
     return assignment
 
 
-def _process_case(job):
-    raw, layout, case_index, output_dir = job
-    case = load_case(raw, layout)
+# ------------------------------------------------------------------ per-case work (runs in worker processes)
+@dataclass
+class ConvertedCase:
+    """A checked case, scaled to uint8 and encoded, ready to be written."""
+
+    raw: RawCase
+    features: bytes  # records.encode_case_features: the record but for its case_index
+    shape: List[int]
+    has_label: bool
+    mean: List[float]
+    std: List[float]
+    affine: np.ndarray
+    spacing: List[float]
+
+
+def _convert_case(raw: RawCase):
+    """Check, scale and encode one case; returns a ConvertedCase or the CaseProblem that stopped it."""
+    try:
+        case: LoadedCase = load_case(raw)
+    except InvalidCaseError as error:
+        return error.problem
     image = scale_intensities(case.image)
+    del case.image  # the float copy is 4x the uint8 one; free it early
     mean, std = foreground_statistics(image)
-    file_name = raw.case_id + RECORD_SUFFIX
-    import tensorflow as tf
-
-    with tf.io.TFRecordWriter(os.path.join(output_dir, file_name)) as writer:
-        writer.write(serialize_case(image, case.label, mean, std, case_index))
-    shape = list(image.shape[:3])
-    return {
-        "id": raw.case_id,
-        "grade": raw.grade,
-        "file": file_name,
-        "shape": shape,
-        "affine": case.affine.tolist(),
-        "spacing": case.spacing,
-        "crop_box": [[0, size] for size in shape],
-        "mean": mean,
-        "std": std,
-        "has_label": case.label is not None,
-        "source_images": {channel: os.path.abspath(raw.images[channel]) for channel in CHANNELS},
-    }
+    return ConvertedCase(raw, encode_case_features(image, case.label, mean, std), list(image.shape[:3]),
+                         case.label is not None, mean, std, case.affine, case.spacing)
 
 
-def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0, workers: int = 1,
-               show_progress: bool = True) -> Dict:
-    """Convert a raw BraTS folder into records and a manifest.
+def _check_case(raw: RawCase) -> Optional[CaseProblem]:
+    try:
+        load_case(raw)
+    except InvalidCaseError as error:
+        return error.problem
+    return None
 
-    Returns:
-        the manifest dict.
-    Raises:
-        DataError: bad input (nothing is written) or an existing output folder.
-        ConfigError: bad ``folds`` or ``workers``.
-    """
-    if folds < 2:
+
+class _CaseRunner:
+    """Runs a per-case function over cases, in order, in ``workers`` processes."""
+
+    def __init__(self, function: Callable, workers: int):
+        self.function = function
+        self.workers = workers
+        self.pool = None
+
+    def __enter__(self):
+        if self.workers > 1:
+            # spawn, not fork: the parent may hold TensorFlow's thread pools, which
+            # a forked child inherits in an undefined state.
+            self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
+        return self
+
+    def map(self, cases: Sequence[RawCase]) -> Iterator:
+        if self.pool is None:
+            yield from map(self.function, cases)
+            return
+        # A few cases in flight per worker, not all of them: results are whole
+        # volumes, and the parent may write them more slowly than workers read.
+        remaining = iter(cases)
+        pending = collections.deque(self.pool.apply_async(self.function, (case,))
+                                    for case in itertools.islice(remaining, 2 * self.workers))
+        while pending:
+            result = pending.popleft().get()
+            for case in itertools.islice(remaining, 1):
+                pending.append(self.pool.apply_async(self.function, (case,)))
+            yield result
+
+    def __exit__(self, *exc_info):
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+
+def _check_options(folds: Optional[int], workers: int) -> None:
+    if folds is not None and folds < 2:
         raise ConfigError("--folds must be at least 2, got {}".format(folds))
     if workers < 1:
         raise ConfigError("--workers must be at least 1, got {}".format(workers))
-    if os.path.exists(output_dir) and os.listdir(output_dir):
+
+
+INVALID_HINT = "'python cli.py validate -i {}' lists every invalid case; --skip-invalid leaves them out"
+
+
+# ------------------------------------------------------------------ preprocess
+def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0, workers: int = 1,
+               show_progress: bool = True, layout: str = AUTO, skip_invalid: bool = False) -> Dict:
+    """Convert a raw folder (any layout of ``unet3d_core.cases``) into records and a manifest.
+
+    Args:
+        layout: ``auto`` or a name from ``unet3d_core.cases.LAYOUTS``.
+        skip_invalid: leave invalid cases out (listed under ``skipped`` in
+            the manifest) instead of stopping at the first.
+    Returns:
+        the manifest dict.
+    Raises:
+        InvalidCaseError: a case failed a check (without ``skip_invalid``);
+            nothing is written.
+        DataError: unknown layout, too few valid cases, or an existing output folder.
+        ConfigError: bad ``folds`` or ``workers``.
+    """
+    _check_options(folds, workers)
+    if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
         raise DataError("{}: already exists and is not empty; choose another -o or remove it".format(output_dir))
-    layout = detect_layout(input_dir)
-    raw_cases = discover_cases(input_dir, require_segmentation=False)
-    if len(raw_cases) < folds:
-        raise DataError("{}: {} cases cannot be split into {} folds".format(input_dir, len(raw_cases), folds))
-    fold_of = assign_folds(raw_cases, folds, seed)
+    scan = scan_cases(input_dir, layout)
+    hint = INVALID_HINT.format(input_dir)
+    if scan.problems and not skip_invalid:
+        raise InvalidCaseError(scan.problems[0], hint)
+    if len(scan.cases) < folds:
+        raise DataError("{}: {} usable cases cannot be split into {} folds".format(input_dir, len(scan.cases), folds))
 
     parent = os.path.dirname(os.path.abspath(output_dir))
     os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".unet3d-preprocess-", dir=parent)
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)
     try:
-        jobs = [(raw, layout, index, staging) for index, raw in enumerate(raw_cases)]
-        entries: List[Optional[Dict]] = [None] * len(jobs)
-        progress = Progress("preprocess", len(jobs)) if show_progress else None
-        if workers == 1:
-            results = map(_process_case, jobs)
-            pool = None
-        else:
-            # spawn: the workers import TensorFlow themselves; forking a process
-            # that holds TensorFlow's thread pools can deadlock.
-            pool = multiprocessing.get_context("spawn").Pool(workers)
-            results = pool.imap(_process_case, jobs)
-        try:
-            for done, entry in enumerate(results, start=1):
-                entries[done - 1] = entry
-                if progress is not None:
-                    progress.update(done, entry["id"])
-        finally:
-            if pool is not None:
-                pool.terminate()
+        entries, written, skipped = _convert_all(scan.cases, staging, workers, show_progress, skip_invalid, hint)
+        skipped = sorted(scan.problems + skipped, key=lambda problem: problem.case_id)
+        if len(written) < folds:
+            raise DataError("{}: only {} valid cases ({} skipped); {} folds need at least {}".format(
+                input_dir, len(written), len(skipped), folds, folds))
+        fold_of = assign_folds(written, folds, seed)
         for entry in entries:
             entry["fold"] = fold_of[entry["id"]]
+        spec = LAYOUTS[scan.layout]
         manifest = {
             "format_version": FORMAT_VERSION,
             "created_by": "unet3d {}".format(__version__),
             "source": os.path.abspath(input_dir),
-            "source_layout": layout,
+            "source_layout": scan.layout,
+            "source_description": spec.title,
             "channels": list(CHANNELS),
-            "label_map": {str(k): v for k, v in LABEL_MAPS[layout].items()},
+            "label_map": {str(source): target for source, target in sorted(spec.label_map.items())},
             "folds": folds,
             "fold_seed": seed,
             "intensity": "clip [0, {} x max] per modality, scale to uint8".format(CLIP_FRACTION),
             "cases": entries,
+            "skipped": [{"id": problem.case_id, "file": problem.path, "reason": problem.reason}
+                        for problem in skipped],
         }
         write_manifest(staging, manifest)
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 is too strict for a data set folder
         if os.path.isdir(output_dir):
             os.rmdir(output_dir)  # empty, checked above
         os.rename(staging, output_dir)
@@ -162,3 +238,127 @@ def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _convert_all(cases: List[RawCase], staging: str, workers: int, show_progress: bool, skip_invalid: bool,
+                 hint: str):
+    """Check, scale and write every case; returns (manifest entries, written cases, problems)."""
+    import tensorflow as tf
+
+    entries: List[Dict] = []
+    written: List[RawCase] = []
+    problems: List[CaseProblem] = []
+    progress = Progress("preprocess", len(cases)) if show_progress else None
+    with _CaseRunner(_convert_case, min(workers, len(cases))) as runner:
+        for done, outcome in enumerate(runner.map(cases), start=1):
+            if isinstance(outcome, CaseProblem):
+                if not skip_invalid:
+                    raise InvalidCaseError(outcome, hint)
+                problems.append(outcome)
+                if progress is not None:
+                    progress.update(done, "{} (skipped)".format(outcome.case_id))
+                continue
+            raw = outcome.raw
+            # The record's case_index is its position in the manifest, known here
+            # because results arrive in case order.
+            file_name = raw.case_id + RECORD_SUFFIX
+            record_path = os.path.join(staging, file_name)
+            with tf.io.TFRecordWriter(record_path) as writer:
+                writer.write(assemble_record(len(entries), outcome.features))
+            entries.append(_manifest_entry(outcome, file_name))
+            # Lets the reader spot a truncated or replaced record without reading it.
+            entries[-1]["record_bytes"] = os.path.getsize(record_path)
+            written.append(raw)
+            if progress is not None:
+                progress.update(done, raw.case_id)
+    return entries, written, problems
+
+
+def _manifest_entry(case: ConvertedCase, file_name: str) -> Dict:
+    raw = case.raw
+    shape = [int(size) for size in case.shape]
+    entry = {
+        "id": raw.case_id,
+        "grade": raw.grade,
+        "file": file_name,
+        "shape": shape,
+        "affine": case.affine.tolist(),
+        "spacing": case.spacing,
+        "crop_box": [[0, size] for size in shape],
+        "mean": case.mean,
+        "std": case.std,
+        "has_label": case.has_label,
+        "source_images": {channel: os.path.abspath(raw.images[channel]) for channel in CHANNELS},
+        "source_segmentation": os.path.abspath(raw.segmentation) if raw.segmentation else None,
+    }
+    if raw.volume_index is not None:
+        entry["source_volume_index"] = dict(raw.volume_index)
+    return entry
+
+
+# ------------------------------------------------------------------ validate
+@dataclass
+class ValidationReport:
+    """What ``validate`` found: the layout, the valid case ids and every problem."""
+
+    input_dir: str
+    layout: str
+    valid: List[str]
+    problems: List[CaseProblem]
+
+    @property
+    def checked(self) -> int:
+        return len(self.valid) + len({problem.case_id for problem in self.problems})
+
+    def summary(self) -> str:
+        lines = ["{}: layout {} ({}), {} cases checked, {} valid, {} invalid".format(
+            self.input_dir, self.layout, LAYOUTS[self.layout].title, self.checked, len(self.valid),
+            self.checked - len(self.valid))]
+        if self.problems:
+            lines.append(problems_table(self.problems, self.input_dir))
+        return "\n".join(lines)
+
+
+def validate(input_dir: str, *, layout: str = AUTO, workers: int = 1, show_progress: bool = True) -> ValidationReport:
+    """Run every check of ``preprocess`` on every case and write nothing.
+
+    Raises:
+        DataError: the folder does not exist or its layout is unknown.
+    """
+    _check_options(None, workers)
+    scan = scan_cases(input_dir, layout)
+    problems = list(scan.problems)
+    valid = []
+    progress = Progress("validate", len(scan.cases)) if show_progress and scan.cases else None
+    with _CaseRunner(_check_case, max(1, min(workers, len(scan.cases)))) as runner:
+        for done, (raw, problem) in enumerate(zip(scan.cases, runner.map(scan.cases)), start=1):
+            if problem is None:
+                valid.append(raw.case_id)
+            else:
+                problems.append(problem)
+            if progress is not None:
+                progress.update(done, raw.case_id)
+    problems.sort(key=lambda problem: problem.case_id)
+    return ValidationReport(input_dir, scan.layout, valid, problems)
+
+
+def problems_table(problems: Sequence[CaseProblem], root: str) -> str:
+    """A plain-text table of invalid cases: case, file (relative to ``root``), problem."""
+    rows = [("case", "file", "problem")]
+    for problem in problems:
+        path = problem.path
+        try:
+            relative = os.path.relpath(path, root)
+            path = path if relative.startswith("..") else relative
+        except ValueError:  # another drive on Windows
+            pass
+        rows.append((problem.case_id, path, problem.reason))
+    widths = [max(len(row[column]) for row in rows) for column in range(2)]
+    return "\n".join("  {:<{}}  {:<{}}  {}".format(row[0], widths[0], row[1], widths[1], row[2]) for row in rows)
+
+
+def skipped_summary(manifest: Dict) -> str:
+    """The table of cases a ``--skip-invalid`` run left out, with a heading line."""
+    problems = [CaseProblem(case["id"], case["file"], case["reason"]) for case in manifest.get("skipped", [])]
+    return "skipped {} invalid case{}:\n{}".format(len(problems), "" if len(problems) == 1 else "s",
+                                                   problems_table(problems, manifest["source"]))

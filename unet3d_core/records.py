@@ -9,14 +9,19 @@ Record schema (one ``tf.train.Example`` per file):
 - ``case_index``: int64, the case's position in the manifest
 
 The manifest records, per case: id, grade, fold, file, shape, affine,
-spacing, crop box, statistics; and for the data set: the source layout, the
-label mapping, the fold seed and the format version.
+spacing, crop box, statistics and source files; and for the data set: the
+source layout, ``label_map`` (source label -> internal label, as JSON
+strings -> ints), the fold seed, the cases left out by ``--skip-invalid``
+(``skipped``: id, file, reason) and the format version. ``shape``, ``affine``
+and ``spacing`` are the source images' spatial (3-D) geometry, also for
+MSD's 4-D images, so predictions are written as 3-D label maps that overlay
+the source.
 """
 from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from unet3d_core.errors import DataError
 
@@ -25,36 +30,69 @@ MANIFEST_NAME = "manifest.json"
 RECORD_SUFFIX = ".tfrecord"
 
 
-def serialize_case(image, label, mean, std, case_index: int) -> bytes:
-    """Serialise one preprocessed case (uint8 arrays) as a tf.train.Example."""
-    import tensorflow as tf
+# A tf.train.Example is small enough a protobuf to encode by hand, which lets
+# preprocessing workers build records without importing TensorFlow. Wire format:
+# a field is varint(number << 3 | type) then, for type 2, varint(length) and
+# the bytes. Example{features=1: Features{feature=1: map entry{key=1, value=2:
+# Feature{bytes_list=1 | float_list=2 | int64_list=3: List{value=1}}}}}, the
+# numeric lists packed. Entries go in key order, as TensorFlow's deterministic
+# serialisation writes them, so the bytes are the same as TensorFlow's.
+_LENGTH_DELIMITED = 2
 
-    def _bytes(value):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
-    def _ints(values):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v) for v in values]))
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
 
-    def _floats(values):
-        return tf.train.Feature(float_list=tf.train.FloatList(value=[float(v) for v in values]))
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | _LENGTH_DELIMITED) + _varint(len(payload)) + payload
+
+
+def _feature_entry(key: str, kind: int, values: bytes) -> bytes:
+    """One map entry of Features; ``kind`` 1 bytes, 2 floats, 3 int64s; ``values`` the List's field 1."""
+    feature = _field(kind, _field(1, values))
+    return _field(1, _field(1, key.encode("ascii")) + _field(2, feature))
+
+
+def _int64s(values) -> bytes:
+    return b"".join(_varint(int(value)) for value in values)  # non-negative here
+
+
+def encode_case_features(image, label, mean, std) -> bytes:
+    """Every feature of a case's record except ``case_index``, encoded (see ``assemble_record``)."""
+    import numpy as np
 
     has_label = label is not None
     if label is None:
-        import numpy as np
-
         label = np.zeros(image.shape[:3], dtype=np.uint8)
-    features = {
-        "image": _bytes(image.tobytes()),
-        "label": _bytes(label.tobytes()),
-        "shape": _ints(image.shape[:3]),
-        "mean": _floats(mean),
-        "std": _floats(std),
-        "case_index": _ints([case_index]),
-        "has_label": _ints([1 if has_label else 0]),
-    }
-    # deterministic: map fields would otherwise be ordered by per-process string hashes.
-    example = tf.train.Example(features=tf.train.Features(feature=features))
-    return example.SerializeToString(deterministic=True)
+    entries = [  # in key order, after "case_index"
+        _feature_entry("has_label", 3, _int64s([1 if has_label else 0])),
+        _feature_entry("image", 1, np.ascontiguousarray(image, dtype=np.uint8).tobytes()),
+        _feature_entry("label", 1, np.ascontiguousarray(label, dtype=np.uint8).tobytes()),
+        _feature_entry("mean", 2, np.asarray(mean, dtype="<f4").tobytes()),
+        _feature_entry("shape", 3, _int64s(image.shape[:3])),
+        _feature_entry("std", 2, np.asarray(std, dtype="<f4").tobytes()),
+    ]
+    return b"".join(entries)
+
+
+def assemble_record(case_index: int, features: bytes) -> bytes:
+    """The serialised tf.train.Example of a case from ``encode_case_features`` and its manifest position."""
+    index = _feature_entry("case_index", 3, _int64s([case_index]))
+    header = _varint(1 << 3 | _LENGTH_DELIMITED) + _varint(len(index) + len(features))
+    return b"".join((header, index, features))  # one copy of the volume's bytes
+
+
+def serialize_case(image, label, mean, std, case_index: int) -> bytes:
+    """Serialise one preprocessed case (uint8 arrays) as a tf.train.Example."""
+    return assemble_record(case_index, encode_case_features(image, label, mean, std))
 
 
 def parse_case(serialized):
@@ -80,6 +118,31 @@ def parse_case(serialized):
     label = tf.reshape(tf.io.decode_raw(features["label"], tf.uint8), shape)
     return {"image": image, "label": label, "mean": features["mean"], "std": features["std"],
             "case_index": features["case_index"]}
+
+
+def read_record(path: str) -> Dict:
+    """Read one record file into numpy arrays (for tools and tests; training uses ``parse_case``).
+
+    Returns:
+        dict with ``image`` uint8 [x, y, z, 4], ``label`` uint8 [x, y, z] or
+        None, ``mean``/``std`` float32 [4], ``case_index`` int.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    serialized = next(iter(tf.compat.v1.io.tf_record_iterator(path)))
+    feature = tf.train.Example.FromString(serialized).features.feature
+    shape = tuple(feature["shape"].int64_list.value)
+    label = None
+    if feature["has_label"].int64_list.value[0]:
+        label = np.frombuffer(feature["label"].bytes_list.value[0], dtype=np.uint8).reshape(shape)
+    return {
+        "image": np.frombuffer(feature["image"].bytes_list.value[0], dtype=np.uint8).reshape(shape + (4,)),
+        "label": label,
+        "mean": np.asarray(feature["mean"].float_list.value, dtype=np.float32),
+        "std": np.asarray(feature["std"].float_list.value, dtype=np.float32),
+        "case_index": int(feature["case_index"].int64_list.value[0]),
+    }
 
 
 def write_manifest(folder: str, manifest: Dict) -> None:
@@ -108,10 +171,18 @@ class Manifest:
             raise DataError("{}: records are format version {}, this unet3d reads version {}; "
                             "run 'python cli.py preprocess' again".format(path, version, FORMAT_VERSION))
         self.cases: List[Dict] = self.content["cases"]
+        if not self.cases:
+            raise DataError("{}: the data set has no cases; run 'python cli.py preprocess' on a folder of cases "
+                            "(see 'python cli.py validate')".format(path))
         for case in self.cases:
             record = os.path.join(data_dir, case["file"])
             if not os.path.isfile(record):
-                raise DataError("{}: record of case {} is missing ({})".format(path, case["id"], record))
+                raise DataError("{}: record of case {} is missing ({}); run 'python cli.py preprocess' "
+                                "again".format(path, case["id"], record))
+            expected = case.get("record_bytes")
+            if expected is not None and os.path.getsize(record) != expected:
+                raise DataError("{}: {} bytes, but the manifest says {} (truncated or replaced); run "
+                                "'python cli.py preprocess' again".format(record, os.path.getsize(record), expected))
 
     @property
     def num_folds(self) -> int:
@@ -119,7 +190,17 @@ class Manifest:
 
     @property
     def label_map(self) -> Dict[int, int]:
+        """Source label -> internal label."""
         return {int(source): int(target) for source, target in self.content["label_map"].items()}
+
+    @property
+    def layout(self) -> str:
+        return str(self.content.get("source_layout", "brats2019"))
+
+    @property
+    def skipped(self) -> List[Dict]:
+        """Cases ``--skip-invalid`` left out: dicts with id, file, reason."""
+        return list(self.content.get("skipped", []))
 
     def record_path(self, case: Dict) -> str:
         return os.path.join(self.data_dir, case["file"])
@@ -133,3 +214,19 @@ class Manifest:
         training = [case for case in self.cases if case["fold"] != fold and case["has_label"]]
         validation = [case for case in self.cases if case["fold"] == fold and case["has_label"]]
         return training, validation
+
+
+def find_damaged_record(paths) -> Optional[str]:
+    """The first record file that TensorFlow cannot read back whole (CRC, framing), with why.
+
+    Used after the input pipeline failed, to name the file in the error.
+    """
+    import tensorflow as tf
+
+    for path in paths:
+        try:
+            for serialized in tf.compat.v1.io.tf_record_iterator(path):
+                tf.train.Example.FromString(serialized)
+        except Exception as error:  # DataLossError, DecodeError, OSError...
+            return "{}: {}".format(path, " ".join(str(error).split())[:200])
+    return None

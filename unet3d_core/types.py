@@ -45,6 +45,7 @@ class DistributedStrategy:
       evaluation cases.
     - ``allreduce_sum(values)``: reduces a float64 array across ranks (metric
       reduction); every rank receives the sum.
+    - ``close()``: once, when the run ends (also on errors).
     """
 
     name = "single-process"
@@ -77,6 +78,9 @@ class DistributedStrategy:
 
     def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
         return np.asarray(values, dtype=np.float64)
+
+    def close(self) -> None:
+        """Release the communication library; called once at the end of the run."""
 
     def describe(self) -> str:
         return "{} (rank {} of {})".format(self.name, self.rank, self.size)

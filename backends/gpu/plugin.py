@@ -1,12 +1,18 @@
-"""GPU backend: one GPU per process, memory growth, optional XLA.
+"""GPU backend: one GPU per process, Horovod for several, AMP and XLA.
 
-Available when TensorFlow was built with CUDA and sees at least one GPU.
-Multi-GPU training (Horovod, NCCL) and AMP build on these hooks.
+Available when TensorFlow was built with CUDA and the machine has an NVIDIA
+GPU. ``--gpus N`` starts N workers with Horovod's launcher; started by the
+user under ``horovodrun``/``mpirun`` (e.g. on several hosts), each process
+joins that job and takes the GPU of its local rank.
 """
 from __future__ import annotations
 
+import importlib.util
+import os
+
 from unet3d_core import BackendInfo, hookimpl
-from unet3d_core.errors import BackendError
+from unet3d_core.distributed import HorovodStrategy, inside_horovod_job, launch_with_horovodrun
+from unet3d_core.errors import BackendError, ConfigError
 
 
 def _gpu_status():
@@ -38,7 +44,6 @@ def _status():
 def _quick_status():
     """(available, reason) from files and package metadata only: listing backends must not import TensorFlow."""
     import glob
-    import importlib.util
 
     if importlib.util.find_spec("tensorflow") is None:
         return False, "TensorFlow is not installed"
@@ -65,7 +70,30 @@ def unet3d_backend_info():
 
 @hookimpl
 def unet3d_add_options(group):
-    group.add_argument("--xla", action="store_true", help="XLA JIT compilation of the graph (gpu backend)")
+    group.add_argument("--gpus", type=int, default=1,
+                       help="GPUs on this machine, one worker process each through Horovod (default 1)")
+    group.add_argument("--amp", action="store_true",
+                       help="automatic mixed precision: float16 graph rewrite with dynamic loss scaling (gpu)")
+    group.add_argument("--xla", action="store_true", help="XLA JIT compilation of the graph (gpu)")
+
+
+@hookimpl
+def unet3d_validate_options(options):
+    if options.backend != "gpu":
+        return
+    if options.gpus < 1:
+        raise ConfigError("--gpus must be at least 1, got {}".format(options.gpus))
+    if options.gpus > 1 and importlib.util.find_spec("horovod") is None:
+        raise ConfigError("--gpus {}: Horovod is not installed (HOROVOD_WITH_TENSORFLOW=1 HOROVOD_GPU_OPERATIONS=NCCL "
+                          "pip install horovod)".format(options.gpus))
+
+
+@hookimpl
+def unet3d_launch(options, worker_command):
+    if options.gpus <= 1 or inside_horovod_job():
+        return None
+    return launch_with_horovodrun(options.gpus, worker_command, hosts=options.hosts,
+                                  log_dir=os.path.join(options.model_dir, "logs"))
 
 
 @hookimpl
@@ -76,11 +104,35 @@ def unet3d_prepare_environment(options):
 
 
 @hookimpl
+def unet3d_distributed_strategy(options):
+    if inside_horovod_job():
+        return HorovodStrategy()
+    return None  # one GPU, one process
+
+
+@hookimpl
 def unet3d_session_config(config, options, strategy):
     import tensorflow as tf
 
     config.gpu_options.allow_growth = True
-    config.gpu_options.visible_device_list = str(strategy.local_rank)
+    config.gpu_options.visible_device_list = str(strategy.local_rank)  # one GPU per process
+    # Input-pipeline and host ops: a share of the cores per local process.
+    local_processes = int(os.environ.get("HOROVOD_LOCAL_SIZE", "1"))
+    config.intra_op_parallelism_threads = max(1, (os.cpu_count() or 1) // local_processes)
     if options.xla:
         config.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_1
     return config
+
+
+@hookimpl
+def unet3d_mixed_precision(optimizer, options, strategy):
+    if not options.amp:
+        return optimizer
+    import tensorflow as tf
+
+    # The graph rewrite casts eligible ops to float16 and wraps the optimizer
+    # with dynamic loss scaling; TF 1.15 and 2.x spell its module differently.
+    rewrite = getattr(getattr(tf.compat.v1, "mixed_precision", None), "enable_mixed_precision_graph_rewrite", None)
+    if rewrite is None:
+        rewrite = tf.compat.v1.train.experimental.enable_mixed_precision_graph_rewrite
+    return rewrite(optimizer, loss_scale="dynamic")

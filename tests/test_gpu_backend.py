@@ -1,0 +1,76 @@
+"""The GPU backend's hooks, checked on the CPU (no GPU is needed or used)."""
+import types
+
+import pytest
+import tensorflow as tf
+
+from backends.gpu import plugin as gpu
+from unet3d_core.errors import ConfigError
+from unet3d_core.types import DistributedStrategy
+
+
+class _LocalRank(DistributedStrategy):
+    def __init__(self, local_rank):
+        self._local_rank = local_rank
+
+    @property
+    def local_rank(self):
+        return self._local_rank
+
+
+def _options(**overrides):
+    values = dict(backend="gpu", gpus=1, amp=False, xla=False, hosts=None, model_dir="/tmp/run")
+    values.update(overrides)
+    return types.SimpleNamespace(**values)
+
+
+def test_each_process_sees_the_gpu_of_its_local_rank_with_memory_growth():
+    config = gpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(), _LocalRank(3))
+    assert config.gpu_options.visible_device_list == "3"
+    assert config.gpu_options.allow_growth
+    assert config.graph_options.optimizer_options.global_jit_level == 0
+
+
+def test_xla_turns_on_global_jit():
+    config = gpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(xla=True), _LocalRank(0))
+    assert config.graph_options.optimizer_options.global_jit_level == tf.compat.v1.OptimizerOptions.ON_1
+
+
+def test_amp_wraps_the_optimizer_with_dynamic_loss_scaling():
+    graph = tf.Graph()
+    with graph.as_default():
+        adam = tf.compat.v1.train.AdamOptimizer(0.1)
+        assert gpu.unet3d_mixed_precision(adam, _options(), None) is adam
+        try:
+            wrapped = gpu.unet3d_mixed_precision(adam, _options(amp=True), None)
+        finally:
+            disable = getattr(getattr(tf.compat.v1, "mixed_precision", None),
+                              "disable_mixed_precision_graph_rewrite", None) or \
+                tf.compat.v1.train.experimental.disable_mixed_precision_graph_rewrite
+            disable()
+    assert type(wrapped).__name__ == "MixedPrecisionLossScaleOptimizer"
+
+
+def test_gpus_launches_one_horovod_process_per_gpu(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gpu, "launch_with_horovodrun", lambda n, command, **kw: calls.append((n, command, kw)) or 0)
+    for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    assert gpu.unet3d_launch(_options(gpus=1), ["python", "cli.py"]) is None
+    assert gpu.unet3d_launch(_options(gpus=4, hosts="a:2,b:2"), ["python", "cli.py", "train"]) == 0
+    assert calls == [(4, ["python", "cli.py", "train"], {"hosts": "a:2,b:2", "log_dir": "/tmp/run/logs"})]
+    # Inside a job started by horovodrun or mpirun, the process trains instead of launching.
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+    assert gpu.unet3d_launch(_options(gpus=4), ["python", "cli.py"]) is None
+
+
+def test_bad_gpu_count_is_refused():
+    with pytest.raises(ConfigError, match="--gpus must be at least 1"):
+        gpu.unet3d_validate_options(_options(gpus=0))
+
+
+def test_unavailable_here_with_a_reason():
+    info = gpu.unet3d_backend_info()
+    if info.available:
+        pytest.skip("this machine has a usable GPU")
+    assert info.reason

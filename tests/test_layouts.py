@@ -1,0 +1,196 @@
+"""Every raw layout: detection, channel order, labels both ways, unlabelled cases, MSD prediction geometry."""
+import json
+import os
+
+import nibabel
+import numpy as np
+import pytest
+from conftest import TINY_MODEL, run_cli
+from raw_trees import (
+    CHANNELS,
+    WRITERS,
+    write_brats2019,
+    write_brats2020,
+    write_brats2023,
+    write_msd,
+)
+
+from unet3d_core.cases import LABEL_MAPS, LAYOUTS, detect_layout, discover_cases, inverse_label_map
+from unet3d_core.errors import DataError
+from unet3d_core.preprocess import preprocess, scale_intensities
+from unet3d_core.records import Manifest, read_record
+
+SOURCE_LABELS = {"brats2019": {0, 1, 2, 4}, "brats2020": {0, 1, 2, 4}, "brats2023": {0, 1, 2, 3},
+                 "msd": {0, 1, 2, 3}}
+
+
+def _preprocess(raw, tmp_path, name="records", **kwargs):
+    out = str(tmp_path / name)
+    kwargs.setdefault("folds", 2)
+    preprocess(raw, out, show_progress=False, **kwargs)
+    return out
+
+
+@pytest.mark.parametrize("layout", sorted(WRITERS))
+def test_each_layout_is_detected_and_found_whole(layout, tmp_path):
+    raw = str(tmp_path / layout)
+    written = WRITERS[layout](raw)
+    assert detect_layout(raw) == layout
+    cases = discover_cases(raw, require_segmentation=False)
+    assert [case.case_id for case in cases] == sorted(written)
+    assert all(case.layout == layout and set(case.images) == set(CHANNELS) for case in cases)
+
+
+@pytest.mark.parametrize("layout", sorted(WRITERS))
+def test_channels_and_labels_map_to_internal_and_back(layout, tmp_path):
+    raw = str(tmp_path / layout)
+    written = WRITERS[layout](raw)
+    records = _preprocess(raw, tmp_path)
+    manifest = Manifest(records)
+    assert manifest.layout == layout and manifest.label_map == LABEL_MAPS[layout]
+    back = inverse_label_map(manifest.label_map)
+    for case in manifest.cases:
+        source = written[case["id"]]
+        record = read_record(manifest.record_path(case))
+        expected = scale_intensities(np.stack([source.images[c] for c in CHANNELS], axis=-1).astype(np.float32))
+        assert np.array_equal(record["image"], expected)  # channel order t1, t1ce, t2, flair
+        if source.seg is None:
+            assert record["label"] is None and not case["has_label"]
+            continue
+        assert set(np.unique(record["label"]).tolist()) == {0, 1, 2, 3}
+        assert set(np.unique(source.seg).tolist()) == SOURCE_LABELS[layout]
+        internal = np.vectorize(manifest.label_map.get)(source.seg)
+        assert np.array_equal(record["label"], internal)
+        assert np.array_equal(np.vectorize(back.get)(record["label"]), source.seg)
+
+
+def test_msd_labels_are_not_just_renumbered():
+    # MSD: 1 oedema, 2 non-enhancing tumour, 3 enhancing. Internal: 1 core, 2 oedema, 3 enhancing.
+    assert LAYOUTS["msd"].label_map == {0: 0, 1: 2, 2: 1, 3: 3}
+    assert inverse_label_map(LAYOUTS["msd"].label_map) == {0: 0, 2: 1, 1: 2, 3: 3}
+    assert LAYOUTS["brats2019"].label_map == {0: 0, 1: 1, 2: 2, 4: 3}
+    assert LAYOUTS["brats2023"].label_map == {0: 0, 1: 1, 2: 2, 3: 3}
+
+
+def test_msd_channel_order_follows_dataset_json(tmp_path):
+    raw = str(tmp_path / "msd")
+    order = ("t1", "t2", "flair", "t1ce")
+    written = write_msd(raw, training=2, test=0, order=order)
+    records = _preprocess(raw, tmp_path)
+    manifest = Manifest(records)
+    case = manifest.cases[0]
+    assert case["source_volume_index"] == {channel: order.index(channel) for channel in CHANNELS}
+    record = read_record(manifest.record_path(case))
+    source = written[case["id"]]
+    assert np.array_equal(record["image"], scale_intensities(
+        np.stack([source.images[c] for c in CHANNELS], axis=-1).astype(np.float32)))
+
+
+def test_msd_with_other_labels_is_refused(tmp_path):
+    raw = str(tmp_path / "msd")
+    write_msd(raw, training=2, test=0, labels={"0": "background", "1": "tumour"})
+    with pytest.raises(DataError, match="dataset.json: labels .* are not Task01_BrainTumour's"):
+        discover_cases(raw)
+
+
+def test_msd_without_dataset_json_uses_the_decathlon_order_and_ignores_macos_debris(tmp_path):
+    raw = str(tmp_path / "msd")
+    write_msd(raw, training=2, test=1, dataset_json=False)
+    with open(os.path.join(raw, "imagesTr", "._BRATS_001.nii.gz"), "wb") as handle:
+        handle.write(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    cases = discover_cases(raw, require_segmentation=False)
+    assert [case.case_id for case in cases] == ["BRATS_001", "BRATS_002", "BRATS_003"]
+    assert cases[0].volume_index == {"flair": 0, "t1": 1, "t1ce": 2, "t2": 3}
+    assert cases[2].segmentation is None  # imagesTs: for prediction
+
+
+def test_brats2020_odd_segmentation_name_is_used(tmp_path):
+    raw = str(tmp_path / "brats2020")
+    written = write_brats2020(raw, count=3, odd_segmentation=True)
+    case = discover_cases(raw)[-1]
+    assert os.path.basename(case.segmentation) == "W39_1998.09.19_Segm.nii"
+    records = _preprocess(raw, tmp_path)
+    manifest = Manifest(records)
+    entry = [c for c in manifest.cases if c["id"] == case.case_id][0]
+    label = read_record(manifest.record_path(entry))["label"]
+    assert np.array_equal(label, np.vectorize(LABEL_MAPS["brats2020"].get)(written[case.case_id].seg))
+
+
+def test_brats2020_name_mapping_gives_grades_for_stratified_folds(tmp_path):
+    raw = str(tmp_path / "brats2020")
+    grades = {"BraTS20_Training_{:03d}".format(n + 1): "LGG" if n < 2 else "HGG" for n in range(6)}
+    write_brats2020(raw, count=6, grades=grades)
+    assert {case.case_id: case.grade for case in discover_cases(raw)} == grades
+    manifest = Manifest(_preprocess(raw, tmp_path))
+    lgg_folds = [case["fold"] for case in manifest.cases if case["grade"] == "LGG"]
+    assert sorted(lgg_folds) == [0, 1]  # the two LGG cases land in different folds
+
+
+def test_brats2019_uncompressed_files_are_read(tmp_path):
+    raw = str(tmp_path / "brats2019")
+    write_brats2019(raw, hgg=2, lgg=1)
+    folder = os.path.join(raw, "HGG", "BraTS19_HGG_000_1")
+    for name in os.listdir(folder):  # gunzip one case by rewriting it as .nii
+        image = nibabel.load(os.path.join(folder, name))
+        nibabel.save(nibabel.Nifti1Image(np.asanyarray(image.dataobj), image.affine),
+                     os.path.join(folder, name[:-len(".gz")]))
+        os.remove(os.path.join(folder, name))
+    case = discover_cases(raw)[0]
+    assert case.images["t1"].endswith("BraTS19_HGG_000_1_t1.nii") and case.grade == "HGG"
+
+
+def test_layout_flag_forces_a_layout(tmp_path):
+    raw = str(tmp_path / "brats2020")
+    write_brats2020(raw, count=2)
+    assert detect_layout(raw, "brats2020") == "brats2020"
+    with pytest.raises(DataError, match="missing t1 image"):  # BraTS 2023 names are looked for, and absent
+        discover_cases(raw, layout="brats2023")
+    with pytest.raises(DataError, match="--layout brats2030: unknown"):
+        detect_layout(raw, "brats2030")
+
+
+def test_mixed_or_unknown_folders_ask_for_a_layout(tmp_path):
+    raw = str(tmp_path / "mixed")
+    write_brats2020(raw, count=2)
+    write_brats2023(raw, count=2)
+    with pytest.raises(DataError, match="choose one with --layout"):
+        detect_layout(raw)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no cases found. Expected HGG/ and LGG/.*Task01_BrainTumour.$"):
+        detect_layout(str(empty))
+    wrapper = tmp_path / "download"
+    write_brats2020(str(wrapper / "MICCAI_BraTS2020_TrainingData"), count=1)
+    with pytest.raises(DataError, match="did you mean -i .*/download/MICCAI_BraTS2020_TrainingData"):
+        detect_layout(str(wrapper))
+
+
+def test_cases_without_segmentation_are_kept_for_prediction_only(tmp_path):
+    raw = str(tmp_path / "brats2023")
+    write_brats2023(raw, count=5, unlabelled=(1, 3))
+    manifest = Manifest(_preprocess(raw, tmp_path))
+    unlabelled = sorted(case["id"] for case in manifest.cases if not case["has_label"])
+    assert unlabelled == ["BraTS-GLI-00001-000", "BraTS-GLI-00003-000"]
+    training, validation = manifest.split(0)
+    assert not {case["id"] for case in training + validation} & set(unlabelled)
+    # Stratified by labelled / unlabelled: the two unlabelled cases are in different folds.
+    assert sorted(case["fold"] for case in manifest.cases if not case["has_label"]) == [0, 1]
+
+
+def test_msd_prediction_is_a_3d_label_map_in_msd_labels_and_the_image_geometry(tmp_path):
+    raw = str(tmp_path / "msd")
+    write_msd(raw, training=4, test=1)
+    records = _preprocess(raw, tmp_path)
+    model_dir, out = str(tmp_path / "run"), str(tmp_path / "predictions")
+    run_cli(["train", "--data_dir", records, "--model_dir", model_dir, "--batch_size", "1", "--max_steps", "1",
+             "--log_every", "1"] + TINY_MODEL)
+    run_cli(["predict", "--data_dir", records, "--model_dir", model_dir, "--output_dir", out, "--predict_on", "all",
+             "--base_filters", "4", "--max_filters", "16", "--depth", "3"])
+    source = nibabel.load(os.path.join(raw, "imagesTs", "BRATS_005.nii.gz"))
+    predicted = nibabel.load(os.path.join(out, "BRATS_005.nii.gz"))
+    assert source.ndim == 4 and predicted.ndim == 3
+    assert predicted.shape == source.shape[:3]
+    assert np.allclose(predicted.affine, source.affine)
+    assert set(np.unique(np.asanyarray(predicted.dataobj)).tolist()) <= {0, 1, 2, 3}
+    with open(os.path.join(records, "manifest.json")) as handle:
+        assert json.load(handle)["label_map"] == {"0": 0, "1": 2, "2": 1, "3": 3}

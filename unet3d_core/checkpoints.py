@@ -1,0 +1,131 @@
+"""Checkpoints that survive kills and full disks.
+
+TensorFlow's saver writes a checkpoint's data and index, then atomically
+replaces the ``checkpoint`` state file, so a kill mid-write leaves the state
+pointing at the previous checkpoint. On top of that, resuming here takes the
+newest checkpoint whose every tensor can be read (a truncated or damaged one
+is skipped with a message), saving turns write failures into one clear error
+that says the previous checkpoint is intact, and the run folder is checked
+for writability and free space before training starts.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+from typing import List, Optional, Tuple
+
+from unet3d_core.errors import ConfigError, UNet3DError
+
+CHECKPOINT_PREFIX = "model.ckpt"
+_STEP = re.compile(r"-(\d+)$")
+
+
+class CheckpointWriteError(UNet3DError):
+    """A checkpoint could not be written; the previous one is intact."""
+
+
+def checkpoint_step(path: str) -> int:
+    match = _STEP.search(path)
+    return int(match.group(1)) if match else 0
+
+
+def _candidates(model_dir: str) -> List[str]:
+    """Checkpoint prefixes in ``model_dir``, newest step first (state file and index files alike)."""
+    import tensorflow as tf
+
+    prefixes = set()
+    try:
+        state = tf.train.get_checkpoint_state(model_dir)
+    except Exception:  # an unreadable state file must not hide the checkpoints beside it
+        state = None
+    if state is not None:
+        for path in list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]:
+            if path:
+                prefixes.add(path if os.path.isabs(path) else os.path.join(model_dir, path))
+    for index in glob.glob(os.path.join(model_dir, CHECKPOINT_PREFIX + "-*.index")):
+        prefixes.add(index[:-len(".index")])
+    return sorted(prefixes, key=checkpoint_step, reverse=True)
+
+
+def is_complete(prefix: str) -> bool:
+    """True when every tensor of the checkpoint can be read back."""
+    import tensorflow as tf
+
+    if not os.path.isfile(prefix + ".index"):
+        return False
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        for name in reader.get_variable_to_shape_map():
+            reader.get_tensor(name)
+    except Exception:  # any failure to read means: not usable
+        return False
+    return True
+
+
+def latest_checkpoint(model_dir: str, report=None) -> Tuple[Optional[str], int]:
+    """Prefix and step of the newest complete checkpoint in ``model_dir``, or (None, 0).
+
+    ``report``, if given, is called with a message for each newer checkpoint
+    that was skipped because it is incomplete.
+    """
+    if not os.path.isdir(model_dir):
+        return None, 0
+    for prefix in _candidates(model_dir):
+        if is_complete(prefix):
+            return prefix, checkpoint_step(prefix)
+        if report is not None:
+            report("Skipping incomplete checkpoint {} (interrupted while it was written)".format(prefix))
+    return None, 0
+
+
+def check_folder_can_be_written(path: str, flag: str) -> None:
+    """Fail if ``path`` could not be created or written, without creating anything."""
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            break
+        existing = parent
+    if not os.path.isdir(existing):
+        raise ConfigError("{} {}: {} is a file, not a folder".format(flag, path, existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError("{} {}: {} is not writable".format(flag, path, existing))
+
+
+def check_run_folder(model_dir: str, checkpoint_bytes: int, keep: int) -> None:
+    """Fail before training if ``model_dir`` cannot take the checkpoints.
+
+    Needs room for ``keep`` + 1 checkpoints (the newest is written before
+    the oldest is removed).
+    """
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        probe = os.path.join(model_dir, ".unet3d-write-test")
+        with open(probe, "w") as handle:
+            handle.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise ConfigError("--model_dir {}: not writable ({})".format(model_dir, error.strerror or error)) from None
+    free = shutil.disk_usage(model_dir).free
+    needed = checkpoint_bytes * (keep + 1)
+    if free < needed:
+        raise ConfigError("--model_dir {}: {:.0f} MB free, but {} checkpoints of about {:.0f} MB each need "
+                          "{:.0f} MB; free space or lower --keep_checkpoints".format(
+                              model_dir, free / 1e6, keep + 1, checkpoint_bytes / 1e6, needed / 1e6))
+
+
+def save_checkpoint(saver, session, model_dir: str, step: int, previous_step: int) -> str:
+    """Save, or raise CheckpointWriteError naming the folder and the intact previous checkpoint."""
+    import tensorflow as tf
+
+    try:
+        return saver.save(session, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=step)
+    except (tf.errors.OpError, OSError) as error:
+        message = getattr(error, "message", None) or str(error)
+        raise CheckpointWriteError(
+            "could not write the step {} checkpoint to {}: {}; the previous checkpoint ({}) is intact, "
+            "free space and run the same command to resume".format(
+                step, model_dir, " ".join(message.split())[:300],
+                "step {}".format(previous_step) if previous_step else "none yet")) from None

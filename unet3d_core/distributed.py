@@ -1,0 +1,190 @@
+"""Data-parallel training through Horovod, for any backend that wants it.
+
+Horovod is the engine (no home-made collectives): :class:`HorovodStrategy`
+implements the core's DistributedStrategy with Horovod's TensorFlow API, and
+:func:`launch_with_horovodrun` starts the worker processes with Horovod's own
+launcher (Gloo on one or more hosts). Backends call these from their hooks;
+the CPU backend's ``--np`` and the GPU backend's ``--gpus`` both do.
+
+How workers share the work (documented in the README):
+
+- ``--max_steps`` is divided among the N workers (ceil(max_steps / N) each),
+  as the seed does, so the number of volumes seen stays that of one worker.
+- Each worker reads its own shard of the training cases (round-robin by rank)
+  with batch ``--batch_size``; gradients are averaged over workers.
+- The learning rate is ``--learning_rate`` as given (the seed's 2e-4 is for
+  batch 2 x 8 devices); ``--lr_scaling linear`` multiplies it by N.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from unet3d_core.errors import BackendError
+from unet3d_core.types import DistributedStrategy
+
+# Variables set by the launchers Horovod runs under (horovodrun/Gloo, Open MPI, MPICH/Intel MPI).
+_LAUNCHER_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
+
+def steps_per_worker(max_steps: int, workers: int) -> int:
+    """The seed's rule: ``--max_steps`` is shared out over the workers (16,000 / 8 = 2,000 each)."""
+    return int(math.ceil(max_steps / float(workers)))
+
+
+def inside_horovod_job() -> bool:
+    """True in a process started by horovodrun or mpirun."""
+    return any(name in os.environ for name in _LAUNCHER_VARIABLES)
+
+
+class HorovodStrategy(DistributedStrategy):
+    """Horovod: averaged gradients, rank-0 broadcast, sum-reduced metrics."""
+
+    name = "horovod"
+
+    def __init__(self):
+        try:
+            import horovod.tensorflow as hvd
+        except ImportError as error:
+            raise BackendError("multi-process training needs Horovod built with TensorFlow support "
+                               "(HOROVOD_WITH_TENSORFLOW=1 pip install horovod): {}".format(error)) from None
+        hvd.init()
+        self._hvd = hvd
+        self._reducers = {}
+
+    @property
+    def rank(self) -> int:
+        return int(self._hvd.rank())
+
+    @property
+    def size(self) -> int:
+        return int(self._hvd.size())
+
+    @property
+    def local_rank(self) -> int:
+        return int(self._hvd.local_rank())
+
+    def wrap_optimizer(self, optimizer):
+        return self._hvd.DistributedOptimizer(optimizer)
+
+    def broadcast_initial_variables_op(self):
+        return self._hvd.broadcast_global_variables(0)
+
+    def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
+        import tensorflow as tf
+
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape not in self._reducers:  # one small graph per shape, reused (it runs every step)
+            graph = tf.Graph()
+            with graph.as_default(), tf.device("/cpu:0"):
+                placeholder = tf.compat.v1.placeholder(tf.float64, values.shape)
+                total = self._hvd.allreduce(placeholder, op=self._hvd.Sum,
+                                            name="unet3d_sum_{}".format(len(self._reducers)))
+            session = tf.compat.v1.Session(graph=graph, config=tf.compat.v1.ConfigProto(device_count={"GPU": 0}))
+            self._reducers[values.shape] = (session, placeholder, total)
+        session, placeholder, total = self._reducers[values.shape]
+        return session.run(total, {placeholder: values})
+
+    def close(self) -> None:
+        for session, _, _ in self._reducers.values():
+            session.close()
+        self._reducers = {}
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for launched workers: SIGTERM them if the launcher dies (Linux), so no rank
+    trains on alone and every rank gets the chance to stop at a step boundary."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _horovodrun_executable() -> str:
+    beside_python = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    found = beside_python if os.path.isfile(beside_python) else shutil.which("horovodrun")
+    if not found:
+        raise BackendError("horovodrun not found: install Horovod (HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 "
+                           "pip install horovod) in the environment of {}".format(sys.executable))
+    return found
+
+
+_PREFIX = re.compile(r"^\[(\d+)\]<(stdout|stderr)>:(.*)$")
+_FAILED_PROCESS = re.compile(r"Process name: (\d+)")
+_EXIT_CODE = re.compile(r"Exit code: (-?\d+)")
+
+
+def launch_with_horovodrun(num_processes: int, worker_command: List[str], *, log_dir: str,
+                           hosts: Optional[str] = None, start_timeout: int = 60,
+                           environment: Optional[Dict[str, str]] = None, stream=None) -> int:
+    """Run ``worker_command`` in ``num_processes`` Horovod processes and wait for all of them.
+
+    Rank 0's output is streamed; every rank's output is kept in
+    ``log_dir/rank.<i>/{stdout,stderr}``. When a rank fails, Horovod stops the
+    others, and this returns non-zero after printing which rank failed and
+    its last lines.
+
+    Args:
+        hosts: horovodrun's ``-H`` value (``host1:4,host2:4``); default this machine.
+    """
+    stream = stream or sys.stdout
+    os.makedirs(log_dir, exist_ok=True)
+    command = [_horovodrun_executable(), "-np", str(num_processes), "-H", hosts or "localhost:{}".format(
+        num_processes), "--gloo", "--start-timeout", str(start_timeout), "--output-filename", log_dir]
+    command += worker_command
+    env = dict(os.environ)
+    env.update(environment or {})
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                               universal_newlines=True, bufsize=1, preexec_fn=die_with_parent)
+    launcher_tail = collections.deque(maxlen=40)
+    # SIGTERM to this launcher is passed on: horovodrun forwards it to every rank,
+    # which then saves a checkpoint at the end of its step.
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: process.send_signal(signal.SIGTERM))
+    try:
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            match = _PREFIX.match(line)
+            if match is None:
+                launcher_tail.append(line)
+            elif match.group(1) == "0":
+                stream.write(match.group(3) + "\n")
+                stream.flush()
+        code = process.wait()
+    except KeyboardInterrupt:
+        process.terminate()
+        process.wait()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code == 0:
+        return 0
+    launcher_text = "\n".join(launcher_tail)
+    failed = _FAILED_PROCESS.search(launcher_text)
+    exit_code = _EXIT_CODE.search(launcher_text)
+    if failed is None:
+        sys.stderr.write(launcher_text + "\n")
+        sys.stderr.write("error: horovodrun exited with status {}\n".format(code))
+        return code or 1
+    rank = failed.group(1)
+    tail = []
+    for name in ("stderr", "stdout"):
+        path = os.path.join(log_dir, "rank.{}".format(rank), name)
+        if os.path.isfile(path):
+            with open(path, errors="replace") as handle:
+                tail.extend(line.rstrip("\n") for line in handle.readlines()[-12:])
+    sys.stderr.write("error: rank {} failed (exit code {}); the other ranks were stopped. Last lines of "
+                     "{}:\n{}\n".format(rank, exit_code.group(1) if exit_code else "?",
+                                        os.path.join(log_dir, "rank.{}".format(rank)),
+                                        "\n".join("  | " + line for line in tail)))
+    return code or 1

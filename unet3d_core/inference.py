@@ -1,0 +1,473 @@
+"""Whole-volume inference: sliding windows or the seed's centre crop, mirroring, post-processing, NIfTI output.
+
+Two ways to cover a volume (``--inference_mode``):
+
+- ``sliding`` (the default): windows of ``--window_shape`` (the training crop
+  unless set) placed every ``window x (1 - --overlap)`` voxels along each
+  axis, the last one flush with the far edge; their softmax outputs are
+  blended with a Gaussian importance map (``--blend gaussian``, sigma 1/8 of
+  the window per axis, so voxels near a window's centre count most) or
+  uniformly (``--blend constant``). Windows run ``--inference_batch_size`` at
+  a time. The network sees inputs of the size it was trained on, and memory
+  is bounded by the window batch, not by the volume.
+- ``crop``: the seed's evaluation: one pass over the centre crop
+  ``--eval_crop`` (224x224x155 on BraTS) zero-padded to the network's
+  multiple; voxels outside the crop are background.
+
+``--tta`` averages the softmax over the 8 combinations of flipping the x, y
+and z axes (8 times the work). ``--min_et_component_voxels N`` relabels
+enhancing-tumour connected components (26-connected) smaller than N voxels
+as tumour core (label 1), a common BraTS post-processing; 0 (default) is off.
+
+Inputs are normalised exactly as the training records are read: the
+reference's uint8 scaling (unet3d_core.preprocess) then a z-score of voxels
+> 0 with the case's foreground statistics.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from unet3d_core.errors import ConfigError, DataError
+
+INFERENCE_MODES = ("sliding", "crop")
+BLENDS = ("gaussian", "constant")
+GAUSSIAN_SIGMA_FRACTION = 1.0 / 8
+NORMALIZE_EPSILON = 1e-8  # as unet3d_core.input_pipeline.normalize
+ENHANCING = 3  # internal label of enhancing tumour
+CORE = 1  # internal label enhancing components are relabelled to
+PROBABILITIES_SUFFIX = "_probabilities"
+
+RunBatch = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a volume is covered and post-processed; see the module docstring."""
+
+    mode: str = "sliding"
+    window_shape: Tuple[int, int, int] = (128, 128, 128)
+    overlap: float = 0.5
+    blend: str = "gaussian"
+    mirror: bool = False
+    batch_size: int = 1
+    eval_crop: Tuple[int, int, int] = (224, 224, 155)
+    divisor: int = 32
+    min_et_component_voxels: int = 0
+
+    @classmethod
+    def from_options(cls, options, divisor: int) -> "InferenceSettings":
+        """Settings from parsed CLI options; flags a plugin or an old caller lacks take their defaults.
+
+        Raises:
+            ConfigError: a window that does not fit the network, or a bad overlap.
+        """
+        window = getattr(options, "window_shape", None) or options.input_shape
+        settings = cls(
+            mode=getattr(options, "inference_mode", "sliding"),
+            window_shape=tuple(int(size) for size in window),
+            overlap=float(getattr(options, "overlap", 0.5)),
+            blend=getattr(options, "blend", "gaussian"),
+            mirror=bool(getattr(options, "tta", False)),
+            batch_size=int(getattr(options, "inference_batch_size", 1)),
+            eval_crop=tuple(int(size) for size in options.eval_crop),
+            divisor=int(divisor),
+            min_et_component_voxels=int(getattr(options, "min_et_component_voxels", 0)),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.mode not in INFERENCE_MODES:
+            raise ConfigError("--inference_mode: '{}' is not one of {}".format(self.mode, ", ".join(INFERENCE_MODES)))
+        if self.blend not in BLENDS:
+            raise ConfigError("--blend: '{}' is not one of {}".format(self.blend, ", ".join(BLENDS)))
+        if self.mode == "sliding" and any(size % self.divisor for size in self.window_shape):
+            raise ConfigError("--window_shape {}: every size must be a multiple of {} (the network's "
+                              "down-sampling)".format(" ".join(map(str, self.window_shape)), self.divisor))
+        if not 0.0 <= self.overlap < 1.0:
+            raise ConfigError("--overlap must be in [0, 1), got {}".format(self.overlap))
+        if self.batch_size < 1:
+            raise ConfigError("--inference_batch_size must be >= 1, got {}".format(self.batch_size))
+        if self.min_et_component_voxels < 0:
+            raise ConfigError("--min_et_component_voxels must be >= 0, got {}".format(self.min_et_component_voxels))
+
+    def describe(self) -> Dict:
+        """The settings as JSON-friendly values, recorded with every result."""
+        described = {"mode": self.mode, "tta": self.mirror,
+                     "min_et_component_voxels": self.min_et_component_voxels}
+        if self.mode == "sliding":
+            described.update(window_shape=list(self.window_shape), overlap=self.overlap, blend=self.blend)
+        else:
+            described.update(eval_crop=list(self.eval_crop))
+        return described
+
+
+# ------------------------------------------------------------------ windows
+def window_starts(size: int, window: int, overlap: float) -> List[int]:
+    """Start positions of windows covering ``size`` voxels, evenly spread, the last flush with the end.
+
+    The step between windows is at most ``window x (1 - overlap)``; a size
+    not larger than the window gets one window at 0.
+    """
+    if size <= window:
+        return [0]
+    step = max(int(window * (1.0 - overlap)), 1)
+    count = int(np.ceil((size - window) / float(step))) + 1
+    return sorted(set(int(round(position)) for position in np.linspace(0, size - window, count)))
+
+
+def gaussian_importance(window_shape: Sequence[int], sigma_fraction: float = GAUSSIAN_SIGMA_FRACTION) -> np.ndarray:
+    """Weights peaking at 1 in the window's centre, Gaussian along each axis, never 0."""
+    weights = np.ones([int(size) for size in window_shape], dtype=np.float64)
+    for axis, size in enumerate(window_shape):
+        position = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+        profile = np.exp(-0.5 * (position / (sigma_fraction * size)) ** 2)
+        shape = [1, 1, 1]
+        shape[axis] = size
+        weights = weights * profile.reshape(shape)
+    weights /= weights.max()
+    # Keep every voxel's weight positive so a voxel at a window's corner still counts.
+    return np.maximum(weights, weights[weights > 0].min()).astype(np.float32)
+
+
+def mirror_axes(mirror: bool) -> List[Tuple[int, ...]]:
+    """Spatial axes (of a batch [n, x, y, z, c]) to flip, one tuple per test-time augmentation pass."""
+    if not mirror:
+        return [()]
+    spatial = (1, 2, 3)
+    return [axes for count in range(4) for axes in itertools.combinations(spatial, count)]
+
+
+def run_mirrored(batch: np.ndarray, run_batch: RunBatch, mirror: bool) -> np.ndarray:
+    """Softmax of ``batch`` averaged over the mirroring passes (one pass without ``mirror``)."""
+    passes = mirror_axes(mirror)
+    total = None
+    for axes in passes:
+        flipped = np.flip(batch, axes) if axes else batch
+        output = run_batch(np.ascontiguousarray(flipped))
+        output = np.flip(output, axes) if axes else output
+        total = output.astype(np.float32) if total is None else total + output
+    return total / float(len(passes))
+
+
+def _pad_end(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    padding = [(0, max(int(target) - size, 0)) for size, target in zip(image.shape[:3], shape)]
+    if not any(after for _, after in padding):
+        return image
+    return np.pad(image, padding + [(0, 0)] * (image.ndim - 3), mode="constant")
+
+
+def sliding_window_probabilities(image: np.ndarray, run_batch: RunBatch, settings: InferenceSettings) -> np.ndarray:
+    """Blended softmax over windows covering ``image``.
+
+    Args:
+        image: float32 [x, y, z, channels], normalised.
+        run_batch: maps float32 [n, wx, wy, wz, channels] to softmax [n, wx, wy, wz, classes].
+    Returns:
+        float32 [x, y, z, classes], summing to 1 over classes.
+    """
+    shape = image.shape[:3]
+    window = settings.window_shape
+    padded = _pad_end(image, window)  # a volume smaller than the window is zero-padded, as in training
+    starts = [window_starts(size, size_w, settings.overlap) for size, size_w in zip(padded.shape[:3], window)]
+    boxes = [tuple(slice(start, start + size_w) for start, size_w in zip(corner, window))
+             for corner in itertools.product(*starts)]
+    weights = gaussian_importance(window) if settings.blend == "gaussian" else np.ones(window, np.float32)
+    accumulated = None
+    weight_sum = np.zeros(padded.shape[:3], dtype=np.float32)
+    for first in range(0, len(boxes), settings.batch_size):
+        chosen = boxes[first:first + settings.batch_size]
+        batch = np.stack([padded[box] for box in chosen])
+        probabilities = run_mirrored(batch, run_batch, settings.mirror)
+        if accumulated is None:
+            accumulated = np.zeros(padded.shape[:3] + probabilities.shape[-1:], dtype=np.float32)
+        for box, window_probabilities in zip(chosen, probabilities):
+            accumulated[box] += window_probabilities * weights[..., np.newaxis]
+            weight_sum[box] += weights
+    accumulated /= weight_sum[..., np.newaxis]
+    return accumulated[:shape[0], :shape[1], :shape[2]]
+
+
+def centre_crop_probabilities(image: np.ndarray, run_batch: RunBatch, settings: InferenceSettings) -> np.ndarray:
+    """The seed's evaluation: one pass over the centre crop, padded to the network's multiple."""
+    shape = np.asarray(image.shape[:3])
+    crop = np.minimum(shape, settings.eval_crop)
+    offsets = (shape - crop) // 2
+    box = tuple(slice(int(start), int(start + size)) for start, size in zip(offsets, crop))
+    padded_shape = [int(-(-size // settings.divisor) * settings.divisor) for size in crop]
+    batch = _pad_end(image[box], padded_shape)[np.newaxis]
+    probabilities = run_mirrored(batch, run_batch, settings.mirror)[0]
+    full = np.zeros(tuple(shape) + probabilities.shape[-1:], dtype=np.float32)
+    full[..., 0] = 1.0  # outside the crop: background
+    full[box] = probabilities[:crop[0], :crop[1], :crop[2]]
+    return full
+
+
+def predict_probabilities(image: np.ndarray, run_batch: RunBatch, settings: InferenceSettings) -> np.ndarray:
+    """Softmax probabilities [x, y, z, classes] of a whole normalised volume."""
+    if settings.mode == "crop":
+        return centre_crop_probabilities(image, run_batch, settings)
+    return sliding_window_probabilities(image, run_batch, settings)
+
+
+def remove_small_enhancing(labels: np.ndarray, min_voxels: int) -> np.ndarray:
+    """Relabel enhancing-tumour components (26-connected) of fewer than ``min_voxels`` voxels as core."""
+    if min_voxels <= 0:
+        return labels
+    from scipy import ndimage
+
+    components, count = ndimage.label(labels == ENHANCING, structure=np.ones((3, 3, 3), dtype=bool))
+    if count == 0:
+        return labels
+    sizes = np.bincount(components.ravel())
+    small = sizes < min_voxels
+    small[0] = False
+    labels = labels.copy()
+    labels[small[components]] = CORE
+    return labels
+
+
+def segment(image: np.ndarray, run_batch: RunBatch, settings: InferenceSettings,
+            keep_probabilities: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Internal label map (uint8) of a normalised volume, and its probabilities when asked for."""
+    probabilities = predict_probabilities(image, run_batch, settings)
+    labels = np.argmax(probabilities, axis=-1).astype(np.uint8)
+    labels = remove_small_enhancing(labels, settings.min_et_component_voxels)
+    return labels, (probabilities if keep_probabilities else None)
+
+
+# ------------------------------------------------------------------ network
+class NetworkRunner:
+    """The network restored from a checkpoint, fed whole batches of any spatial size (a multiple of the divisor)."""
+
+    def __init__(self, model_config, checkpoint: str, session_config=None):
+        import tensorflow as tf
+
+        from unet3d_core.model import build_unet3d
+
+        tf1 = tf.compat.v1
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.images = tf1.placeholder(tf.float32, [None, None, None, None, model_config.in_channels],
+                                          name="images")
+            logits = build_unet3d(self.images, model_config, training=False)
+            self.probabilities = tf.nn.softmax(logits, axis=-1)
+            saver = tf1.train.Saver()
+            self.graph.finalize()
+            self.session = tf1.Session(graph=self.graph, config=session_config)
+            # Inside the graph's context: under TensorFlow 2 a restore outside it takes the eager path and fails.
+            saver.restore(self.session, checkpoint)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(self.probabilities, {self.images: batch})
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def initialize_checkpoint(model_dir: str, model_config, seed: int = 0) -> str:
+    """Write a step-0 checkpoint of freshly initialised weights to ``model_dir``; returns its path.
+
+    For timing inference and for tests: the prediction path runs unchanged
+    on it, no training needed.
+    """
+    import tensorflow as tf
+
+    from unet3d_core.checkpoints import CHECKPOINT_PREFIX
+    from unet3d_core.model import build_unet3d
+
+    tf1 = tf.compat.v1
+    os.makedirs(model_dir, exist_ok=True)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(seed)
+        images = tf1.placeholder(tf.float32, [None, None, None, None, model_config.in_channels])
+        build_unet3d(images, model_config, training=False)
+        saver = tf1.train.Saver()
+        with tf1.Session(graph=graph) as session:
+            session.run(tf1.global_variables_initializer())
+            return saver.save(session, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=0)
+
+
+# ------------------------------------------------------------------ inputs
+def normalize(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """Z-score voxels > 0 per channel (float32 arithmetic, as the records are read); zeros stay zero."""
+    image = image.astype(np.float32)
+    mean = np.asarray(mean, dtype=np.float32)
+    std = np.asarray(std, dtype=np.float32)
+    return np.where(image > 0, (image - mean) / (std + np.float32(NORMALIZE_EPSILON)), image).astype(np.float32)
+
+
+@dataclass
+class OutputGeometry:
+    """Where a case's outputs must land: its shape, affine, and the NIfTI whose header they copy."""
+
+    shape: Tuple[int, int, int]
+    affine: np.ndarray
+    spacing: List[float]
+    header_source: Optional[str] = None  # the segmentation if there is one, else an image
+    label_dtype: str = "uint8"  # label maps are written in the case's segmentation dtype when it has one
+
+
+@dataclass
+class InferenceCase:
+    """One case ready for the network."""
+
+    case_id: str
+    image: np.ndarray  # float32 [x, y, z, 4], normalised
+    label: Optional[np.ndarray]  # internal labels, or None
+    geometry: OutputGeometry
+    to_source_labels: Dict[int, int] = field(default_factory=dict)  # internal -> source label
+
+
+def raw_folder_cases(input_dir: str, shard: Callable[[List], List] = list) -> Tuple[List[str], Iterator[InferenceCase]]:
+    """Cases of a raw BraTS folder (segmentations optional), preprocessed like the records.
+
+    Returns:
+        (ids of this worker's cases, iterator loading them one at a time).
+    Raises:
+        DataError: an unknown layout or a broken case (see unet3d_core.cases).
+    """
+    from unet3d_core.cases import LABEL_MAPS, detect_layout, discover_cases, inverse_label_map, load_case
+    from unet3d_core.preprocess import foreground_statistics, scale_intensities
+
+    folder_layout = detect_layout(input_dir)
+    raw_cases = shard(discover_cases(input_dir, require_segmentation=False))
+
+    def load() -> Iterator[InferenceCase]:
+        for raw in raw_cases:
+            layout = getattr(raw, "layout", None) or folder_layout
+            loaded = load_case(raw, layout)
+            scaled = scale_intensities(loaded.image)
+            loaded.image = None  # free the float copy before normalising
+            mean, std = foreground_statistics(scaled)
+            yield InferenceCase(
+                raw.case_id, normalize(scaled, mean, std), loaded.label,
+                OutputGeometry(tuple(scaled.shape[:3]), loaded.affine, loaded.spacing,
+                               raw.segmentation or raw.images["flair"], segmentation_dtype(raw.segmentation)),
+                inverse_label_map(LABEL_MAPS[layout]))
+
+    return [raw.case_id for raw in raw_cases], load()
+
+
+def segmentation_beside(image_path: str, case_id: str) -> Optional[str]:
+    """The ``<case>_seg.nii[.gz]`` next to one of a case's images, if present."""
+    folder = os.path.dirname(image_path)
+    for extension in (".nii.gz", ".nii"):
+        path = os.path.join(folder, "{}_seg{}".format(case_id, extension))
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def segmentation_dtype(path: Optional[str]) -> str:
+    """The integer dtype a segmentation file stores its labels in; uint8 when there is none (or it is float)."""
+    if path is None:
+        return "uint8"
+    import nibabel
+
+    dtype = np.dtype(nibabel.load(path).header.get_data_dtype())
+    return dtype.name if dtype.kind in "iu" else "uint8"
+
+
+def record_cases(manifest, cases: List[Dict], session_config=None) -> Iterator[InferenceCase]:
+    """Cases of a preprocessed data set, read from their records and normalised in a tf.data graph."""
+    import tensorflow as tf
+
+    from unet3d_core.input_pipeline import normalize as normalize_tensor
+    from unet3d_core.records import parse_case
+
+    tf1 = tf.compat.v1
+    to_source = {target: source for source, target in manifest.label_map.items()}
+    graph = tf.Graph()
+    with graph.as_default():
+        def transform(record):
+            case = parse_case(record)
+            return normalize_tensor(tf.cast(case["image"], tf.float32), case["mean"], case["std"]), case["label"]
+
+        dataset = tf.data.TFRecordDataset([manifest.record_path(case) for case in cases])
+        dataset = dataset.map(transform).prefetch(1)
+        next_case = tf1.data.make_one_shot_iterator(dataset).get_next()
+    with tf1.Session(graph=graph, config=session_config) as session:
+        for case in cases:
+            image, label = session.run(next_case)
+            flair = case.get("source_images", {}).get("flair")
+            header_source = None
+            segmentation = case.get("source_segmentation")
+            if not segmentation or not os.path.isfile(segmentation):
+                segmentation = segmentation_beside(flair, case["id"]) if flair and os.path.isfile(flair) else None
+            if segmentation or (flair and os.path.isfile(flair)):
+                header_source = segmentation or flair
+            geometry = OutputGeometry(tuple(case["shape"]), np.asarray(case["affine"], dtype=np.float64),
+                                      [float(size) for size in case["spacing"]], header_source,
+                                      segmentation_dtype(segmentation))
+            yield InferenceCase(case["id"], image, label if case.get("has_label") else None, geometry, to_source)
+
+
+# ------------------------------------------------------------------ outputs
+def _reference_header(geometry: OutputGeometry):
+    import nibabel
+
+    if not geometry.header_source or not os.path.isfile(geometry.header_source):
+        return None
+    reference = nibabel.load(geometry.header_source)
+    if tuple(reference.shape[:3]) != tuple(geometry.shape):
+        return None
+    return reference.header
+
+
+def _save_nifti(path: str, data: np.ndarray, geometry: OutputGeometry, dtype) -> None:
+    """Save ``data`` in the case's geometry, copying the reference header; atomic (temporary file + rename)."""
+    import nibabel
+
+    header = _reference_header(geometry)
+    if header is not None:
+        header = header.copy()
+        header.set_data_dtype(dtype)
+        image = nibabel.Nifti1Image(data.astype(dtype), geometry.affine, header=header)
+        qform_code = int(header["qform_code"]) or 1
+        sform_code = int(header["sform_code"]) or 1
+    else:
+        image = nibabel.Nifti1Image(data.astype(dtype), geometry.affine)
+        image.header.set_xyzt_units("mm")
+        qform_code = sform_code = 1  # "scanner", as BraTS files
+    image.set_qform(geometry.affine, code=qform_code)
+    image.set_sform(geometry.affine, code=sform_code)
+    image.header.set_zooms(tuple(geometry.spacing) + tuple(image.header.get_zooms()[3:]))
+    image.set_data_dtype(dtype)
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, "." + name.replace(".nii", ".partial.nii", 1))
+    nibabel.save(image, temporary)
+    os.replace(temporary, path)
+
+
+def write_label_map(path: str, labels: np.ndarray, case: InferenceCase) -> None:
+    """Write internal ``labels`` as a NIfTI in the case's geometry and its source's label values."""
+    if tuple(labels.shape) != tuple(case.geometry.shape):
+        raise DataError("case {}: prediction shape {} differs from the case's {}".format(
+            case.case_id, labels.shape, case.geometry.shape))
+    lookup = np.arange(256, dtype=np.int64)  # internal labels are uint8
+    for internal, source in case.to_source_labels.items():
+        lookup[internal] = source
+    _save_nifti(path, lookup[labels], case.geometry, np.dtype(case.geometry.label_dtype))
+
+
+def write_probabilities(path: str, probabilities: np.ndarray, case: InferenceCase) -> None:
+    """Write softmax probabilities as a 4-D float32 NIfTI in the case's geometry.
+
+    Channel k is internal class k: 0 background, 1 necrotic / non-enhancing
+    core, 2 oedema, 3 enhancing tumour (label 4 in BraTS 2019 files).
+    """
+    _save_nifti(path, probabilities, case.geometry, np.dtype(np.float32))
+
+
+def output_paths(output_dir: str, case_id: str, save_probabilities: bool) -> List[str]:
+    paths = [os.path.join(output_dir, case_id + ".nii.gz")]
+    if save_probabilities:
+        paths.append(os.path.join(output_dir, case_id + PROBABILITIES_SUFFIX + ".nii.gz"))
+    return paths

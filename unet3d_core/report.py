@@ -1,0 +1,324 @@
+"""``cli.py report RUN_DIR``: pictures of a run that people actually look at.
+
+Writes into ``RUN_DIR/report/`` (or ``--out``):
+
+- ``curves.png``: training loss, learning rate and the evaluation Dice
+  (both schemes) over steps, read from the ``log.json`` DLLogger lines of
+  the run and of its ``fold-N`` sub-runs (one line per run);
+- ``case-<id>.png`` for a few predicted cases: an axial slice through the
+  largest tumour area, FLAIR and T1ce, with the ground truth and the
+  prediction overlaid;
+- ``index.md``: the evaluation tables (scheme named per metric) linking both.
+
+Images are found through ``--images RAW_DIR``, else the run's own
+parameters (``--input_dir``, or the ``--data_dir`` manifest's source paths).
+Rendering uses matplotlib's Agg backend: no display needed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from unet3d_core import metrics as metrics_lib
+from unet3d_core.errors import DataError
+
+LOG_NAME = "log.json"
+# Overlay colours by internal label (files are mapped from their own convention first).
+LABEL_COLOURS = OrderedDict([(1, ("necrotic / non-enhancing core", "#e41a1c")), (2, ("oedema", "#4daf4a")),
+                             (3, ("enhancing tumour", "#ffd700"))])
+CURVE_DICE = ("MeanDice", "WholeTumor", "Dice_WT", "Dice_TC", "Dice_ET")
+
+
+def read_log(path: str) -> Tuple[Dict, List[Dict]]:
+    """Parameters and records of a DLLogger JSON-lines file (ours or NVIDIA dllogger's)."""
+    parameters: Dict = {}
+    records: List[Dict] = []
+    with open(path) as handle:
+        for line in handle:
+            if not line.startswith("DLLL "):
+                continue
+            try:
+                record = json.loads(line[5:])
+            except ValueError:
+                continue  # a line cut short by a kill
+            if record.get("type") == "PARAMETER" or record.get("step") == "PARAMETER":
+                parameters.update(record.get("data", {}))
+            else:
+                records.append(record)
+    return parameters, records
+
+
+def curves_of(records: List[Dict]) -> Dict[str, List]:
+    """Training steps, loss, learning rate, and (checkpoint step, Dice values) of each evaluation."""
+    steps, losses, rates, evaluations = [], [], [], []
+    last_step = 0
+    for record in records:
+        step, data = record.get("step"), record.get("data", {})
+        if isinstance(step, int) and "loss" in data:
+            steps.append(step)
+            losses.append(float(data["loss"]))
+            rates.append(float(data.get("learning_rate", float("nan"))))
+            last_step = step
+        elif step == "eval":
+            evaluations.append((int(data.get("checkpoint_step", last_step)),
+                                {name: float(data[name]) for name in CURVE_DICE if name in data}))
+    return {"steps": steps, "loss": losses, "learning_rate": rates, "evaluations": evaluations}
+
+
+def run_folders(run_dir: str) -> "OrderedDict[str, str]":
+    """Label -> folder for the run and its ``fold-N`` sub-runs that have a log."""
+    if not os.path.isdir(run_dir):
+        raise DataError("RUN_DIR {}: no such directory".format(run_dir))
+    found: "OrderedDict[str, str]" = OrderedDict()
+    if os.path.isfile(os.path.join(run_dir, LOG_NAME)):
+        found["run"] = run_dir
+    for name in sorted(os.listdir(run_dir)):
+        folder = os.path.join(run_dir, name)
+        if name.startswith("fold-") and os.path.isfile(os.path.join(folder, LOG_NAME)):
+            found[name] = folder
+    if not found:
+        raise DataError("RUN_DIR {}: no {} here or in fold-N sub-folders (not a run folder?)".format(
+            run_dir, LOG_NAME))
+    return found
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(curves: Dict[str, Dict[str, List]], path: str) -> None:
+    """Loss, learning rate and evaluation Dice over steps, one line per run."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4), sharex=True)  # evaluations sit at their training step
+    # Several runs (folds): two Dice lines each keep the legend readable.
+    dice_names = CURVE_DICE if len(curves) == 1 else ("MeanDice", "Dice_WT")
+    for label, curve in curves.items():
+        if curve["steps"]:
+            axes[0].plot(curve["steps"], curve["loss"], label=label)
+            axes[1].plot(curve["steps"], curve["learning_rate"], label=label)
+        for name in dice_names:
+            points = [(step, values[name]) for step, values in curve["evaluations"] if name in values]
+            if points:
+                xs, ys = zip(*points)
+                scheme = metrics_lib.SCHEME_OF.get(name, "")
+                axes[2].plot(xs, ys, marker="o", label="{} {} ({})".format(label, name, scheme))
+    axes[0].set(title="training loss", xlabel="step", ylabel="loss")
+    axes[1].set(title="learning rate", xlabel="step", ylabel="rate")
+    axes[1].ticklabel_format(axis="y", useOffset=False)
+    axes[2].set(title="evaluation Dice", xlabel="checkpoint step", ylabel="Dice", ylim=(0, 1))
+    for axis in axes:
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _axial_slice(volume: np.ndarray, index: int) -> np.ndarray:
+    # Rotate so the brain is upright with x across and y up, as viewers show it.
+    return np.rot90(volume[:, :, index])
+
+
+def tumour_slice(truth: Optional[np.ndarray], prediction: np.ndarray) -> int:
+    """The axial slice with the most tumour in the truth (else in the prediction, else the middle)."""
+    for labels in (truth, prediction):
+        if labels is not None and np.any(labels > 0):
+            return int(np.argmax(np.count_nonzero(labels > 0, axis=(0, 1))))
+    return prediction.shape[2] // 2
+
+
+def _overlay(axis, background: np.ndarray, labels: Optional[np.ndarray], title: str) -> None:
+    from matplotlib.colors import ListedColormap
+
+    axis.imshow(background, cmap="gray", interpolation="nearest")
+    if labels is not None:
+        values = list(LABEL_COLOURS)
+        colours = ListedColormap([LABEL_COLOURS[value][1] for value in values])
+        index = np.full(labels.shape, np.nan)
+        for position, value in enumerate(values):
+            index[labels == value] = position
+        axis.imshow(np.ma.masked_invalid(index), cmap=colours, vmin=0, vmax=len(values) - 1, alpha=0.45,
+                    interpolation="nearest")
+    axis.set_title(title, fontsize=9)
+    axis.axis("off")
+
+
+def plot_case(case_id: str, images: Dict[str, np.ndarray], truth: Optional[np.ndarray], prediction: np.ndarray,
+              path: str) -> str:
+    """FLAIR and T1ce rows; columns image, ground truth (if any), prediction. Returns the caption.
+
+    ``truth`` and ``prediction`` hold internal labels (1 core, 2 oedema, 3 enhancing).
+    """
+    from matplotlib.patches import Patch
+
+    plt = _pyplot()
+    index = tumour_slice(truth, prediction)
+    columns = [("image", None)] + ([("ground truth", truth)] if truth is not None else []) + \
+        [("prediction", prediction)]
+    figure, axes = plt.subplots(2, len(columns), figsize=(3.3 * len(columns), 6.6), squeeze=False)
+    for row, modality in enumerate(("flair", "t1ce")):
+        background = _axial_slice(images[modality], index)
+        for column, (name, labels) in enumerate(columns):
+            _overlay(axes[row][column], background,
+                     None if labels is None else _axial_slice(labels, index), "{} {}".format(modality.upper(), name))
+    caption = "{}: axial slice {} of {}".format(case_id, index, prediction.shape[2])
+    if truth is not None:
+        scores = []
+        for region, labels in metrics_lib.BRATS_REGIONS.items():
+            scores.append("{} {:.3f}".format(region, metrics_lib.dice(np.isin(prediction, labels),
+                                                                      np.isin(truth, labels))))
+        caption += "; whole-volume Dice (BraTS regions) " + ", ".join(scores)
+    legend = [Patch(color=colour, label=name) for name, colour in LABEL_COLOURS.values()]
+    figure.legend(handles=legend, loc="lower center", ncol=3, fontsize=8)
+    figure.suptitle(caption, fontsize=9)
+    figure.tight_layout(rect=(0, 0.05, 1, 0.95))
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    return caption
+
+
+def _case_sources(parameters: Dict, images_dir: Optional[str]) -> Dict[str, Tuple]:
+    """Case id -> (modality -> image path, segmentation path or None, 4-D volume index or None,
+    source label -> internal label).
+
+    From ``images_dir``, else wherever the run read its data (``--input_dir``
+    or the ``--data_dir`` manifest's source paths).
+    """
+    from unet3d_core.cases import LABEL_MAPS, detect_layout, discover_cases
+    from unet3d_core.inference import segmentation_beside
+
+    raw_dir = images_dir or parameters.get("input_dir")
+    if raw_dir:
+        layout = detect_layout(raw_dir)
+        return {raw.case_id: (raw.images, raw.segmentation, getattr(raw, "volume_index", None),
+                              LABEL_MAPS[getattr(raw, "layout", None) or layout])
+                for raw in discover_cases(raw_dir, require_segmentation=False)}
+    data_dir = parameters.get("data_dir")
+    manifest = os.path.join(data_dir, "manifest.json") if data_dir else None
+    if not manifest or not os.path.isfile(manifest):
+        return {}
+    with open(manifest) as handle:
+        content = json.load(handle)
+    cases = content.get("cases", [])
+    label_map = {int(source): int(target) for source, target in content.get("label_map", {}).items()}
+    sources = {}
+    for case in cases:
+        images = case.get("source_images", {})
+        if images.get("flair") and os.path.isfile(images["flair"]):
+            segmentation = case.get("source_segmentation") or segmentation_beside(images["flair"], case["id"])
+            sources[case["id"]] = (images, segmentation if segmentation and os.path.isfile(segmentation) else None,
+                                   case.get("source_volume_index"), label_map)
+    return sources
+
+
+def _prediction_folders(folder: str, parameters: Dict, predictions_dir: Optional[str]) -> List[str]:
+    candidates = [predictions_dir, parameters.get("output_dir"), os.path.join(folder, "predictions")]
+    unique = OrderedDict((os.path.realpath(candidate), candidate) for candidate in candidates
+                         if candidate and os.path.isdir(candidate))
+    return list(unique.values())
+
+
+def _load_volume(path: str, volume: Optional[int] = None) -> np.ndarray:
+    """A 3-D array from a NIfTI file; ``volume`` picks one along a 4-D file's 4th axis (MSD)."""
+    import nibabel
+
+    data = nibabel.load(path).dataobj
+    return np.asanyarray(data[..., volume] if volume is not None else data)
+
+
+def _internal(path: str, label_map: Dict[int, int]) -> np.ndarray:
+    """A label-map file in internal labels (its values mapped through the data set's ``label_map``)."""
+    from unet3d_core.cases import map_labels
+
+    return map_labels(_load_volume(path), label_map, path)
+
+
+def _results_table(path: str, title: str) -> List[str]:
+    """Markdown lines for an eval_results.json / cv_results.json, each metric with its scheme."""
+    with open(path) as handle:
+        content = json.load(handle)
+    statistics = content.get("statistics") or content.get("pooled")
+    lines = ["### {}".format(title), ""]
+    if statistics:
+        lines += ["| metric | scheme | mean | median | std |", "|---|---|---|---|---|"]
+        for name, row in statistics.items():
+            lines.append("| {} | {} | {:.4f} | {:.4f} | {:.4f} |".format(
+                name, row["scheme"], row["mean"], row["median"], row["std"]))
+    elif content.get("mean"):
+        lines += ["| metric | scheme | mean |", "|---|---|---|"]
+        for name, value in content["mean"].items():
+            lines.append("| {} | {} | {:.4f} |".format(name, metrics_lib.SCHEME_OF.get(name, "?"), value))
+    described = content.get("checkpoint_step")
+    if described is not None:
+        lines += ["", "Checkpoint step {}; inference {}.".format(described, json.dumps(content.get("inference", {})))]
+    return lines + [""]
+
+
+def build_report(run_dir: str, *, out_dir: Optional[str] = None, cases: int = 3, images_dir: Optional[str] = None,
+                 predictions_dir: Optional[str] = None) -> str:
+    """Render the curves, a few case overlays and ``index.md``; returns the index's path.
+
+    Raises:
+        DataError: RUN_DIR holds no run log.
+    """
+    out_dir = out_dir or os.path.join(run_dir, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    folders = run_folders(run_dir)
+    logs = OrderedDict((label, read_log(os.path.join(folder, LOG_NAME))) for label, folder in folders.items())
+    curves = OrderedDict((label, curves_of(records)) for label, (_, records) in logs.items())
+    plot_curves(curves, os.path.join(out_dir, "curves.png"))
+
+    lines = ["# unet3d run report: {}".format(os.path.abspath(run_dir)), "",
+             "Schemes: " + "; ".join("**{}**: {}".format(k, v) for k, v in metrics_lib.SCHEME_DESCRIPTIONS.items()),
+             "", "## Training", "", "![training curves](curves.png)", ""]
+    for label, curve in curves.items():
+        if curve["steps"]:
+            lines.append("- {}: steps {}..{}, last logged loss {:.4f}, {} evaluation(s)".format(
+                label, curve["steps"][0], curve["steps"][-1], curve["loss"][-1], len(curve["evaluations"])))
+    lines += ["", "## Evaluation", ""]
+    cross_validation = os.path.join(run_dir, "cv_results.json")
+    if os.path.isfile(cross_validation):
+        lines += _results_table(cross_validation, "Cross-validation, all folds pooled")
+    for label, folder in folders.items():
+        results = os.path.join(folder, "eval_results.json")
+        if os.path.isfile(results):
+            lines += _results_table(results, "{} ({})".format(label, results))
+
+    lines += ["## Cases", ""]
+    drawn: List[str] = []
+    for label, folder in folders.items():
+        parameters = logs[label][0]
+        sources = _case_sources(parameters, images_dir)
+        for prediction_folder in _prediction_folders(folder, parameters, predictions_dir):
+            for name in sorted(os.listdir(prediction_folder)):
+                case_id = name[:-len(".nii.gz")] if name.endswith(".nii.gz") else None
+                if len(drawn) >= cases:
+                    break
+                if case_id is None or case_id not in sources or case_id in drawn or name.startswith("."):
+                    continue
+                images, segmentation, volume_index, label_map = sources[case_id]
+                volumes = {modality: _load_volume(images[modality], (volume_index or {}).get(modality))
+                           for modality in ("flair", "t1ce")}
+                truth = _internal(segmentation, label_map) if segmentation else None
+                prediction = _internal(os.path.join(prediction_folder, name), label_map)
+                picture = "case-{}.png".format(case_id)
+                caption = plot_case(case_id, volumes, truth, prediction, os.path.join(out_dir, picture))
+                lines += ["![{}]({})".format(case_id, picture), "", caption, ""]
+                drawn.append(case_id)
+    if not drawn:
+        lines.append("No case pictures: no predictions with findable images (run 'predict', or pass --images "
+                     "RAW_DIR / --predictions DIR).")
+    index = os.path.join(out_dir, "index.md")
+    with open(index, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return index
