@@ -51,6 +51,13 @@ def test_evaluation_scores_every_validation_case_once(trained, records):
     for name in ("WholeTumor", "MeanDice", "Dice_WT", "Dice_TC", "Dice_ET"):
         assert 0.0 <= report["mean"][name] <= 1.0
     assert "label 4" in report["naming"]["seed"]
+    # The same means reach TensorBoard, at the checkpoint's step.
+    import tensorflow as tf
+
+    events = [os.path.join(trained, "eval", name) for name in os.listdir(os.path.join(trained, "eval"))]
+    scalars = {value.tag: (event.step, value.simple_value) for path in events
+               for event in tf.compat.v1.train.summary_iterator(path) for value in event.summary.value}
+    assert scalars["eval/Dice_WT"] == (6, pytest.approx(report["mean"]["Dice_WT"]))
 
 
 def test_resume_continues_at_saved_step(trained, records, capsys):

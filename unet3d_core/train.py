@@ -83,6 +83,19 @@ def synthetic_training_dataset(*, batch_size: int, crop_shape, model_config: Mod
     return tf.data.Dataset.range(1).map(make_batch).cache().repeat()
 
 
+def _write_eval_summaries(folder: str, summary: Dict, step: int) -> None:
+    """Mean evaluation metrics as TensorBoard scalars (``eval/Dice_WT`` ...) at the checkpoint's step."""
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    values = [tf1.Summary.Value(tag="eval/" + name, simple_value=float(value))
+              for name, value in summary.items() if isinstance(value, (int, float))]
+    with tf.Graph().as_default():
+        writer = tf1.summary.FileWriter(folder)
+        writer.add_summary(tf1.Summary(value=values), step)
+        writer.close()
+
+
 def _variables_bytes(variables) -> int:
     total = 0
     for variable in variables:
@@ -387,6 +400,7 @@ class Controller:
             _write_json_atomic(os.path.join(self.options.model_dir, EVAL_RESULTS), report)
             metrics_lib.write_case_table(os.path.join(self.options.model_dir, EVAL_CASES),
                                          report["cases"])
+            _write_eval_summaries(os.path.join(self.options.model_dir, "eval"), summary, step)
         return summary
 
     # -------------------------------------------------------------- prediction
