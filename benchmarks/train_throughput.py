@@ -165,7 +165,8 @@ def worker_roofline(size: int, batch: int, repeats: int = 5) -> dict:
 
     tf1 = tf.compat.v1
     _, train_op, _, _ = _training_graph(size, batch)
-    result = {"flops_per_step": convolution_flops(ops_run_for(train_op)), "tensorflow": tf.__version__, "convolutions": []}
+    result = {"flops_per_step": convolution_flops(ops_run_for(train_op)), "tensorflow": tf.__version__,
+              "convolutions": []}
     for conv_batch, edge, in_channels, out_channels in ROOFLINE_CONVOLUTIONS:
         conv_graph = tf.Graph()
         with conv_graph.as_default():
