@@ -7,9 +7,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv="$root/.venv-bench"
 stamp="$venv/.unet3d-ready"
-# An exact pin: a bare "torch" (or a range a newer release satisfies) makes pip
-# fetch a CUDA build of several GB; 2.13.0's CPU wheel is what we measure with.
-torch_pin="torch==2.13.0"
+# Exact pins: a bare "torch" (or a range a newer release satisfies) makes pip
+# fetch a CUDA build of several GB; 2.13.0's CPU wheel is what we measured with.
+packages=("torch==2.13.0" "monai==1.6.1" "numpy<2.3")
 [ -f "$stamp" ] && exit 0
 
 python=$(command -v python3.11 || command -v python3)
@@ -18,15 +18,6 @@ rm -rf "$venv"
 "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade "pip<24.1"
-"${pip[@]}" install -q "$torch_pin"
-# MONAI's only hard requirements are torch and numpy; the pinned torch is already there.
-"${pip[@]}" install -q monai "$torch_pin" "numpy<2.3"
-"$venv/bin/python" - <<'PY'
-import monai
-import torch
-
-assert not torch.cuda.is_available() or torch.version.cuda is None or True
-print("[unet3d] bench environment ready: torch", torch.__version__, "(cuda build: {})".format(torch.version.cuda),
-      "monai", monai.__version__)
-PY
+"${pip[@]}" install -q "${packages[@]}"
+"$venv/bin/python" -c 'import monai, torch; print("[unet3d] bench environment ready: torch", torch.__version__, "(CUDA:", torch.version.cuda, ") monai", monai.__version__)'
 touch "$stamp"
