@@ -9,7 +9,7 @@ every convolution. Ops run one at a time (``inter_op_parallelism_threads``
 writes the trace for chrome://tracing or https://ui.perfetto.dev.
 
     python benchmarks/profile_step.py [--size 64] [--batch 2] [--timeline step.json]
-    UNET3D_INSTANCE_NORM=moments python benchmarks/profile_step.py   # the model before the fused instance norm
+    UNET3D_KERNELS=plain python benchmarks/profile_step.py   # the model written with the textbook ops
 """
 from __future__ import annotations
 
@@ -70,8 +70,8 @@ def main(argv=None) -> int:
             counts[op.type] += 1
             slowest.append((seconds, op.type, node.node_name))
     total = sum(by_type.values())
-    print("TensorFlow {}, instance norm kernel '{}', {} parameters, {}^3 x 4, batch {}: step {:.2f} s untraced, "
-          "{:.2f} s of op time traced".format(tf.__version__, model.INSTANCE_NORM_KERNEL, parameters, options.size,
+    print("TensorFlow {}, kernels '{}', {} parameters, {}^3 x 4, batch {}: step {:.2f} s untraced, "
+          "{:.2f} s of op time traced".format(tf.__version__, model.kernel_set(), parameters, options.size,
                                              options.batch, untraced, total))
     print("\n| op type | seconds | share | ops |\n|---|---:|---:|---:|")
     for op_type, seconds in by_type.most_common():

@@ -12,9 +12,9 @@ one after another (never two at once), repeated and summarised by the median:
   reading full-size cases from the records with the seed's augmentation,
   the input pipeline sharing the cores with the step.
 - ``plain graph``: the same network, loss and Adam as a bare
-  ``tf.compat.v1`` graph and session loop, with the instance norm written as
-  moments ops (the model before this benchmark's optimisation): the
-  reference the targets in README's Performance section were set against.
+  ``tf.compat.v1`` graph and session loop, the model written with the
+  textbook ops (``UNET3D_KERNELS=plain``: the model before it was tuned):
+  the reference the targets in README's Performance section were set against.
 - ``MONAI DynUNet``: PyTorch (CPU build) in ``.venv-bench``, configured to
   the same widths, strides, kernel sizes, instance norm (affine) and leaky
   ReLU 0.01, DiceCE loss without background in the Dice, Adam.
@@ -306,11 +306,11 @@ def measure(options) -> dict:
                                  e, options.records, workdir, options, w, s, synthetic=False)))
             plan.append(("plain graph", environment, repeats,
                          lambda e=environment, w=warmup, s=steps: run_child(
-                             e, worker_arguments("plain", options, w, s), env={"UNET3D_INSTANCE_NORM": "moments"})))
+                             e, worker_arguments("plain", options, w, s), env={"UNET3D_KERNELS": "plain"})))
             if environment == "tf2" and options.compare_norm:
-                plan.append(("ours, moments instance norm", environment, repeats,
+                plan.append(("ours, plain kernels", environment, repeats,
                              lambda e=environment, w=warmup, s=steps: run_trainer(
-                                 e, records, workdir, options, w, s, env={"UNET3D_INSTANCE_NORM": "moments"})))
+                                 e, records, workdir, options, w, s, env={"UNET3D_KERNELS": "plain"})))
         if available["bench"]:
             plan.append(("MONAI DynUNet", "bench", options.repeats,
                          lambda: run_child("bench", worker_arguments("monai", options, options.warmup, options.steps))))
@@ -401,7 +401,7 @@ def parse_arguments(argv=None):
     parser.add_argument("--skip", action="append", default=[], choices=sorted(ENVIRONMENTS),
                         help="leave out an environment (repeatable)")
     parser.add_argument("--compare_norm", action="store_true",
-                        help="also run our trainer with the moments instance norm (the model before optimisation)")
+                        help="also run our trainer with UNET3D_KERNELS=plain (the model before it was tuned)")
     parser.add_argument("--records", default=None,
                         help="a preprocessed data set of full-size cases: adds a row training from its records "
                              "(--augment) instead of --synthetic_input, the input pipeline sharing the cores")

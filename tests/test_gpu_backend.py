@@ -1,4 +1,5 @@
 """The GPU backend's hooks, checked on the CPU (no GPU is needed or used)."""
+import os
 import types
 
 import pytest
@@ -74,3 +75,13 @@ def test_unavailable_here_with_a_reason():
     if info.available:
         pytest.skip("this machine has a usable GPU")
     assert info.reason
+
+
+def test_a_gpu_process_builds_the_textbook_model_unless_told_otherwise(monkeypatch):
+    monkeypatch.setattr(gpu, "_status", lambda: (True, ""))
+    monkeypatch.delenv("UNET3D_KERNELS", raising=False)
+    gpu.unet3d_prepare_environment(_options())
+    assert os.environ["UNET3D_KERNELS"] == "plain"
+    monkeypatch.setenv("UNET3D_KERNELS", "onednn")
+    gpu.unet3d_prepare_environment(_options())
+    assert os.environ["UNET3D_KERNELS"] == "onednn"

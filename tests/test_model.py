@@ -88,3 +88,27 @@ def test_dice_loss_ignores_the_background_channel():
     # background prediction leaves only the smoothing term.
     assert _loss_value("dice", right, labels) < 1e-3
     assert _loss_value("dice", wrong_background, labels) > 0.9
+
+
+def _initial_weights(seed, batch, kernels, monkeypatch):
+    monkeypatch.setenv("UNET3D_KERNELS", kernels)
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.set_random_seed(seed)
+        build_unet3d(tf.zeros([batch, 16, 16, 8, 4]), ModelConfig(base_filters=4, max_filters=8, depth=3), True)
+        variables = tf.compat.v1.trainable_variables()
+        with tf.compat.v1.Session(graph=graph) as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            return dict(zip([v.op.name for v in variables], session.run(variables)))
+
+
+def test_seed_alone_fixes_the_initial_weights(monkeypatch):
+    """Same --seed, same start: whatever the batch size (per worker) or kernel set; another seed, another start."""
+    reference = _initial_weights(7, 2, "plain", monkeypatch)
+    for batch, kernels in ((1, "plain"), (2, "onednn"), (1, "eigen")):
+        other = _initial_weights(7, batch, kernels, monkeypatch)
+        assert sorted(other) == sorted(reference)
+        for name, value in reference.items():
+            np.testing.assert_array_equal(other[name], value, err_msg=name)
+    reseeded = _initial_weights(8, 2, "plain", monkeypatch)
+    assert not np.allclose(reseeded["unet3d/input_block/conv1/kernel"], reference["unet3d/input_block/conv1/kernel"])

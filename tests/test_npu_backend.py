@@ -177,6 +177,18 @@ def test_without_the_adapter_preparing_the_environment_fails_clearly(monkeypatch
         plugin.unet3d_prepare_environment(_options())
 
 
+def test_an_npu_process_builds_the_textbook_model_unless_told_otherwise(npu, monkeypatch):
+    from backends.npu import launcher
+
+    monkeypatch.setenv(launcher.WORKER_VARIABLE, "1")  # as under the launcher: no patching here
+    monkeypatch.delenv("UNET3D_KERNELS", raising=False)
+    npu.unet3d_prepare_environment(_options())
+    assert os.environ["UNET3D_KERNELS"] == "plain"
+    monkeypatch.setenv("UNET3D_KERNELS", "eigen")
+    npu.unet3d_prepare_environment(_options())
+    assert os.environ["UNET3D_KERNELS"] == "eigen"
+
+
 def test_built_rank_table_is_written_with_the_workers_environment(npu, tmp_path):
     from backends.npu import launcher, rank_table
 

@@ -35,4 +35,11 @@ ENTRY_POINT_GROUP = "unet3d.backends"
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-__all__ = ["hookimpl", "BackendInfo", "DistributedStrategy", "PROJECT_NAME", "ENTRY_POINT_GROUP", "__version__"]
+# The environment variable naming how the model's graph is written: "plain" (the
+# textbook ops, for a device compiler), "onednn" or "eigen" (rewrites measured
+# faster with TensorFlow's CPU libraries; unet3d_core/model.py). Unset, the model
+# picks by TensorFlow version; a backend's unet3d_prepare_environment may set it.
+KERNELS_VARIABLE = "UNET3D_KERNELS"
+
+__all__ = ["hookimpl", "BackendInfo", "DistributedStrategy", "PROJECT_NAME", "ENTRY_POINT_GROUP", "KERNELS_VARIABLE",
+           "__version__"]

@@ -13,41 +13,65 @@ Tensors are NDHWC: [batch, x, y, z, channels].
 from __future__ import annotations
 
 import os
+import zlib
 
 import tensorflow as tf
 
+from unet3d_core import KERNELS_VARIABLE
 from unet3d_core.config import LEAKY_RELU_SLOPE, NORM_EPSILON, ModelConfig
+from unet3d_core.errors import ConfigError
 
 tf1 = tf.compat.v1
 
-INSTANCE_NORM_KERNELS = ("fused", "moments")
+# Three ways of writing the same network: same variables, same maths, outputs and
+# gradients equal to float rounding (tests/test_model_kernels.py). Which one runs
+# fastest depends on the library that executes the graph:
+#   "plain": the textbook ops and TensorFlow's own gradients: instance norm from
+#     tf.nn.moments, every layer a Conv3D. For graphs another compiler takes over
+#     (the npu and gpu backends choose it: their vendors' kernels were not timed here).
+#   "onednn" (TensorFlow 2's CPU build, which runs convolutions and norms in oneDNN):
+#     - instance norm as one FusedBatchNormV3 per sample (a single kernel forward and
+#       backward: 0.13 -> 0.036 s for a 2x64^3x32 tensor, forward and backward);
+#     - the 32 -> 4 channel output convolution through the transposed-convolution
+#       kernel (Conv3DBackpropInputV2, kernel mirrored), whose weight gradient avoids
+#       oneDNN's slow path for 4-channel gradients (0.067 -> 0.025 s at 2x64^3).
+#   "eigen" (TensorFlow 1.15's pip build, plain Eigen kernels, where the backward
+#     convolutions run 2-6x slower than the forward one):
+#     - the same fused instance norm (0.30 -> 0.20 s for that tensor);
+#     - the gradients of every stride-1 convolution computed by forward
+#       convolutions (_forward_convolution_gradients): 2.2 -> 0.4 s for the input
+#       gradient and 1.9 -> 0.8 s for the kernel gradient of the 64 -> 32 channel
+#       convolution at 2x64^3.
+# Timings: README, Performance; benchmarks/profile_step.py shows them per op.
+# UNET3D_KERNELS=onednn|eigen|plain overrides the choice.
+KERNEL_SETS = ("onednn", "eigen", "plain")
 
 
-def _default_instance_norm_kernel() -> str:
-    """Which instance-norm implementation this TensorFlow runs fastest (same maths either way).
-
-    TensorFlow 2 runs FusedBatchNormV3 and its gradient as single kernels
-    (oneDNN on the CPU): 3.7x faster than the moments formulation for
-    forward + backward of a 2x64^3x32 tensor on our 2-core CPU. TensorFlow
-    1.15's pip build has no such kernel on the CPU (the fused op is no faster
-    there), and its graph is what the NPU adapter compiles, so it keeps the
-    plain moments ops. ``UNET3D_INSTANCE_NORM=fused|moments`` overrides the
-    choice (benchmarks compare the two).
-    """
-    chosen = os.environ.get("UNET3D_INSTANCE_NORM", "")
-    if chosen in INSTANCE_NORM_KERNELS:
+def kernel_set() -> str:
+    """The kernel set graphs are built with now: $UNET3D_KERNELS, else this TensorFlow's best."""
+    chosen = os.environ.get(KERNELS_VARIABLE, "")
+    if chosen:
+        if chosen not in KERNEL_SETS:
+            raise ConfigError("{}={!r}: expected one of {}".format(KERNELS_VARIABLE, chosen, ", ".join(KERNEL_SETS)))
         return chosen
-    return "fused" if int(tf.__version__.split(".")[0]) >= 2 else "moments"
+    return "onednn" if int(tf.__version__.split(".")[0]) >= 2 else "eigen"
 
-
-INSTANCE_NORM_KERNEL = _default_instance_norm_kernel()
 
 def _conv_weights(name, shape):
+    # The random draw is keyed by the graph's seed (--seed) and the variable's name,
+    # not by how many ops the graph had when the variable was made (TensorFlow's
+    # default), so the initial weights are the same whatever the batch size, the
+    # kernel set or the number of workers.
+    full_name = "{}/{}".format(tf1.get_variable_scope().name, name).lstrip("/")
+    seed = zlib.crc32(full_name.encode("utf-8")) & 0x7FFFFFFF
     return tf1.get_variable(name, shape=shape, dtype=tf.float32,
-                            initializer=tf1.glorot_uniform_initializer())
+                            initializer=tf1.glorot_uniform_initializer(seed=seed))
 
 
 def _bias(name, size):
+    # Added with tf.nn.bias_add rather than "+": the same sum, which TensorFlow's
+    # remapper fuses into the convolution before it, and whose gradient is one
+    # BiasAddGrad instead of a broadcasting reduction.
     return tf1.get_variable(name, shape=[size], dtype=tf.float32, initializer=tf1.zeros_initializer())
 
 
@@ -67,22 +91,25 @@ def _fused_instance_norm(x, gamma, beta):
 
     A batch-norm kernel normalises each channel over [n, a, b]; given one
     sample reshaped to [1, x*y, z, channels] it computes exactly the
-    instance statistics. Samples of a known batch size go one by one
-    (batch 1, as in inference, needs no copy); an unknown batch size is moved
-    next to the channels instead, [1, x*y, z, batch*channels].
+    instance statistics. The samples of a static batch go one by one (a
+    batch of one needs no copy); a batch of unknown size is moved next to the
+    channels instead, [1, x*y, z, batch*channels] (two transposes, which cost
+    3x the split and stack in a training step).
     """
     channels = int(x.shape[-1])
     batch = x.shape.as_list()[0]
     shape = tf.shape(x)
-    if batch is not None:
-        samples = [x] if batch == 1 else tf.unstack(x, axis=0)
-        outputs = []
-        for sample in samples:
-            flat = tf.reshape(sample, tf.stack([1, shape[1] * shape[2], shape[3], channels]))
-            outputs.append(tf.reshape(_batch_norm_kernel(flat, gamma, beta), shape[1:] if batch > 1 else shape))
-        y = outputs[0] if batch == 1 else tf.stack(outputs)
+
+    def normalize_one(sample):
+        flat = tf.reshape(sample, tf.stack([1, shape[1] * shape[2], shape[3], channels]))
+        return tf.reshape(_batch_norm_kernel(flat, gamma, beta), tf.shape(sample))
+
+    if batch == 1:
+        y = normalize_one(x)
+    elif batch is not None:
+        y = tf.stack([normalize_one(sample) for sample in tf.unstack(x, axis=0)])
     else:
-        moved = tf.transpose(x, [1, 2, 3, 0, 4])  # free when the batch is 1 (a singleton axis moves)
+        moved = tf.transpose(x, [1, 2, 3, 0, 4])
         flat = tf.reshape(moved, tf.stack([1, shape[1] * shape[2], shape[3], shape[0] * channels]))
         y = _batch_norm_kernel(flat, tf.tile(gamma, shape[:1]), tf.tile(beta, shape[:1]))
         y = tf.transpose(tf.reshape(y, tf.stack([shape[1], shape[2], shape[3], shape[0], channels])), [3, 0, 1, 2, 4])
@@ -91,12 +118,13 @@ def _fused_instance_norm(x, gamma, beta):
 
 
 def _normalize(x, config: ModelConfig, training: bool):
+    """``norm(x) * gamma + beta`` with the norm ``config.norm`` names."""
     channels = x.shape[-1]
     channels = int(channels.value if hasattr(channels, "value") else channels)
     gamma = tf1.get_variable("gamma", [channels], initializer=tf1.ones_initializer())
     beta = tf1.get_variable("beta", [channels], initializer=tf1.zeros_initializer())
     if config.norm == "instancenorm":
-        if INSTANCE_NORM_KERNEL == "fused":
+        if kernel_set() != "plain":
             return _fused_instance_norm(x, gamma, beta)
         mean, variance = tf.nn.moments(x, axes=[1, 2, 3], keepdims=True)
         x = (x - mean) * tf.math.rsqrt(variance + NORM_EPSILON)
@@ -133,9 +161,9 @@ def conv_unit(x, filters: int, config: ModelConfig, training: bool, stride: int 
     with tf1.variable_scope(name):
         use_bias = config.norm == "none"
         kernel = _conv_weights("kernel", [3, 3, 3, in_channels, filters])
-        x = tf.nn.conv3d(x, kernel, strides=[1, stride, stride, stride, 1], padding="SAME")
+        x = _convolution(x, kernel, stride)
         if use_bias:
-            x = x + _bias("bias", filters)
+            x = tf.nn.bias_add(x, _bias("bias", filters))
         else:
             x = _normalize(x, config, training)
         return tf.nn.leaky_relu(x, alpha=LEAKY_RELU_SLOPE)
@@ -151,7 +179,64 @@ def _upsample(x, filters: int, name: str):
         y = tf.nn.conv3d_transpose(x, kernel, output_shape, strides=[1, 2, 2, 2, 1], padding="SAME")
         static = x.shape.as_list()
         y.set_shape([static[0]] + [None if size is None else size * 2 for size in static[1:4]] + [filters])
-        return y + _bias("bias", filters)
+        return tf.nn.bias_add(y, _bias("bias", filters))
+
+
+FORWARD_GRADIENTS = "Unet3dConv3DForwardGradients"
+
+
+@tf.RegisterGradient(FORWARD_GRADIENTS)
+def _forward_convolution_gradients(op, output_gradient):
+    """Gradients of a stride-1 SAME Conv3D with an odd kernel, both computed by forward Conv3D ops.
+
+    - images: the convolution of the output gradient with the kernel mirrored
+      in space and its channel axes swapped.
+    - kernel: entry (a, b, c, i, o) is the sum over samples n and voxels v of
+      input[n, v + (a, b, c), i] * gradient[n, v, o] (input zero-padded): a VALID
+      convolution in which one of the two volumes, channels moved to the batch
+      axis, is convolved with the other taken as a kernel as large as the
+      volume (batch moved to its input channels). Eigen runs it fastest with
+      the wider of the two as the kernel, so with more input than output
+      channels the gradient is the kernel and the input the image, and the
+      offsets come out mirrored.
+    """
+    images, kernel = op.inputs
+    size = kernel.shape.as_list()[:3]
+    in_channels, out_channels = kernel.shape.as_list()[3:]
+    mirrored = tf.transpose(tf.reverse(kernel, [0, 1, 2]), [0, 1, 2, 4, 3])
+    images_gradient = tf.nn.conv3d(output_gradient, mirrored, strides=[1] * 5, padding="SAME")
+    padding = [[0, 0]] + [[(k - 1) // 2, k - 1 - (k - 1) // 2] for k in size] + [[0, 0]]
+    if in_channels >= out_channels:
+        padded = tf.transpose(tf.pad(output_gradient, padding), [4, 1, 2, 3, 0])  # [o, x, y, z, n]
+        sums = tf.nn.conv3d(padded, tf.transpose(images, [1, 2, 3, 0, 4]), strides=[1] * 5, padding="VALID")
+        kernel_gradient = tf.reverse(tf.transpose(sums, [1, 2, 3, 4, 0]), [0, 1, 2])  # [o, a, b, c, i] ->
+    else:
+        padded = tf.transpose(tf.pad(images, padding), [4, 1, 2, 3, 0])  # [i, x, y, z, n]
+        sums = tf.nn.conv3d(padded, tf.transpose(output_gradient, [1, 2, 3, 0, 4]), strides=[1] * 5,
+                            padding="VALID")
+        kernel_gradient = tf.transpose(sums, [1, 2, 3, 0, 4])  # [i, a, b, c, o] ->
+    kernel_gradient.set_shape(kernel.shape)
+    return images_gradient, kernel_gradient
+
+
+def _convolution(x, kernel, stride: int):
+    """``conv3d(x, kernel)``, SAME; with the "eigen" kernels, stride 1 has forward-convolution gradients."""
+    if stride == 1 and kernel_set() == "eigen":
+        with tf1.get_default_graph().gradient_override_map({"Conv3D": FORWARD_GRADIENTS}):
+            return tf.nn.conv3d(x, kernel, strides=[1] * 5, padding="SAME")
+    return tf.nn.conv3d(x, kernel, strides=[1, stride, stride, stride, 1], padding="SAME")
+
+
+def _convolution_as_transposed(x, kernel):
+    """``conv3d(x, kernel)``, stride 1, SAME, for an odd kernel, computed as the transposed convolution
+    of the kernel mirrored in space with its channel axes swapped: the same sums."""
+    mirrored = tf.transpose(tf.reverse(kernel, [0, 1, 2]), [0, 1, 2, 4, 3])
+    out_channels = int(kernel.shape[-1])
+    sizes = tf.concat([tf.shape(x)[:4], [out_channels]], 0)
+    y = tf.raw_ops.Conv3DBackpropInputV2(input_sizes=sizes, filter=mirrored, out_backprop=x, strides=[1] * 5,
+                                         padding="SAME")
+    y.set_shape(x.shape.as_list()[:4] + [out_channels])
+    return y
 
 
 def build_unet3d(images, config: ModelConfig, training: bool):
@@ -160,6 +245,10 @@ def build_unet3d(images, config: ModelConfig, training: bool):
     Spatial sizes must be multiples of ``config.divisor``. Call it inside a
     ``tf.compat.v1.variable_scope`` with ``reuse`` to share weights.
     """
+    return _build_network(images, config, training)
+
+
+def _build_network(images, config: ModelConfig, training: bool):
     widths = config.widths
     skips = []
     with tf1.variable_scope("unet3d"):
@@ -181,8 +270,11 @@ def build_unet3d(images, config: ModelConfig, training: bool):
                 x = conv_unit(x, widths[level], config, training, name="conv2")
         with tf1.variable_scope("output"):
             kernel = _conv_weights("kernel", [3, 3, 3, widths[0], config.num_classes])
-            logits = tf.nn.conv3d(x, kernel, strides=[1, 1, 1, 1, 1], padding="SAME")
-            logits = logits + _bias("bias", config.num_classes)
+            if kernel_set() == "onednn":
+                logits = _convolution_as_transposed(x, kernel)
+            else:
+                logits = _convolution(x, kernel, 1)
+            logits = tf.nn.bias_add(logits, _bias("bias", config.num_classes))
     return logits
 
 

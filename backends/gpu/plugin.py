@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from unet3d_core import BackendInfo, hookimpl
+from unet3d_core import KERNELS_VARIABLE, BackendInfo, hookimpl
 from unet3d_core.distributed import HorovodStrategy, inside_horovod_job, launch_with_horovodrun
 from unet3d_core.errors import BackendError, ConfigError
 
@@ -101,6 +101,9 @@ def unet3d_prepare_environment(options):
     available, reason = _status()
     if not available:
         raise BackendError("gpu backend: {}".format(reason))
+    # cuDNN runs the model's textbook ops; its CPU rewrites (unet3d_core/model.py,
+    # KERNEL_SETS) were measured on CPUs only.
+    os.environ.setdefault(KERNELS_VARIABLE, "plain")
 
 
 @hookimpl

@@ -1,0 +1,85 @@
+"""The model's kernel sets (unet3d_core.model.KERNEL_SETS) compute the same network, forward and backward."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from unet3d_core import model
+from unet3d_core.config import ModelConfig
+from unet3d_core.errors import ConfigError
+
+tf1 = tf.compat.v1
+# The input convolution has fewer input than output channels (4 -> 6), the others more or as
+# many: both forms of the "eigen" kernel gradient run.
+CONFIG = ModelConfig(base_filters=6, max_filters=8, depth=3)
+SHAPE = (2, 16, 16, 8, 4)
+
+
+def _outputs_and_gradients(monkeypatch, kernels, weights=None, static_batch=True):
+    """Logits and the gradients of a loss w.r.t. every variable, for ``weights`` (name -> value) if given."""
+    monkeypatch.setenv(model.KERNELS_VARIABLE, kernels)
+    images_value = np.random.RandomState(0).randn(*SHAPE).astype(np.float32) * 2 + 0.5
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(1)
+        images = tf1.placeholder(tf.float32, SHAPE if static_batch else (None, None, None, None, 4))
+        logits = model.build_unet3d(images, CONFIG, training=True)
+        variables = tf1.trainable_variables()
+        # A loss that weighs every output voxel differently, so that a transposed
+        # or shifted gradient cannot give the same numbers.
+        weighting = np.random.RandomState(2).rand(*SHAPE[:4], CONFIG.num_classes).astype(np.float32)
+        gradients = tf.gradients(tf.reduce_sum(tf.square(logits) * weighting), variables)
+        with tf1.Session(graph=graph) as session:
+            session.run(tf1.global_variables_initializer())
+            if weights is not None:
+                for variable in variables:
+                    variable.load(weights[variable.op.name], session)
+            values = session.run([logits] + gradients, {images: images_value})
+            current = {variable.op.name: value for variable, value in zip(variables, session.run(variables))}
+    return values, current
+
+
+def _relative_error(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.mark.parametrize("kernels", ["onednn", "eigen"])
+@pytest.mark.parametrize("static_batch", [True, False])
+def test_tuned_kernels_give_the_plain_outputs_and_gradients(monkeypatch, kernels, static_batch):
+    reference, weights = _outputs_and_gradients(monkeypatch, "plain")
+    tuned, _ = _outputs_and_gradients(monkeypatch, kernels, weights, static_batch)
+    assert len(tuned) == len(reference)
+    # Float32 rounding only: the statistics and gradients are summed in another order.
+    assert _relative_error(tuned[0], reference[0]) < 1e-4
+    errors = [_relative_error(a, b) for a, b in zip(tuned[1:], reference[1:])]
+    assert max(errors) < 1e-3, errors
+
+
+def test_eigen_kernels_replace_the_backward_convolutions(monkeypatch):
+    """The point of the "eigen" set: no stride-1 backward convolution op is left in the training graph."""
+    def backward_ops(kernels):
+        monkeypatch.setenv(model.KERNELS_VARIABLE, kernels)
+        graph = tf.Graph()
+        with graph.as_default():
+            logits = model.build_unet3d(tf1.placeholder(tf.float32, SHAPE), CONFIG, training=True)
+            tf.gradients(tf.reduce_sum(logits), tf1.trainable_variables())
+        return [op for op in graph.get_operations() if op.type.startswith("Conv3DBackprop")
+                and op.get_attr("strides") == [1, 1, 1, 1, 1]]
+
+    assert len(backward_ops("plain")) > 0
+    assert backward_ops("eigen") == []
+
+
+def test_every_kernel_set_creates_the_same_variables(monkeypatch):
+    shapes = {}
+    for kernels in model.KERNEL_SETS:
+        _, weights = _outputs_and_gradients(monkeypatch, kernels)
+        shapes[kernels] = {name: value.shape for name, value in weights.items()}
+    assert shapes["onednn"] == shapes["plain"] == shapes["eigen"]
+
+
+def test_the_default_follows_tensorflow_and_a_bad_choice_is_named(monkeypatch):
+    monkeypatch.delenv(model.KERNELS_VARIABLE, raising=False)
+    assert model.kernel_set() == ("onednn" if tf.__version__.startswith("2.") else "eigen")
+    monkeypatch.setenv(model.KERNELS_VARIABLE, "fast")
+    with pytest.raises(ConfigError, match="UNET3D_KERNELS='fast'"):
+        model.kernel_set()
