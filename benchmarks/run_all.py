@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="also write every measurement to this file")
     options = parser.parse_args(argv)
 
-    train_arguments = ["--compare_norm"] + ["--skip={}".format(name) for name in options.skip]
+    train_arguments = ["--compare_kernels"] + ["--skip={}".format(name) for name in options.skip]
     if options.quick:
         train_arguments += ["--repeats", "1", "--tf1_repeats", "1"]
     else:

@@ -307,7 +307,7 @@ def measure(options) -> dict:
             plan.append(("plain graph", environment, repeats,
                          lambda e=environment, w=warmup, s=steps: run_child(
                              e, worker_arguments("plain", options, w, s), env={"UNET3D_KERNELS": "plain"})))
-            if environment == "tf2" and options.compare_norm:
+            if environment == "tf2" and options.compare_kernels:
                 plan.append(("ours, plain kernels", environment, repeats,
                              lambda e=environment, w=warmup, s=steps: run_trainer(
                                  e, records, workdir, options, w, s, env={"UNET3D_KERNELS": "plain"})))
@@ -400,7 +400,7 @@ def parse_arguments(argv=None):
     parser.add_argument("--tf1_repeats", type=int, default=1, help="runs per TF 1.15 row (default 1)")
     parser.add_argument("--skip", action="append", default=[], choices=sorted(ENVIRONMENTS),
                         help="leave out an environment (repeatable)")
-    parser.add_argument("--compare_norm", action="store_true",
+    parser.add_argument("--compare_kernels", action="store_true",
                         help="also run our trainer with UNET3D_KERNELS=plain (the model before it was tuned)")
     parser.add_argument("--records", default=None,
                         help="a preprocessed data set of full-size cases: adds a row training from its records "

@@ -185,6 +185,12 @@ def _upsample(x, filters: int, name: str):
 FORWARD_GRADIENTS = "Unet3dConv3DForwardGradients"
 
 
+def _mirrored(kernel):
+    """``kernel`` mirrored in space with its channel axes swapped. For stride 1, SAME and an odd
+    kernel, a convolution with it is the transposed convolution with ``kernel``, and vice versa."""
+    return tf.transpose(tf.reverse(kernel, [0, 1, 2]), [0, 1, 2, 4, 3])
+
+
 @tf.RegisterGradient(FORWARD_GRADIENTS)
 def _forward_convolution_gradients(op, output_gradient):
     """Gradients of a stride-1 SAME Conv3D with an odd kernel, both computed by forward Conv3D ops.
@@ -203,18 +209,18 @@ def _forward_convolution_gradients(op, output_gradient):
     images, kernel = op.inputs
     size = kernel.shape.as_list()[:3]
     in_channels, out_channels = kernel.shape.as_list()[3:]
-    mirrored = tf.transpose(tf.reverse(kernel, [0, 1, 2]), [0, 1, 2, 4, 3])
-    images_gradient = tf.nn.conv3d(output_gradient, mirrored, strides=[1] * 5, padding="SAME")
+    images_gradient = tf.nn.conv3d(output_gradient, _mirrored(kernel), strides=[1] * 5, padding="SAME")
     padding = [[0, 0]] + [[(k - 1) // 2, k - 1 - (k - 1) // 2] for k in size] + [[0, 0]]
     if in_channels >= out_channels:
         padded = tf.transpose(tf.pad(output_gradient, padding), [4, 1, 2, 3, 0])  # [o, x, y, z, n]
         sums = tf.nn.conv3d(padded, tf.transpose(images, [1, 2, 3, 0, 4]), strides=[1] * 5, padding="VALID")
-        kernel_gradient = tf.reverse(tf.transpose(sums, [1, 2, 3, 4, 0]), [0, 1, 2])  # [o, a, b, c, i] ->
+        # sums: [o, a, b, c, i], offsets mirrored
+        kernel_gradient = tf.reverse(tf.transpose(sums, [1, 2, 3, 4, 0]), [0, 1, 2])
     else:
         padded = tf.transpose(tf.pad(images, padding), [4, 1, 2, 3, 0])  # [i, x, y, z, n]
         sums = tf.nn.conv3d(padded, tf.transpose(output_gradient, [1, 2, 3, 0, 4]), strides=[1] * 5,
                             padding="VALID")
-        kernel_gradient = tf.transpose(sums, [1, 2, 3, 0, 4])  # [i, a, b, c, o] ->
+        kernel_gradient = tf.transpose(sums, [1, 2, 3, 0, 4])  # sums: [i, a, b, c, o]
     kernel_gradient.set_shape(kernel.shape)
     return images_gradient, kernel_gradient
 
@@ -230,11 +236,10 @@ def _convolution(x, kernel, stride: int):
 def _convolution_as_transposed(x, kernel):
     """``conv3d(x, kernel)``, stride 1, SAME, for an odd kernel, computed as the transposed convolution
     of the kernel mirrored in space with its channel axes swapped: the same sums."""
-    mirrored = tf.transpose(tf.reverse(kernel, [0, 1, 2]), [0, 1, 2, 4, 3])
     out_channels = int(kernel.shape[-1])
     sizes = tf.concat([tf.shape(x)[:4], [out_channels]], 0)
-    y = tf.raw_ops.Conv3DBackpropInputV2(input_sizes=sizes, filter=mirrored, out_backprop=x, strides=[1] * 5,
-                                         padding="SAME")
+    y = tf.raw_ops.Conv3DBackpropInputV2(input_sizes=sizes, filter=_mirrored(kernel), out_backprop=x,
+                                         strides=[1] * 5, padding="SAME")
     y.set_shape(x.shape.as_list()[:4] + [out_channels])
     return y
 
@@ -245,10 +250,6 @@ def build_unet3d(images, config: ModelConfig, training: bool):
     Spatial sizes must be multiples of ``config.divisor``. Call it inside a
     ``tf.compat.v1.variable_scope`` with ``reuse`` to share weights.
     """
-    return _build_network(images, config, training)
-
-
-def _build_network(images, config: ModelConfig, training: bool):
     widths = config.widths
     skips = []
     with tf1.variable_scope("unet3d"):
