@@ -13,7 +13,8 @@ one after another (never two at once), repeated and summarised by the median:
   the input pipeline sharing the cores with the step.
 - ``plain graph``: the same network, loss and Adam as a bare
   ``tf.compat.v1`` graph and session loop, the model written with the
-  textbook ops (``UNET3D_KERNELS=plain``: the model before it was tuned):
+  textbook ops (``UNET3D_KERNELS=plain``: the model and loss before they
+  were tuned), TensorFlow's default thread settings:
   the reference the targets in README's Performance section were set against.
 - ``MONAI DynUNet``: PyTorch (CPU build) in ``.venv-bench``, configured to
   the same widths, strides, kernel sizes, instance norm (affine) and leaky
@@ -77,12 +78,16 @@ def emit(result: dict) -> None:
 
 # ---------------------------------------------------------------- workers (run inside one environment)
 def _training_graph(size: int, batch: int):
-    """The trainer's graph without the trainer: network, dice+ce loss, Adam, on one in-memory batch."""
+    """The trainer's graph without the trainer: network, dice+ce loss, Adam, on one in-memory batch.
+
+    With UNET3D_KERNELS=plain the loss is written with the textbook ops too
+    (softmax for the Dice, TensorFlow's cross-entropy op), as before tuning.
+    """
     import tensorflow as tf
 
     from unet3d_core.config import ModelConfig
-    from unet3d_core.losses import segmentation_loss
-    from unet3d_core.model import build_unet3d, count_parameters
+    from unet3d_core.losses import cross_entropy_loss, segmentation_loss, soft_dice_loss
+    from unet3d_core.model import build_unet3d, count_parameters, kernel_set
     from unet3d_core.train import synthetic_training_dataset
 
     tf1 = tf.compat.v1
@@ -93,7 +98,11 @@ def _training_graph(size: int, batch: int):
         dataset = synthetic_training_dataset(batch_size=batch, crop_shape=[size] * 3, model_config=config, seed=0)
         images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
         logits = build_unet3d(images, config, training=True)
-        loss = segmentation_loss(logits, labels, config.num_classes, "dice+ce")
+        if kernel_set() == "plain":
+            loss = soft_dice_loss(tf.nn.softmax(logits), tf.one_hot(labels, config.num_classes)) + \
+                cross_entropy_loss(logits, labels)
+        else:
+            loss = segmentation_loss(logits, labels, config.num_classes, "dice+ce")
         train_op = tf1.train.AdamOptimizer(2e-4).minimize(loss, global_step=tf1.train.get_or_create_global_step())
         initializer = tf1.global_variables_initializer()
         parameters = count_parameters(tf1.trainable_variables())
@@ -103,7 +112,8 @@ def _training_graph(size: int, batch: int):
 def _session_config():
     import tensorflow as tf
 
-    # The cpu backend's defaults: every core for each op, TensorFlow's choice of concurrent ops.
+    # Every core for each op and TensorFlow's choice of concurrent ops: what a plain
+    # tf.compat.v1 script gets (the cpu backend runs one op at a time instead).
     return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=cpu_count())
 
 

@@ -69,6 +69,37 @@ def test_confident_correct_prediction_has_near_zero_loss():
     assert _loss_value("dice+ce", logits, labels) < 1e-3
 
 
+def test_dice_plus_cross_entropy_matches_numpy():
+    rng = np.random.RandomState(3)
+    logits = 3.0 * rng.randn(2, 4, 3, 5, 4)
+    labels = rng.randint(0, 4, size=(2, 4, 3, 5))
+    labels[1] = np.where(labels[1] == 3, 0, labels[1])  # class 3 absent from the second sample
+    log_softmax = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    cross_entropy = -np.mean(np.take_along_axis(log_softmax, labels[..., None], -1))
+    probabilities, one_hot = np.exp(log_softmax), np.eye(4)[labels]
+    intersection = (probabilities * one_hot).sum(axis=(1, 2, 3))
+    total = probabilities.sum(axis=(1, 2, 3)) + one_hot.sum(axis=(1, 2, 3))
+    dice = 1.0 - np.mean(((2 * intersection + 1) / (total + 1))[:, 1:])
+    assert _loss_value("dice", logits, labels) == pytest.approx(dice, rel=1e-5)
+    assert _loss_value("dice+ce", logits, labels) == pytest.approx(dice + cross_entropy, rel=1e-5)
+
+
+def test_dice_plus_cross_entropy_gradient_is_the_sum_of_the_two_losses_gradients():
+    rng = np.random.RandomState(4)
+    logits_value = 2.0 * rng.randn(2, 4, 4, 4, 4)
+    graph = tf.Graph()
+    with graph.as_default():
+        logits = tf.constant(logits_value, tf.float32)
+        labels = tf.constant(rng.randint(0, 4, size=(2, 4, 4, 4)), tf.int32)
+        combined = tf.gradients(segmentation_loss(logits, labels, 4, "dice+ce"), logits)[0]
+        separate = tf.gradients(segmentation_loss(logits, labels, 4, "dice") +
+                                segmentation_loss(logits, labels, 4, "ce"), logits)[0]
+    with tf1.Session(graph=graph) as session:
+        combined, separate = session.run([combined, separate])
+    assert np.abs(separate).max() > 1e-4
+    np.testing.assert_allclose(combined, separate, rtol=1e-4, atol=1e-7)
+
+
 def test_cross_entropy_matches_numpy():
     rng = np.random.RandomState(2)
     logits = rng.randn(1, 3, 3, 3, 4)

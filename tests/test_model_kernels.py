@@ -54,19 +54,34 @@ def test_tuned_kernels_give_the_plain_outputs_and_gradients(monkeypatch, kernels
     assert max(errors) < 1e-3, errors
 
 
+def _training_ops(monkeypatch, kernels):
+    """The ops of the network and its gradients, built with ``kernels``."""
+    monkeypatch.setenv(model.KERNELS_VARIABLE, kernels)
+    graph = tf.Graph()
+    with graph.as_default():
+        logits = model.build_unet3d(tf1.placeholder(tf.float32, SHAPE), CONFIG, training=True)
+        tf.gradients(tf.reduce_sum(logits), tf1.trainable_variables())
+    return graph.get_operations()
+
+
 def test_eigen_kernels_replace_the_backward_convolutions(monkeypatch):
     """The point of the "eigen" set: no stride-1 backward convolution op is left in the training graph."""
     def backward_ops(kernels):
-        monkeypatch.setenv(model.KERNELS_VARIABLE, kernels)
-        graph = tf.Graph()
-        with graph.as_default():
-            logits = model.build_unet3d(tf1.placeholder(tf.float32, SHAPE), CONFIG, training=True)
-            tf.gradients(tf.reduce_sum(logits), tf1.trainable_variables())
-        return [op for op in graph.get_operations() if op.type.startswith("Conv3DBackprop")
+        return [op for op in _training_ops(monkeypatch, kernels) if op.type.startswith("Conv3DBackprop")
                 and op.get_attr("strides") == [1, 1, 1, 1, 1]]
 
     assert len(backward_ops("plain")) > 0
     assert backward_ops("eigen") == []
+
+
+def test_onednn_up_blocks_concatenate_nothing(monkeypatch):
+    """With "onednn" an up block convolves its upsampled and skip inputs separately: no volume is concatenated."""
+    def volume_concatenations(kernels):
+        return [op for op in _training_ops(monkeypatch, kernels) if op.type == "ConcatV2"
+                and op.outputs[0].shape.as_list()[0] == SHAPE[0]]  # a batch of volumes, not a kernel
+
+    assert len(volume_concatenations("plain")) == CONFIG.depth - 1
+    assert volume_concatenations("onednn") == []
 
 
 def test_every_kernel_set_creates_the_same_variables(monkeypatch):

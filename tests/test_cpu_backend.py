@@ -1,0 +1,67 @@
+"""The CPU backend's thread and memory settings."""
+import argparse
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+
+from backends.cpu import plugin as cpu
+from unet3d_core.types import DistributedStrategy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _options(*flags):
+    parser = argparse.ArgumentParser()
+    cpu.unet3d_add_options(parser)
+    return parser.parse_args(list(flags))
+
+
+def test_each_op_gets_every_core_and_ops_run_one_at_a_time(monkeypatch):
+    monkeypatch.delenv("HOROVOD_LOCAL_SIZE", raising=False)
+    config = cpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(), DistributedStrategy())
+    assert config.intra_op_parallelism_threads == cpu._cpu_count()
+    assert config.inter_op_parallelism_threads == 1
+
+
+def test_thread_flags_and_local_processes_are_followed(monkeypatch):
+    monkeypatch.setenv("HOROVOD_LOCAL_SIZE", str(2 * cpu._cpu_count()))
+    config = cpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(), DistributedStrategy())
+    assert config.intra_op_parallelism_threads == 1
+    config = cpu.unet3d_session_config(tf.compat.v1.ConfigProto(),
+                                       _options("--cpu_threads", "3", "--cpu_inter_op_threads", "0"),
+                                       DistributedStrategy())
+    assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (3, 0)
+
+
+# Allocates and frees a 256 MB buffer twice, prints the page faults of the second time.
+_REALLOCATION = """
+import resource, sys
+sys.path.insert(0, {root!r})
+if sys.argv[1] == "keep":
+    from backends.cpu.plugin import keep_freed_memory
+    assert keep_freed_memory()
+import numpy as np
+size = 256 * 2 ** 20
+np.ones(size, np.uint8).sum()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+np.ones(size, np.uint8).sum()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_freed_memory_is_reused_without_faulting_it_in_again():
+    def faults(mode):
+        script = _REALLOCATION.format(root=ROOT)
+        return int(subprocess.run([sys.executable, "-c", script, mode], check=True, capture_output=True,
+                                  text=True).stdout)
+
+    # By default glibc maps the buffer afresh, and every page (4 kB, or 2 MB where
+    # numpy asks for huge pages) faults in again.
+    default = faults("default")
+    assert default >= 256 * 2 ** 20 // (2 * 2 ** 20)
+    assert faults("keep") * 10 < default
