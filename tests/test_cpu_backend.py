@@ -1,7 +1,6 @@
 """The CPU backend's thread and memory settings."""
 import argparse
 import os
-import platform
 import subprocess
 import sys
 
@@ -53,7 +52,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+@pytest.mark.skipif(not cpu._glibc(), reason="glibc only")
 def test_freed_memory_is_reused_without_faulting_it_in_again():
     def faults(mode):
         script = _REALLOCATION.format(root=ROOT)

@@ -54,6 +54,10 @@ def unet3d_validate_options(options):
                           "HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 pip install horovod)".format(options.np))
 
 
+def _glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 
@@ -70,7 +74,7 @@ def keep_freed_memory() -> bool:
     2's oneDNN build faults little either way). The resident size stays at the
     step's peak. Returns False where the C library is not glibc.
     """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not _glibc():
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     # One arena first: only heaps made after this call follow it, so it runs
@@ -81,8 +85,7 @@ def keep_freed_memory() -> bool:
 
 @hookimpl
 def unet3d_prepare_environment(options):
-    if options.backend == "cpu":
-        keep_freed_memory()
+    keep_freed_memory()
 
 
 @hookimpl
