@@ -10,6 +10,7 @@ writes the trace for chrome://tracing or https://ui.perfetto.dev.
 
     python benchmarks/profile_step.py [--size 64] [--batch 2] [--timeline step.json]
     UNET3D_KERNELS=plain python benchmarks/profile_step.py   # the model written with the textbook ops
+    UNET3D_NATIVE_OPS=0 python benchmarks/profile_step.py    # tuned, without the fused instance-norm op
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    from unet3d_core import model
+    from unet3d_core import model, native
 
     tf1 = tf.compat.v1
     graph, train_op, initializer, parameters = train_throughput._training_graph(options.size, options.batch)
@@ -70,8 +71,9 @@ def main(argv=None) -> int:
             counts[op.type] += 1
             slowest.append((seconds, op.type, node.node_name))
     total = sum(by_type.values())
-    print("TensorFlow {}, kernels '{}', {} parameters, {}^3 x 4, batch {}: step {:.2f} s untraced, "
-          "{:.2f} s of op time traced".format(tf.__version__, model.kernel_set(), parameters, options.size,
+    fused = "fused norm op" if native.load() is not None else "no fused norm op"
+    print("TensorFlow {}, kernels '{}', {}, {} parameters, {}^3 x 4, batch {}: step {:.2f} s untraced, "
+          "{:.2f} s of op time traced".format(tf.__version__, model.kernel_set(), fused, parameters, options.size,
                                              options.batch, untraced, total))
     print("\n| op type | seconds | share | ops |\n|---|---:|---:|---:|")
     for op_type, seconds in by_type.most_common():

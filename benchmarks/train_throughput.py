@@ -71,6 +71,18 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def cpu_model() -> str:
+    """The processor's name as /proc/cpuinfo gives it: figures differ between machines of the same size."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def emit(result: dict) -> None:
     """A worker's answer: one line the parent recognises among TensorFlow's and PyTorch's chatter."""
     print(RESULT_PREFIX + json.dumps(result), flush=True)
@@ -317,6 +329,11 @@ def measure(options) -> dict:
             plan.append(("plain graph", environment, repeats,
                          lambda e=environment, w=warmup, s=steps: run_child(
                              e, worker_arguments("plain", options, w, s), env={"UNET3D_KERNELS": "plain"})))
+            if options.compare_kernels:
+                # The tuned kernels without the fused instance-norm op (TensorFlow's norm and activation ops).
+                plan.append(("ours, without the fused norm op", environment, repeats,
+                             lambda e=environment, w=warmup, s=steps: run_trainer(
+                                 e, records, workdir, options, w, s, env={"UNET3D_NATIVE_OPS": "0"})))
             if environment == "tf2" and options.compare_kernels:
                 plan.append(("ours, plain kernels", environment, repeats,
                              lambda e=environment, w=warmup, s=steps: run_trainer(
@@ -348,7 +365,7 @@ def measure(options) -> dict:
         row["volumes_per_second"] = options.batch / row["seconds_per_step"]
     missing = [name for name, ok in available.items() if not ok]
     return {"rows": rows, "roofline": roofline, "size": options.size, "batch": options.batch,
-            "cores": cpu_count(), "skipped_environments": missing}
+            "cores": cpu_count(), "cpu": cpu_model(), "skipped_environments": missing}
 
 
 def summary_table(results: dict):
@@ -389,7 +406,7 @@ def print_table(results: dict) -> None:
     headers = ("measurement", "environment", "value", "notes")
     widths = [max(len(headers[column]), max(len(row[column]) for row in table)) for column in range(4)]
     print("\nunet3d training benchmark: default network (31.2 M parameters) at {0}^3 x 4, batch {1}, {2} CPU "
-          "cores".format(results["size"], results["batch"], results["cores"]))
+          "cores ({3})".format(results["size"], results["batch"], results["cores"], results.get("cpu", "?")))
     print("| " + " | ".join(header.ljust(width) for header, width in zip(headers, widths)) + " |")
     print("|" + "|".join("-" * (width + 2) for width in widths) + "|")
     for row in table:
@@ -411,7 +428,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--skip", action="append", default=[], choices=sorted(ENVIRONMENTS),
                         help="leave out an environment (repeatable)")
     parser.add_argument("--compare_kernels", action="store_true",
-                        help="also run our trainer with UNET3D_KERNELS=plain (the model before it was tuned)")
+                        help="also run our trainer without the fused norm op (UNET3D_NATIVE_OPS=0) and, in TF 2, "
+                             "with UNET3D_KERNELS=plain (the model before it was tuned)")
     parser.add_argument("--records", default=None,
                         help="a preprocessed data set of full-size cases: adds a row training from its records "
                              "(--augment) instead of --synthetic_input, the input pipeline sharing the cores")

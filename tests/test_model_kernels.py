@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet3d_core import model
+from unet3d_core import model, native
 from unet3d_core.config import ModelConfig
 from unet3d_core.errors import ConfigError
 
@@ -44,7 +44,11 @@ def _relative_error(a, b):
 
 @pytest.mark.parametrize("kernels", ["onednn", "eigen"])
 @pytest.mark.parametrize("static_batch", [True, False])
-def test_tuned_kernels_give_the_plain_outputs_and_gradients(monkeypatch, kernels, static_batch):
+@pytest.mark.parametrize("native_ops", ["1", "0"], ids=["fused-norm-op", "tensorflow-norm"])
+def test_tuned_kernels_give_the_plain_outputs_and_gradients(monkeypatch, kernels, static_batch, native_ops):
+    if native_ops == "1" and not native.enabled():
+        pytest.skip("UNET3D_NATIVE_OPS=0")
+    monkeypatch.setenv(native.NATIVE_OPS_VARIABLE, native_ops)
     reference, weights = _outputs_and_gradients(monkeypatch, "plain")
     tuned, _ = _outputs_and_gradients(monkeypatch, kernels, weights, static_batch)
     assert len(tuned) == len(reference)

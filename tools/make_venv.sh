@@ -2,7 +2,8 @@
 # Create one of the project's two virtual environments, idempotently.
 #   tools/make_venv.sh tf1   -> .venv-tf1 (Python 3.7, TensorFlow 1.15.5: the NPU adapter's host side)
 #   tools/make_venv.sh tf2   -> .venv-tf2 (Python 3.11, tensorflow-cpu 2.15.1)
-# Each gets Horovod 0.28.1 built with Gloo (no MPI), and the project installed editable.
+# Each gets Horovod 0.28.1 built with Gloo (no MPI), the project installed editable, and the
+# project's fused instance-norm op compiled for its TensorFlow (unet3d_core/native).
 # A finished environment carries a stamp file; delete the folder to rebuild it.
 set -euo pipefail
 flavour=${1:?usage: tools/make_venv.sh tf1|tf2}
@@ -42,7 +43,9 @@ if [ -f "$stamp" ]; then
     if [ "$root/setup.py" -nt "$stamp" ]; then
         "$venv/bin/python" -m pip --disable-pip-version-check install -q --no-deps -e "$root" && touch "$stamp"
     fi
-    exit 0
+    # The fused instance-norm op, compiled again whenever its source changes (seconds).
+    TF_CPP_MIN_LOG_LEVEL=2 "$venv/bin/python" -m unet3d_core.native build
+    exit
 fi
 
 echo "[unet3d] creating $venv with $("$python" --version 2>&1) (first use only; takes a few minutes)"
@@ -58,5 +61,6 @@ HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS="-j2" \
     "${pip[@]}" install -q --no-build-isolation --no-cache-dir --no-deps "horovod==0.28.1"
 "${pip[@]}" install -q --no-deps -e "$root"
+TF_CPP_MIN_LOG_LEVEL=2 "$venv/bin/python" -m unet3d_core.native build
 "$venv/bin/python" -c 'import tensorflow as tf, horovod.tensorflow as hvd, nibabel, pluggy; print("[unet3d] ready:", "tensorflow", tf.__version__)'
 touch "$stamp"

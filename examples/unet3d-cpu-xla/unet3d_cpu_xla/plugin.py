@@ -36,6 +36,7 @@ from typing import List, Optional, Tuple
 
 from unet3d_core import BackendInfo, hookimpl
 from unet3d_core.errors import ConfigError
+from unet3d_core.native import cpu_flags
 
 NAME = "cpu-xla"
 BFLOAT16_REWRITE = "auto_mixed_precision_onednn_bfloat16"
@@ -64,18 +65,6 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_flags() -> Optional[set]:
-    """The feature flags of the first CPU in /proc/cpuinfo, or None where there is no such file."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return None
-
-
 def _xla_in_build(tf) -> bool:
     probe = getattr(tf.test, "is_built_with_xla", None)
     if probe is not None:
@@ -91,7 +80,7 @@ def _bfloat16_missing(tf) -> Optional[str]:
         return "TensorFlow {} has no oneDNN bfloat16 graph rewrite ({})".format(tf.__version__, BFLOAT16_REWRITE)
     if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "").strip().lower() in ("0", "false"):
         return "oneDNN is turned off (TF_ENABLE_ONEDNN_OPTS={})".format(os.environ["TF_ENABLE_ONEDNN_OPTS"])
-    flags = _cpu_flags()
+    flags = cpu_flags()
     if flags is None:
         return "the CPU's features cannot be read (no /proc/cpuinfo)"
     if not flags.intersection(NATIVE_BFLOAT16_FLAGS):

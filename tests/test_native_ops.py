@@ -1,0 +1,167 @@
+"""The fused instance-norm + leaky-ReLU op (unet3d_core/native): built, exact, deterministic, and optional."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from unet3d_core import model, native
+from unet3d_core.config import LEAKY_RELU_SLOPE, NORM_EPSILON, ModelConfig
+
+tf1 = tf.compat.v1
+DISABLED = not native.enabled()
+
+
+def test_the_op_is_built_for_this_tensorflow():
+    """tools/make_venv.sh builds it; without it every tuned graph falls back to the slower ops."""
+    if DISABLED:
+        pytest.skip("UNET3D_NATIVE_OPS=0 asks for the fallback")
+    assert os.path.exists(native.library_path()), "run: python -m unet3d_core.native build"
+    assert native.load() is not None
+
+
+needs_op = pytest.mark.skipif(DISABLED, reason="UNET3D_NATIVE_OPS=0")
+
+
+def _reference(x, gamma, beta, alpha=LEAKY_RELU_SLOPE, epsilon=NORM_EPSILON):
+    """Float64 numpy: leaky_relu((x - mean) / sqrt(var + eps) * gamma + beta), statistics per sample and channel."""
+    x = x.astype(np.float64)
+    axes = tuple(range(1, x.ndim - 1))
+    mean = x.mean(axis=axes, keepdims=True)
+    rstd = 1.0 / np.sqrt(x.var(axis=axes, keepdims=True) + epsilon)
+    z = (x - mean) * rstd * gamma + beta
+    return np.where(z > 0, z, alpha * z), mean.reshape(x.shape[0], -1), rstd.reshape(x.shape[0], -1)
+
+
+def _inputs(shape, offset=0.0, seed=0):
+    rng = np.random.RandomState(seed)
+    channels = shape[-1]
+    # Each channel its own mean and spread, so a mix-up of axes shows.
+    x = (rng.randn(*shape) * rng.uniform(0.5, 3.0, channels) + rng.uniform(-2, 2, channels) + offset)
+    gamma = rng.uniform(0.5, 1.5, channels)
+    beta = rng.uniform(-0.5, 0.5, channels)
+    return x.astype(np.float32), gamma.astype(np.float32), beta.astype(np.float32)
+
+
+def _run(fetches, feeds=None, threads=2):
+    config = tf1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1)
+    with tf1.Session(config=config) as session:
+        return session.run(fetches, feeds)
+
+
+@needs_op
+@pytest.mark.parametrize("shape,offset", [((2, 9, 7, 5, 6), 0.0), ((1, 40, 30, 20, 17), 0.0),
+                                          ((3, 6, 6, 6, 320), 0.0), ((2, 8, 8, 8, 4), 1000.0),
+                                          ((2, 5, 3), 0.0)])
+def test_forward_matches_a_float64_reference(shape, offset):
+    x, gamma, beta = _inputs(shape, offset)
+    expected_y, expected_mean, expected_rstd = _reference(x, gamma, beta)
+    with tf.Graph().as_default():
+        module = native.load()
+        y, mean, rstd = _run(module.unet3d_instance_norm_leaky_relu(x, gamma, beta, epsilon=NORM_EPSILON,
+                                                                     alpha=LEAKY_RELU_SLOPE))
+    # A large common offset (1000) must not cost the variance its precision: what is left
+    # is float32's own spacing at 1000 (6e-5), which x and the stored mean are rounded to.
+    np.testing.assert_allclose(y, expected_y, rtol=1e-4, atol=2e-5 + 1e-7 * offset)
+    np.testing.assert_allclose(mean, expected_mean, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(rstd, expected_rstd, rtol=1e-5)
+
+
+@needs_op
+@pytest.mark.parametrize("shape", [(2, 9, 7, 5, 6), (1, 12, 10, 8, 33)])
+def test_gradients_match_tensorflow_ops_in_float64(shape):
+    """dx, dgamma, dbeta against TensorFlow's own gradient of the textbook formula, in float64."""
+    x, gamma, beta = _inputs(shape, seed=1)
+    upstream = np.random.RandomState(2).randn(*shape).astype(np.float32)
+    axes = list(range(1, len(shape) - 1))
+    with tf.Graph().as_default():
+        inputs = [tf.constant(value.astype(np.float64)) for value in (x, gamma, beta)]
+        mean, variance = tf.nn.moments(inputs[0], axes=axes, keepdims=True)
+        z = (inputs[0] - mean) * tf.math.rsqrt(variance + NORM_EPSILON) * inputs[1] + inputs[2]
+        reference = _run(tf.gradients(tf.nn.leaky_relu(z, alpha=LEAKY_RELU_SLOPE), inputs,
+                                      upstream.astype(np.float64)))
+    with tf.Graph().as_default():
+        inputs = [tf.constant(value) for value in (x, gamma, beta)]
+        y = native.instance_norm_leaky_relu(*inputs, epsilon=NORM_EPSILON, alpha=LEAKY_RELU_SLOPE)
+        fused = _run(tf.gradients(y, inputs, upstream))
+    for name, ours, theirs in zip(("dx", "dgamma", "dbeta"), fused, reference):
+        scale = np.abs(theirs).max()
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=2e-5 * scale, err_msg=name)
+
+
+@needs_op
+def test_results_do_not_depend_on_the_thread_count():
+    """Sums go block by block in a fixed order: 1 and 2 threads give the same bits."""
+    x, gamma, beta = _inputs((2, 32, 32, 16, 32), seed=3)
+    upstream = np.random.RandomState(4).randn(*x.shape).astype(np.float32)
+    results = []
+    for threads in (1, 2, 2):
+        with tf.Graph().as_default():
+            inputs = [tf.constant(value) for value in (x, gamma, beta)]
+            y = native.instance_norm_leaky_relu(*inputs, epsilon=NORM_EPSILON, alpha=LEAKY_RELU_SLOPE)
+            results.append(_run([y] + tf.gradients(y, inputs, upstream), threads=threads))
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert np.array_equal(a, b)
+
+
+@needs_op
+def test_an_unknown_batch_size_works():
+    x, gamma, beta = _inputs((3, 6, 5, 4, 8), seed=5)
+    with tf.Graph().as_default():
+        images = tf1.placeholder(tf.float32, (None, None, None, None, 8))
+        y = native.instance_norm_leaky_relu(images, gamma, beta, epsilon=NORM_EPSILON, alpha=LEAKY_RELU_SLOPE)
+        assert y.shape.as_list() == [None, None, None, None, 8]
+        value = _run(y, {images: x})
+    np.testing.assert_allclose(value, _reference(x, gamma, beta)[0], rtol=1e-4, atol=2e-5)
+
+
+@needs_op
+@pytest.mark.parametrize("x_shape,channels,message", [((4, 8), 8, "x must be \\[batch, spatial..., channels\\]"),
+                                                     ((2, 4, 4, 4, 8), 6, "gamma and beta must be \\[8\\]")])
+def test_bad_shapes_are_named(x_shape, channels, message):
+    with tf.Graph().as_default():
+        module = native.load()
+        y = module.unet3d_instance_norm_leaky_relu(
+            tf1.placeholder_with_default(np.zeros(x_shape, np.float32), None), np.ones(channels, np.float32),
+            np.zeros(channels, np.float32), epsilon=NORM_EPSILON, alpha=LEAKY_RELU_SLOPE)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            _run(y)
+
+
+def _network_op_types(monkeypatch, enabled):
+    monkeypatch.setenv(native.NATIVE_OPS_VARIABLE, "1" if enabled else "0")
+    monkeypatch.delenv(model.KERNELS_VARIABLE, raising=False)
+    graph = tf.Graph()
+    with graph.as_default():
+        config = ModelConfig(base_filters=4, max_filters=8, depth=3)
+        logits = model.build_unet3d(tf1.placeholder(tf.float32, (2, 8, 8, 8, 4)), config, training=True)
+        tf.gradients(tf.reduce_sum(logits), tf1.trainable_variables())
+    # Stacks of volumes (the per-sample norm's), not of the few integers of a shape.
+    return {op.type for op in graph.get_operations() if op.type != "Pack" or op.outputs[0].shape.ndims == 5}
+
+
+@needs_op
+def test_the_tuned_network_uses_the_op_and_can_do_without_it(monkeypatch):
+    fused = _network_op_types(monkeypatch, True)
+    assert native.OP_NAME in fused and native.OP_NAME + "Grad" in fused
+    assert not fused & {"FusedBatchNormV3", "LeakyRelu", "Pack"}
+    fallback = _network_op_types(monkeypatch, False)
+    assert native.OP_NAME not in fallback and {"FusedBatchNormV3", "LeakyRelu", "Pack"} <= fallback
+
+
+def test_a_failed_build_says_so_and_leaves_no_library(monkeypatch, tmp_path):
+    monkeypatch.setenv(native.DIRECTORY_VARIABLE, str(tmp_path))
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that fails at once
+    with pytest.raises(native.NativeBuildError, match="compiling .*instance_norm.cc failed"):
+        native.build(quiet=True)
+    assert os.listdir(str(tmp_path)) == []
+
+
+def test_a_missing_library_means_the_fallback(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv(native.DIRECTORY_VARIABLE, str(tmp_path))
+    monkeypatch.setenv(native.NATIVE_OPS_VARIABLE, "1")
+    assert native.load() is None
+    assert "python -m unet3d_core.native build" in capsys.readouterr().err
+    fallback = _network_op_types(monkeypatch, True)
+    assert native.OP_NAME not in fallback and "FusedBatchNormV3" in fallback

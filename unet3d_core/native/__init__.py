@@ -1,0 +1,192 @@
+"""The project's own TensorFlow CPU op: instance norm and leaky ReLU in one kernel (instance_norm.cc).
+
+The tuned kernel sets ("onednn", "eigen") use it when it is built for the
+running TensorFlow; otherwise they fall back to TensorFlow's FusedBatchNormV3
+per sample and a LeakyRelu (the same numbers, more passes over memory).
+
+    python -m unet3d_core.native build        # compile for this environment's TensorFlow (g++, about 30 s)
+    python -m unet3d_core.native status       # where the library is and whether it loads
+
+``tools/make_venv.sh`` builds it into each environment. ``UNET3D_NATIVE_OPS=0``
+turns it off (the fallback), e.g. to compare the two.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+NATIVE_OPS_VARIABLE = "UNET3D_NATIVE_OPS"
+DIRECTORY_VARIABLE = "UNET3D_NATIVE_DIR"
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "instance_norm.cc")
+OP_NAME = "Unet3dInstanceNormLeakyRelu"
+
+_loaded = {}  # library path -> module, or None after a failed load
+
+
+class NativeBuildError(RuntimeError):
+    """The op library could not be compiled; the message names the command and the compiler's error."""
+
+
+def enabled() -> bool:
+    return os.environ.get(NATIVE_OPS_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _source_digest() -> str:
+    with open(SOURCE, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()[:12]
+
+
+def library_path() -> str:
+    """Where the library for this TensorFlow and this source lives (a changed source gets a new name)."""
+    import tensorflow as tf
+
+    folder = os.environ.get(DIRECTORY_VARIABLE) or os.path.join(os.path.dirname(SOURCE), "build")
+    return os.path.join(folder, "unet3d_ops-{}-tf{}.so".format(_source_digest(), tf.__version__))
+
+
+def cpu_flags():
+    """The feature flags of the first CPU in /proc/cpuinfo (a set), or None where there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def compile_command(output: str) -> list:
+    import tensorflow as tf
+
+    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not compiler:
+        raise NativeBuildError("no C++ compiler found (install g++ or set CXX)")
+    flags = list(tf.sysconfig.get_compile_flags())
+    if not any(flag.startswith(("-std=", "--std=")) for flag in flags):
+        flags.append("-std=c++14")  # TensorFlow 1.15 names none; its headers need C++11 or later
+    # AVX2 and FMA where this CPU has them (the library is built on the machine that runs it).
+    isa = ["-mavx2", "-mfma"] if {"avx2", "fma"} <= (cpu_flags() or set()) else []
+    # No FP traps or errno: lets the compiler turn the activation's select into a vector blend.
+    optimise = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
+    return ([compiler, "-shared", "-fPIC"] + optimise + isa + flags + [SOURCE, "-o", output] +
+            list(tf.sysconfig.get_link_flags()))
+
+
+def build(force: bool = False, quiet: bool = False) -> str:
+    """Compile the op library for this TensorFlow unless it is there already; return its path.
+
+    Written to a temporary file and renamed, so an interrupted build never
+    leaves a library that looks complete.
+    """
+    target = library_path()
+    if os.path.exists(target) and not force:
+        return target
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=".building-", suffix=".so", dir=os.path.dirname(target))
+    os.close(handle)
+    command = compile_command(partial)
+    if not quiet:
+        print("[unet3d] compiling {} for TensorFlow (about 30 s)".format(os.path.basename(SOURCE)), flush=True)
+    try:
+        completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   universal_newlines=True)
+        if completed.returncode != 0:
+            errors = [line for line in completed.stdout.splitlines() if "error" in line] or \
+                completed.stdout.splitlines()[-5:]
+            raise NativeBuildError("compiling {} failed ({}): {}".format(
+                SOURCE, " ".join(command[:1]), " | ".join(errors[:3])))
+        os.replace(partial, target)
+        # Libraries of older sources for the same TensorFlow are never loaded again.
+        suffix = target[target.rindex("-tf"):]
+        for name in os.listdir(os.path.dirname(target)):
+            stale = os.path.join(os.path.dirname(target), name)
+            if name.startswith("unet3d_ops-") and name.endswith(suffix) and stale != target:
+                os.remove(stale)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+def load():
+    """The op module if it is enabled and built for this TensorFlow, else None (said once on stderr)."""
+    if not enabled():
+        return None
+    path = library_path()
+    if path in _loaded:
+        return _loaded[path]
+    module = None
+    if not os.path.exists(path):
+        sys.stderr.write("[unet3d] note: the fused instance-norm op is not built for this TensorFlow "
+                         "(python -m unet3d_core.native build); using TensorFlow's ops\n")
+    else:
+        import tensorflow as tf
+
+        try:
+            module = tf.load_op_library(path)
+        except (tf.errors.NotFoundError, OSError) as error:  # built for another TensorFlow, or damaged
+            sys.stderr.write("[unet3d] note: cannot load {} ({}); using TensorFlow's ops\n".format(
+                path, str(error).splitlines()[0] if str(error) else type(error).__name__))
+            module = None
+        else:
+            _register_gradient(module)
+    _loaded[path] = module
+    return module
+
+
+_gradient_registered = []
+
+
+def _register_gradient(module) -> None:
+    if _gradient_registered:
+        return
+    from tensorflow.python.framework import ops
+
+    @ops.RegisterGradient(OP_NAME)
+    def _instance_norm_leaky_relu_gradient(op, dy, _dmean, _drstd):
+        # Only y is differentiable: the statistics outputs are for the gradient's own use.
+        x, gamma, beta = op.inputs
+        _, mean, rstd = op.outputs
+        return module.unet3d_instance_norm_leaky_relu_grad(dy, x, gamma, beta, mean, rstd,
+                                                           alpha=op.get_attr("alpha"))
+
+    _gradient_registered.append(module)
+
+
+def instance_norm_leaky_relu(x, gamma, beta, epsilon: float, alpha: float):
+    """``leaky_relu(instance_norm(x) * gamma + beta, alpha)`` for x [batch, spatial..., channels]; needs load()."""
+    module = load()
+    if module is None:
+        raise RuntimeError("the fused instance-norm op is not available (python -m unet3d_core.native build)")
+    return module.unet3d_instance_norm_leaky_relu(x, gamma, beta, epsilon=epsilon, alpha=alpha)[0]
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else "status"
+    if command == "build":
+        existed = os.path.exists(library_path()) and "--force" not in argv
+        try:
+            path = build(force="--force" in argv)
+        except NativeBuildError as error:
+            print("error: {}".format(error), file=sys.stderr)
+            return 1
+        if load() is None and enabled():
+            print("error: built {} but it does not load".format(path), file=sys.stderr)
+            return 1
+        if not existed:
+            print("[unet3d] fused instance-norm op ready: {}".format(path))
+        return 0
+    if command == "status":
+        path = library_path()
+        state = "disabled by {}=0".format(NATIVE_OPS_VARIABLE) if not enabled() else (
+            "loads" if os.path.exists(path) and load() is not None else "not built")
+        print("{}: {}".format(path, state))
+        return 0 if state == "loads" else 1
+    print("usage: python -m unet3d_core.native build [--force] | status", file=sys.stderr)
+    return 2
