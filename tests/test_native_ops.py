@@ -129,9 +129,12 @@ def test_bad_shapes_are_named(x_shape, channels, message):
             _run(y)
 
 
-def _network_op_types(monkeypatch, enabled):
+def _network_op_types(monkeypatch, enabled, kernels=None):
     monkeypatch.setenv(native.NATIVE_OPS_VARIABLE, "1" if enabled else "0")
-    monkeypatch.delenv(model.KERNELS_VARIABLE, raising=False)
+    if kernels:
+        monkeypatch.setenv(model.KERNELS_VARIABLE, kernels)
+    else:
+        monkeypatch.delenv(model.KERNELS_VARIABLE, raising=False)
     graph = tf.Graph()
     with graph.as_default():
         config = ModelConfig(base_filters=4, max_filters=8, depth=3)
@@ -142,18 +145,21 @@ def _network_op_types(monkeypatch, enabled):
 
 
 @needs_op
-def test_the_tuned_network_uses_the_op_and_can_do_without_it(monkeypatch):
-    fused = _network_op_types(monkeypatch, True)
-    assert native.OP_NAME in fused and native.OP_NAME + "Grad" in fused
+@pytest.mark.parametrize("kernels", ["onednn", "eigen"])
+def test_the_tuned_network_uses_the_ops_and_can_do_without_them(monkeypatch, kernels):
+    fused = _network_op_types(monkeypatch, True, kernels)
+    assert {native.OP_NAME, native.OP_NAME + "Grad"} <= fused
+    assert (native.TAP_SUM_OP in fused) == (kernels == "onednn")  # the output convolution by taps
     assert not fused & {"FusedBatchNormV3", "LeakyRelu", "Pack"}
-    fallback = _network_op_types(monkeypatch, False)
-    assert native.OP_NAME not in fallback and {"FusedBatchNormV3", "LeakyRelu", "Pack"} <= fallback
+    fallback = _network_op_types(monkeypatch, False, kernels)
+    assert not fallback & {native.OP_NAME, native.TAP_SUM_OP}
+    assert {"FusedBatchNormV3", "LeakyRelu", "Pack"} <= fallback
 
 
 def test_a_failed_build_says_so_and_leaves_no_library(monkeypatch, tmp_path):
     monkeypatch.setenv(native.DIRECTORY_VARIABLE, str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a "compiler" that fails at once
-    with pytest.raises(native.NativeBuildError, match="compiling .*instance_norm.cc failed"):
+    with pytest.raises(native.NativeBuildError, match="compiling .*tap_sum.cc failed"):
         native.build(quiet=True)
     assert os.listdir(str(tmp_path)) == []
 
@@ -165,3 +171,58 @@ def test_a_missing_library_means_the_fallback(monkeypatch, tmp_path, capsys):
     assert "python -m unet3d_core.native build" in capsys.readouterr().err
     fallback = _network_op_types(monkeypatch, True)
     assert native.OP_NAME not in fallback and "FusedBatchNormV3" in fallback
+
+
+def _tap_sum_reference(p, taps):
+    channels = p.shape[-1] // taps
+    centre = (taps - 1) // 2
+    out = np.zeros(p.shape[:-1] + (channels,), np.float64)
+    length = p.shape[-2]
+    for t in range(taps):
+        for z in range(length):
+            source = z + t - centre
+            if 0 <= source < length:
+                out[..., z, :] += p[..., source, t * channels:(t + 1) * channels]
+    return out
+
+
+@needs_op
+@pytest.mark.parametrize("shape,taps", [((2, 5, 4, 7, 12), 3), ((1, 3, 3, 6, 20), 5), ((2, 4, 3, 5), 1),
+                                        ((1, 2, 2, 1, 9), 3)])
+def test_tap_sum_matches_numpy_and_its_gradient_is_the_adjoint(shape, taps):
+    rng = np.random.RandomState(6)
+    p = rng.randn(*shape).astype(np.float32)
+    weights = rng.randn(*(shape[:-1] + (shape[-1] // taps,))).astype(np.float32)
+    with tf.Graph().as_default():
+        source = tf.constant(p)
+        out = native.tap_sum(source, taps)
+        assert out.shape.as_list() == list(shape[:-1]) + [shape[-1] // taps]
+        value, gradient = _run([out, tf.gradients(out, source, weights)[0]])
+    np.testing.assert_allclose(value, _tap_sum_reference(p, taps), rtol=1e-5, atol=1e-5)
+    # <tap_sum(p), w> = <p, tap_sum'(w)> for every p and w: the gradient is the op's adjoint.
+    np.testing.assert_allclose(np.sum(value * weights), np.sum(p * gradient), rtol=1e-4)
+
+
+@needs_op
+def test_tap_sum_names_a_bad_channel_count():
+    with tf.Graph().as_default():
+        out = native.load().unet3d_tap_sum(tf1.placeholder_with_default(np.zeros((1, 2, 2, 2, 10), np.float32), None),
+                                           taps=3)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="not a multiple of taps"):
+            _run(out)
+
+
+@needs_op
+def test_the_output_convolution_by_taps_is_conv3d_forward_and_backward():
+    rng = np.random.RandomState(7)
+    x = rng.randn(2, 6, 5, 7, 8).astype(np.float32)
+    kernel = rng.randn(3, 3, 3, 8, 4).astype(np.float32) * 0.2
+    upstream = rng.randn(2, 6, 5, 7, 4).astype(np.float32)
+    results = []
+    for convolve in (lambda a, b: tf.nn.conv3d(a, b, strides=[1] * 5, padding="SAME"), model._convolution_by_taps):
+        with tf.Graph().as_default():
+            inputs = [tf.constant(x), tf.constant(kernel)]
+            y = convolve(*inputs)
+            results.append(_run([y] + tf.gradients(y, inputs, upstream)))
+    for name, ours, theirs in zip(("y", "dx", "dkernel"), results[1], results[0]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max(), err_msg=name)

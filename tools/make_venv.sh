@@ -3,7 +3,7 @@
 #   tools/make_venv.sh tf1   -> .venv-tf1 (Python 3.7, TensorFlow 1.15.5: the NPU adapter's host side)
 #   tools/make_venv.sh tf2   -> .venv-tf2 (Python 3.11, tensorflow-cpu 2.15.1)
 # Each gets Horovod 0.28.1 built with Gloo (no MPI), the project installed editable, and the
-# project's fused instance-norm op compiled for its TensorFlow (unet3d_core/native).
+# project's fused CPU ops compiled for its TensorFlow (unet3d_core/native).
 # A finished environment carries a stamp file; delete the folder to rebuild it.
 set -euo pipefail
 flavour=${1:?usage: tools/make_venv.sh tf1|tf2}
@@ -43,7 +43,7 @@ if [ -f "$stamp" ]; then
     if [ "$root/setup.py" -nt "$stamp" ]; then
         "$venv/bin/python" -m pip --disable-pip-version-check install -q --no-deps -e "$root" && touch "$stamp"
     fi
-    # The fused instance-norm op, compiled again whenever its source changes (seconds).
+    # The project's fused CPU ops, compiled again whenever their source changes (seconds).
     TF_CPP_MIN_LOG_LEVEL=2 "$venv/bin/python" -m unet3d_core.native build
     exit
 fi

@@ -1,10 +1,14 @@
-"""The project's own TensorFlow CPU op: instance norm and leaky ReLU in one kernel (instance_norm.cc).
+"""The project's own TensorFlow CPU ops, one library compiled from this folder's C++ sources.
 
-The tuned kernel sets ("onednn", "eigen") use it when it is built for the
-running TensorFlow; otherwise they fall back to TensorFlow's FusedBatchNormV3
-per sample and a LeakyRelu (the same numbers, more passes over memory).
+- ``instance_norm.cc``: instance norm and leaky ReLU in one kernel, and its
+  gradient. The tuned kernel sets ("onednn", "eigen") use it; without the
+  library they use TensorFlow's FusedBatchNormV3 per sample and a LeakyRelu
+  (the same numbers, more passes over memory).
+- ``tap_sum.cc``: the shifted sum that finishes a 3x3x3 convolution to few
+  channels computed as a 3x3x1 one (the "onednn" set's output convolution);
+  without the library that convolution runs as a transposed convolution.
 
-    python -m unet3d_core.native build        # compile for this environment's TensorFlow (g++, about 30 s)
+    python -m unet3d_core.native build        # compile for this environment's TensorFlow (g++, about 15 s)
     python -m unet3d_core.native status       # where the library is and whether it loads
 
 ``tools/make_venv.sh`` builds it into each environment. ``UNET3D_NATIVE_OPS=0``
@@ -21,8 +25,10 @@ import tempfile
 
 NATIVE_OPS_VARIABLE = "UNET3D_NATIVE_OPS"
 DIRECTORY_VARIABLE = "UNET3D_NATIVE_DIR"
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "instance_norm.cc")
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCES = [os.path.join(HERE, name) for name in ("instance_norm.cc", "tap_sum.cc")]
 OP_NAME = "Unet3dInstanceNormLeakyRelu"
+TAP_SUM_OP = "Unet3dTapSum"
 
 _loaded = {}  # library path -> module, or None after a failed load
 
@@ -36,15 +42,24 @@ def enabled() -> bool:
 
 
 def _source_digest() -> str:
-    with open(SOURCE, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()[:12]
+    digest = hashlib.sha256()
+    for source in SOURCES:
+        with open(source, "rb") as handle:
+            digest.update(handle.read())
+    return digest.hexdigest()[:12]
+
+
+def _tensorflow_version() -> str:
+    import tensorflow as tf
+
+    return tf.__version__
 
 
 def library_path() -> str:
     """Where the library for this TensorFlow and this source lives (a changed source gets a new name)."""
     import tensorflow as tf
 
-    folder = os.environ.get(DIRECTORY_VARIABLE) or os.path.join(os.path.dirname(SOURCE), "build")
+    folder = os.environ.get(DIRECTORY_VARIABLE) or os.path.join(HERE, "build")
     return os.path.join(folder, "unet3d_ops-{}-tf{}.so".format(_source_digest(), tf.__version__))
 
 
@@ -73,7 +88,7 @@ def compile_command(output: str) -> list:
     isa = ["-mavx2", "-mfma"] if {"avx2", "fma"} <= (cpu_flags() or set()) else []
     # No FP traps or errno: lets the compiler turn the activation's select into a vector blend.
     optimise = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
-    return ([compiler, "-shared", "-fPIC"] + optimise + isa + flags + [SOURCE, "-o", output] +
+    return ([compiler, "-shared", "-fPIC"] + optimise + isa + flags + SOURCES + ["-o", output] +
             list(tf.sysconfig.get_link_flags()))
 
 
@@ -91,7 +106,8 @@ def build(force: bool = False, quiet: bool = False) -> str:
     os.close(handle)
     command = compile_command(partial)
     if not quiet:
-        print("[unet3d] compiling {} for TensorFlow (about 30 s)".format(os.path.basename(SOURCE)), flush=True)
+        print("[unet3d] compiling the fused ops ({}) for TensorFlow {} (about 15 s)".format(
+            ", ".join(os.path.basename(source) for source in SOURCES), _tensorflow_version()), flush=True)
     try:
         completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    universal_newlines=True)
@@ -99,7 +115,7 @@ def build(force: bool = False, quiet: bool = False) -> str:
             errors = [line for line in completed.stdout.splitlines() if "error" in line] or \
                 completed.stdout.splitlines()[-5:]
             raise NativeBuildError("compiling {} failed ({}): {}".format(
-                SOURCE, " ".join(command[:1]), " | ".join(errors[:3])))
+                " ".join(SOURCES), command[0], " | ".join(errors[:3])))
         os.replace(partial, target)
         # Libraries of older sources for the same TensorFlow are never loaded again.
         suffix = target[target.rindex("-tf"):]
@@ -122,7 +138,7 @@ def load():
         return _loaded[path]
     module = None
     if not os.path.exists(path):
-        sys.stderr.write("[unet3d] note: the fused instance-norm op is not built for this TensorFlow "
+        sys.stderr.write("[unet3d] note: the project's fused CPU ops are not built for this TensorFlow "
                          "(python -m unet3d_core.native build); using TensorFlow's ops\n")
     else:
         import tensorflow as tf
@@ -155,6 +171,20 @@ def _register_gradient(module) -> None:
         return module.unet3d_instance_norm_leaky_relu_grad(dy, x, gamma, beta, mean, rstd,
                                                            alpha=op.get_attr("alpha"))
 
+    @ops.RegisterGradient(TAP_SUM_OP)
+    def _tap_sum_gradient(op, gradient):
+        # The adjoint: group t of the input's gradient is the output's gradient shifted back by its tap.
+        import tensorflow as tf
+
+        taps = op.get_attr("taps")
+        centre = (taps - 1) // 2
+        rank = gradient.shape.ndims
+        length = tf.shape(gradient)[rank - 2]
+        padded = tf.pad(gradient, [[0, 0]] * (rank - 2) + [[centre, centre], [0, 0]])
+        groups = [tf.gather(padded, tf.range(2 * centre - t, 2 * centre - t + length), axis=rank - 2)
+                  for t in range(taps)]
+        return tf.concat(groups, axis=-1)
+
     _gradient_registered.append(module)
 
 
@@ -162,8 +192,16 @@ def instance_norm_leaky_relu(x, gamma, beta, epsilon: float, alpha: float):
     """``leaky_relu(instance_norm(x) * gamma + beta, alpha)`` for x [batch, spatial..., channels]; needs load()."""
     module = load()
     if module is None:
-        raise RuntimeError("the fused instance-norm op is not available (python -m unet3d_core.native build)")
+        raise RuntimeError("the fused CPU ops are not available (python -m unet3d_core.native build)")
     return module.unet3d_instance_norm_leaky_relu(x, gamma, beta, epsilon=epsilon, alpha=alpha)[0]
+
+
+def tap_sum(p, taps: int):
+    """``out[..., z, k] = sum_t p[..., z + t - (taps - 1) // 2, t * K + k]`` (zero outside); needs load()."""
+    module = load()
+    if module is None:
+        raise RuntimeError("the fused ops are not available (python -m unet3d_core.native build)")
+    return module.unet3d_tap_sum(p, taps=taps)
 
 
 def main(argv=None) -> int:
@@ -180,7 +218,7 @@ def main(argv=None) -> int:
             print("error: built {} but it does not load".format(path), file=sys.stderr)
             return 1
         if not existed:
-            print("[unet3d] fused instance-norm op ready: {}".format(path))
+            print("[unet3d] fused CPU ops ready: {}".format(path))
         return 0
     if command == "status":
         path = library_path()
