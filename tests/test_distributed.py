@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, cli_subprocess, pid_with, train_args
 
-from unet3d_core.distributed import launch_with_horovodrun, steps_per_worker
+from unet3d_core.distributed import _originating_rank, launch_with_horovodrun, steps_per_worker
 from unet3d_core.records import Manifest
 
 pytestmark = pytest.mark.slow
@@ -103,3 +103,19 @@ def test_a_killed_rank_stops_the_whole_job_quickly(records, tmp_path):
             process.kill()
     assert process.returncode != 0
     assert "rank 1 failed" in err
+
+
+def test_the_rank_with_its_own_error_is_named_not_one_stopped_by_the_shutdown(tmp_path):
+    """horovodrun names whichever rank exited first; after rank 1's exception that is sometimes rank 0."""
+    logs = {0: "Traceback ...\nUnknownError: Graph execution error:\nHorovod has been shut down. This was caused by "
+               "an exception on one of the ranks\n",
+            1: "error: record data/BraTS_003.tfrecord: the record is damaged\n",
+            2: "W tensorflow: a warning only\n"}
+    for rank, text in logs.items():
+        (tmp_path / "rank.{}".format(rank)).mkdir()
+        (tmp_path / "rank.{}".format(rank) / "stderr").write_text(text)
+    assert _originating_rank(str(tmp_path), 0, 3) == 1
+    assert _originating_rank(str(tmp_path), 1, 3) == 1
+    # No rank with an error of its own: keep what horovodrun said.
+    (tmp_path / "rank.1" / "stderr").write_text("")
+    assert _originating_rank(str(tmp_path), 0, 3) == 0

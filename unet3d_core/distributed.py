@@ -125,6 +125,37 @@ _FAILED_PROCESS = re.compile(r"Process name: (\d+)")
 _EXIT_CODE = re.compile(r"Exit code: (-?\d+)")
 
 
+# What a rank prints when it stopped only because another rank's exception shut Horovod down.
+_SHUT_DOWN_BY_ANOTHER_RANK = "Horovod has been shut down"
+
+
+def _rank_log_tail(log_dir: str, rank: int, name: str, lines: int = 12) -> List[str]:
+    path = os.path.join(log_dir, "rank.{}".format(rank), name)
+    if not os.path.isfile(path):
+        return []
+    with open(path, errors="replace") as handle:
+        return [line.rstrip("\n") for line in handle.readlines()[-lines:]]
+
+
+def _originating_rank(log_dir: str, reported: int, num_processes: int) -> int:
+    """The rank whose own error ended the job.
+
+    horovodrun names the first rank it sees exit. When that rank only failed
+    because Horovod shut down after another rank's exception (which of the
+    two exits first is a race), the rank with an error of its own is named.
+    """
+    def own_error(rank: int) -> bool:
+        text = "\n".join(_rank_log_tail(log_dir, rank, "stderr", lines=40))
+        return "error" in text.lower() and _SHUT_DOWN_BY_ANOTHER_RANK not in text
+
+    if own_error(reported):
+        return reported
+    for rank in range(num_processes):
+        if rank != reported and own_error(rank):
+            return rank
+    return reported
+
+
 def launch_with_horovodrun(num_processes: int, worker_command: List[str], *, log_dir: str,
                            hosts: Optional[str] = None, start_timeout: int = 60,
                            environment: Optional[Dict[str, str]] = None, stream=None) -> int:
@@ -176,13 +207,8 @@ def launch_with_horovodrun(num_processes: int, worker_command: List[str], *, log
         sys.stderr.write(launcher_text + "\n")
         sys.stderr.write("error: horovodrun exited with status {}\n".format(code))
         return code or 1
-    rank = failed.group(1)
-    tail = []
-    for name in ("stderr", "stdout"):
-        path = os.path.join(log_dir, "rank.{}".format(rank), name)
-        if os.path.isfile(path):
-            with open(path, errors="replace") as handle:
-                tail.extend(line.rstrip("\n") for line in handle.readlines()[-12:])
+    rank = _originating_rank(log_dir, int(failed.group(1)), num_processes)
+    tail = _rank_log_tail(log_dir, rank, "stderr") + _rank_log_tail(log_dir, rank, "stdout")
     sys.stderr.write("error: rank {} failed (exit code {}); the other ranks were stopped. Last lines of "
                      "{}:\n{}\n".format(rank, exit_code.group(1) if exit_code else "?",
                                         os.path.join(log_dir, "rank.{}".format(rank)),
