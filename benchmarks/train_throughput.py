@@ -337,8 +337,8 @@ def measure(options) -> dict:
                          lambda e=environment, w=warmup, s=steps: run_child(
                              e, worker_arguments("plain", options, w, s), env={"UNET3D_KERNELS": "plain"})))
             if options.compare_kernels:
-                # The tuned kernels without the fused instance-norm op (TensorFlow's norm and activation ops).
-                plan.append(("ours, without the fused norm op", environment, repeats,
+                # The tuned kernels without the fused CPU ops (TensorFlow's own norm, activation, output conv).
+                plan.append(("ours, without the fused CPU ops", environment, repeats,
                              lambda e=environment, w=warmup, s=steps: run_trainer(
                                  e, records, workdir, options, w, s, env={"UNET3D_NATIVE_OPS": "0"})))
             if environment == "tf2" and options.compare_kernels:
@@ -439,7 +439,7 @@ def parse_arguments(argv=None):
     parser.add_argument("--skip", action="append", default=[], choices=sorted(ENVIRONMENTS),
                         help="leave out an environment (repeatable)")
     parser.add_argument("--compare_kernels", action="store_true",
-                        help="also run our trainer without the fused norm op (UNET3D_NATIVE_OPS=0) and, in TF 2, "
+                        help="also run our trainer without the fused CPU ops (UNET3D_NATIVE_OPS=0) and, in TF 2, "
                              "with UNET3D_KERNELS=plain (the model before it was tuned)")
     parser.add_argument("--records", default=None,
                         help="a preprocessed data set of full-size cases: adds a row training from its records "
