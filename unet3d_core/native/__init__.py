@@ -57,10 +57,8 @@ def _tensorflow_version() -> str:
 
 def library_path() -> str:
     """Where the library for this TensorFlow and this source lives (a changed source gets a new name)."""
-    import tensorflow as tf
-
     folder = os.environ.get(DIRECTORY_VARIABLE) or os.path.join(HERE, "build")
-    return os.path.join(folder, "unet3d_ops-{}-tf{}.so".format(_source_digest(), tf.__version__))
+    return os.path.join(folder, "unet3d_ops-{}-tf{}.so".format(_source_digest(), _tensorflow_version()))
 
 
 def cpu_flags():
@@ -200,7 +198,7 @@ def tap_sum(p, taps: int):
     """``out[..., z, k] = sum_t p[..., z + t - (taps - 1) // 2, t * K + k]`` (zero outside); needs load()."""
     module = load()
     if module is None:
-        raise RuntimeError("the fused ops are not available (python -m unet3d_core.native build)")
+        raise RuntimeError("the fused CPU ops are not available (python -m unet3d_core.native build)")
     return module.unet3d_tap_sum(p, taps=taps)
 
 
@@ -222,8 +220,12 @@ def main(argv=None) -> int:
         return 0
     if command == "status":
         path = library_path()
-        state = "disabled by {}=0".format(NATIVE_OPS_VARIABLE) if not enabled() else (
-            "loads" if os.path.exists(path) and load() is not None else "not built")
+        if not enabled():
+            state = "disabled by {}=0".format(NATIVE_OPS_VARIABLE)
+        elif not os.path.exists(path):
+            state = "not built"
+        else:
+            state = "loads" if load() is not None else "does not load"
         print("{}: {}".format(path, state))
         return 0 if state == "loads" else 1
     print("usage: python -m unet3d_core.native build [--force] | status", file=sys.stderr)
