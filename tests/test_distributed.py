@@ -119,3 +119,14 @@ def test_the_rank_with_its_own_error_is_named_not_one_stopped_by_the_shutdown(tm
     # No rank with an error of its own: keep what horovodrun said.
     (tmp_path / "rank.1" / "stderr").write_text("")
     assert _originating_rank(str(tmp_path), 0, 3) == 0
+
+
+def test_a_killed_rank_is_named_not_the_one_that_lost_its_connection(tmp_path):
+    logs = {0: "UnknownError: Graph execution error:\n[gloo/transport/tcp/pair.cc:589] Read error "
+               "[127.0.0.1]:35239: Connection reset by peer\nTerminated\n",
+            1: "[1]<stderr>:Killed\n"}
+    for rank, text in logs.items():
+        (tmp_path / "rank.{}".format(rank)).mkdir()
+        (tmp_path / "rank.{}".format(rank) / "stderr").write_text(text)
+    assert _originating_rank(str(tmp_path), 0, 2) == 1
+    assert _originating_rank(str(tmp_path), 1, 2) == 1

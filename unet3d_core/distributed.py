@@ -125,8 +125,10 @@ _FAILED_PROCESS = re.compile(r"Process name: (\d+)")
 _EXIT_CODE = re.compile(r"Exit code: (-?\d+)")
 
 
-# What a rank prints when it stopped only because another rank's exception shut Horovod down.
-_SHUT_DOWN_BY_ANOTHER_RANK = "Horovod has been shut down"
+# What a rank prints when it failed only because another rank failed first: Horovod shut
+# down after that rank's exception, or Gloo lost the connection to a rank that was killed.
+_STOPPED_BY_ANOTHER_RANK = ("Horovod has been shut down", "Connection reset by peer", "Connection closed by peer",
+                            "Broken pipe")
 
 
 def _rank_log_tail(log_dir: str, rank: int, name: str, lines: int = 12) -> List[str]:
@@ -138,20 +140,29 @@ def _rank_log_tail(log_dir: str, rank: int, name: str, lines: int = 12) -> List[
 
 
 def _originating_rank(log_dir: str, reported: int, num_processes: int) -> int:
-    """The rank whose own error ended the job.
+    """The rank whose own failure ended the job.
 
     horovodrun names the first rank it sees exit. When that rank only failed
-    because Horovod shut down after another rank's exception (which of the
-    two exits first is a race), the rank with an error of its own is named.
+    because another one did (its log says Horovod shut down or the connection
+    to a peer was lost; which of the two exits first is a race), the rank
+    that failed on its own is named: one with an error of its own, or one
+    killed by a signal ("Killed").
     """
-    def own_error(rank: int) -> bool:
-        text = "\n".join(_rank_log_tail(log_dir, rank, "stderr", lines=40))
-        return "error" in text.lower() and _SHUT_DOWN_BY_ANOTHER_RANK not in text
+    def text(rank: int) -> str:
+        return "\n".join(_rank_log_tail(log_dir, rank, "stderr", lines=40))
 
-    if own_error(reported):
+    def stopped_by_another(rank: int) -> bool:
+        return any(marker in text(rank) for marker in _STOPPED_BY_ANOTHER_RANK)
+
+    def failed_on_its_own(rank: int) -> bool:
+        lines = [line for line in text(rank).splitlines() if line.strip()]
+        killed = bool(lines) and lines[-1].rstrip().endswith("Killed")
+        return not stopped_by_another(rank) and ("error" in text(rank).lower() or killed)
+
+    if not stopped_by_another(reported):
         return reported
     for rank in range(num_processes):
-        if rank != reported and own_error(rank):
+        if rank != reported and failed_on_its_own(rank):
             return rank
     return reported
 
