@@ -14,7 +14,7 @@ setup(
     python_requires=">=3.7",
     packages=find_packages(include=["unet3d_core", "unet3d_core.*", "backends", "backends.*"]),
     py_modules=["cli"],
-    # The fused instance-norm op's source, compiled after installation (python -m unet3d_core.native build).
+    # The fused CPU ops' sources, compiled after installation (python -m unet3d_core.native build).
     package_data={"unet3d_core.native": ["*.cc"]},
     # scipy: HD95 and post-processing; matplotlib: 'report' (Agg backend, no display).
     install_requires=["numpy", "nibabel", "pluggy>=1.0", "scipy", "matplotlib"],

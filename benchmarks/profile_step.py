@@ -10,7 +10,7 @@ writes the trace for chrome://tracing or https://ui.perfetto.dev.
 
     python benchmarks/profile_step.py [--size 64] [--batch 2] [--timeline step.json]
     UNET3D_KERNELS=plain python benchmarks/profile_step.py   # the model written with the textbook ops
-    UNET3D_NATIVE_OPS=0 python benchmarks/profile_step.py    # tuned, without the fused instance-norm op
+    UNET3D_NATIVE_OPS=0 python benchmarks/profile_step.py    # tuned, without the fused CPU ops
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             counts[op.type] += 1
             slowest.append((seconds, op.type, node.node_name))
     total = sum(by_type.values())
-    fused = "fused norm op" if native.load() is not None else "no fused norm op"
+    fused = "fused CPU ops" if native.load() is not None else "no fused CPU ops"
     print("TensorFlow {}, kernels '{}', {}, {} parameters, {}^3 x 4, batch {}: step {:.2f} s untraced, "
           "{:.2f} s of op time traced".format(tf.__version__, model.kernel_set(), fused, parameters, options.size,
                                              options.batch, untraced, total))

@@ -105,15 +105,20 @@ def test_a_killed_rank_stops_the_whole_job_quickly(records, tmp_path):
     assert "rank 1 failed" in err
 
 
+def _write_rank_stderr(log_dir, logs):
+    """The launcher's per-rank log folders, as horovodrun --output-filename writes them."""
+    for rank, text in logs.items():
+        (log_dir / "rank.{}".format(rank)).mkdir()
+        (log_dir / "rank.{}".format(rank) / "stderr").write_text(text)
+
+
 def test_the_rank_with_its_own_error_is_named_not_one_stopped_by_the_shutdown(tmp_path):
     """horovodrun names whichever rank exited first; after rank 1's exception that is sometimes rank 0."""
     logs = {0: "Traceback ...\nUnknownError: Graph execution error:\nHorovod has been shut down. This was caused by "
                "an exception on one of the ranks\n",
             1: "error: record data/BraTS_003.tfrecord: the record is damaged\n",
             2: "W tensorflow: a warning only\n"}
-    for rank, text in logs.items():
-        (tmp_path / "rank.{}".format(rank)).mkdir()
-        (tmp_path / "rank.{}".format(rank) / "stderr").write_text(text)
+    _write_rank_stderr(tmp_path, logs)
     assert _originating_rank(str(tmp_path), 0, 3) == 1
     assert _originating_rank(str(tmp_path), 1, 3) == 1
     # No rank with an error of its own: keep what horovodrun said.
@@ -125,8 +130,6 @@ def test_a_killed_rank_is_named_not_the_one_that_lost_its_connection(tmp_path):
     logs = {0: "UnknownError: Graph execution error:\n[gloo/transport/tcp/pair.cc:589] Read error "
                "[127.0.0.1]:35239: Connection reset by peer\nTerminated\n",
             1: "[1]<stderr>:Killed\n"}
-    for rank, text in logs.items():
-        (tmp_path / "rank.{}".format(rank)).mkdir()
-        (tmp_path / "rank.{}".format(rank) / "stderr").write_text(text)
+    _write_rank_stderr(tmp_path, logs)
     assert _originating_rank(str(tmp_path), 0, 2) == 1
     assert _originating_rank(str(tmp_path), 1, 2) == 1

@@ -44,7 +44,7 @@ def _relative_error(a, b):
 
 @pytest.mark.parametrize("kernels", ["onednn", "eigen"])
 @pytest.mark.parametrize("static_batch", [True, False])
-@pytest.mark.parametrize("native_ops", ["1", "0"], ids=["fused-norm-op", "tensorflow-norm"])
+@pytest.mark.parametrize("native_ops", ["1", "0"], ids=["fused-cpu-ops", "tensorflow-ops"])
 def test_tuned_kernels_give_the_plain_outputs_and_gradients(monkeypatch, kernels, static_batch, native_ops):
     if native_ops == "1" and not native.enabled():
         pytest.skip("UNET3D_NATIVE_OPS=0")

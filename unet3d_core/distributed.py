@@ -148,16 +148,15 @@ def _originating_rank(log_dir: str, reported: int, num_processes: int) -> int:
     that failed on its own is named: one with an error of its own, or one
     killed by a signal ("Killed").
     """
-    def text(rank: int) -> str:
-        return "\n".join(_rank_log_tail(log_dir, rank, "stderr", lines=40))
+    texts = {rank: "\n".join(_rank_log_tail(log_dir, rank, "stderr", lines=40)) for rank in range(num_processes)}
 
     def stopped_by_another(rank: int) -> bool:
-        return any(marker in text(rank) for marker in _STOPPED_BY_ANOTHER_RANK)
+        return any(marker in texts[rank] for marker in _STOPPED_BY_ANOTHER_RANK)
 
     def failed_on_its_own(rank: int) -> bool:
-        lines = [line for line in text(rank).splitlines() if line.strip()]
+        lines = [line for line in texts[rank].splitlines() if line.strip()]
         killed = bool(lines) and lines[-1].rstrip().endswith("Killed")
-        return not stopped_by_another(rank) and ("error" in text(rank).lower() or killed)
+        return not stopped_by_another(rank) and ("error" in texts[rank].lower() or killed)
 
     if not stopped_by_another(reported):
         return reported

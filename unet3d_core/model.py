@@ -31,7 +31,7 @@ tf1 = tf.compat.v1
 #     (the npu and gpu backends choose it: their vendors' kernels were not timed here).
 #   Both tuned sets below compute instance norm and leaky ReLU with the project's own
 #   CPU op (unet3d_core/native: one kernel forward, one backward, the fewest passes over
-#   memory: 30 -> 20 ms for a 2x64^3x32 tensor in TF 2.15, 145 -> 41 ms in TF 1.15) when
+#   memory: 30 -> 18 ms for a 2x64^3x32 tensor in TF 2.15, 145 -> 41 ms in TF 1.15) when
 #   it is built for the running TensorFlow, else as below.
 #   "onednn" (TensorFlow 2's CPU build, which runs convolutions and norms in oneDNN):
 #     - instance norm as one FusedBatchNormV3 per sample (a single kernel forward and
@@ -51,7 +51,7 @@ tf1 = tf.compat.v1
 #       gradient and 1.9 -> 0.8 s for the kernel gradient of the 64 -> 32 channel
 #       convolution at 2x64^3.
 # Timings: README, Performance; benchmarks/profile_step.py shows them per op.
-# UNET3D_KERNELS=onednn|eigen|plain overrides the choice; UNET3D_NATIVE_OPS=0 leaves out the op.
+# UNET3D_KERNELS=onednn|eigen|plain overrides the choice; UNET3D_NATIVE_OPS=0 leaves out our ops.
 KERNEL_SETS = ("onednn", "eigen", "plain")
 
 
@@ -282,10 +282,11 @@ def _convolution_by_taps(x, kernel):
     entry (a, b, t, i, k) moved to (a, b, 0, i, t * out + k)), whose groups the
     tap-sum op adds along the last axis, each shifted by its tap: 4 output
     channels fill a quarter of a 16-wide vector unit, 12 three quarters
-    (forward 38 -> 16 ms at 2 x 64^3 x 32 -> 4). The gradients are those of the
-    transposed form (_convolution_as_transposed), the fastest here: the
-    images' as a convolution of the output gradient with the mirrored kernel,
-    the kernel's as the kernel gradient of that convolution, mirrored back.
+    (forward 38 -> 22 ms at 2 x 64^3 x 32 -> 4, the tap sum included). The
+    gradients are those of the transposed form (_convolution_as_transposed),
+    the fastest here: the images' as a convolution of the output gradient
+    with the mirrored kernel, the kernel's as the kernel gradient of that
+    convolution, mirrored back.
     """
     size = kernel.shape.as_list()
     taps, in_channels, out_channels = size[2], size[3], size[4]

@@ -98,9 +98,18 @@ inline void GradientRow(const float* __restrict row, const float* __restrict ups
   }
 }
 
+// A block of voxels of one sample: [first, last) of sample n.
+struct Block {
+  Index n, first, last;
+};
+
 struct Layout {
-  Index batch = 0, voxels = 0, channels = 0, blocks_per_sample = 0;
+  Index batch = 0, voxels = 0, channels = 0, voxels_per_block = 1, blocks_per_sample = 0;
   Index blocks() const { return batch * blocks_per_sample; }
+  Block Of(Index block) const {
+    const Index first = (block % blocks_per_sample) * voxels_per_block;
+    return {block / blocks_per_sample, first, std::min(voxels, first + voxels_per_block)};
+  }
 };
 
 // Checks x is [batch, spatial..., channels] with gamma and beta [channels]; fills layout.
@@ -121,8 +130,8 @@ tensorflow::Status ReadLayout(const Tensor& x, const Tensor& gamma, const Tensor
   if (layout->voxels == 0 && layout->batch > 0 && layout->channels > 0) {
     return tensorflow::errors::InvalidArgument("x has no voxels to normalise: shape ", x.shape().DebugString());
   }
-  const Index per_block = VoxelsPerBlock(std::max<Index>(layout->channels, 1));
-  layout->blocks_per_sample = (layout->voxels + per_block - 1) / per_block;
+  layout->voxels_per_block = VoxelsPerBlock(std::max<Index>(layout->channels, 1));
+  layout->blocks_per_sample = (layout->voxels + layout->voxels_per_block - 1) / layout->voxels_per_block;
   return tensorflow::Status();
 }
 
@@ -138,7 +147,7 @@ tensorflow::Status ReadSlope(OpKernelConstruction* context, float* alpha) {
 // Runs work(block) for every block on the op's intra-op threads.
 void ForEachBlock(OpKernelContext* context, const Layout& layout, const std::function<void(Index)>& work) {
   auto* pool = context->device()->tensorflow_cpu_worker_threads()->workers;
-  const Index cost = VoxelsPerBlock(std::max<Index>(layout.channels, 1)) * layout.channels * 8;
+  const Index cost = layout.voxels_per_block * layout.channels * 8;
   pool->ParallelFor(layout.blocks(), cost, [&](Index begin, Index end) {
     for (Index block = begin; block < end; ++block) work(block);
   });
@@ -197,7 +206,7 @@ class InstanceNormLeakyReluOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_output(2, TensorShape({layout.batch, layout.channels}), &rstd));
     if (layout.blocks() == 0 || layout.channels == 0) return;
 
-    const Index C = layout.channels, S = layout.voxels, per_block = VoxelsPerBlock(C);
+    const Index C = layout.channels, S = layout.voxels;
     const float* in = x.flat<float>().data();
     float* out = y->flat<float>().data();
     const float* g = gamma.flat<float>().data();
@@ -206,10 +215,10 @@ class InstanceNormLeakyReluOp : public OpKernel {
     // Pass 1: per block, the sums of (x - shift) and its square; shift = the sample's first voxel.
     std::vector<double> partial(layout.blocks() * 2 * C);
     ForEachBlock(context, layout, [&](Index block) {
-      const Index n = block / layout.blocks_per_sample, first = (block % layout.blocks_per_sample) * per_block;
-      const float* sample = in + n * S * C;
+      const Block range = layout.Of(block);
+      const float* sample = in + range.n * S * C;
       const float* shift = sample;
-      SumBlock(first, std::min(S, first + per_block), C,
+      SumBlock(range.first, range.last, C,
                [&](Index v, float* f, float* q) { AccumulateMoments(sample + v * C, shift, C, f, q); },
                partial.data() + block * 2 * C);
     });
@@ -233,11 +242,13 @@ class InstanceNormLeakyReluOp : public OpKernel {
     // Pass 2: y = leaky_relu((x - mean) * rstd * gamma + beta).
     const float alpha = alpha_;
     ForEachBlock(context, layout, [&](Index block) {
-      const Index n = block / layout.blocks_per_sample, first = (block % layout.blocks_per_sample) * per_block;
-      const Index last = std::min(S, first + per_block);
+      const Block range = layout.Of(block);
+      const Index n = range.n;
       const float* m = mean_out + n * C;
       const float* a = scale.data() + n * C;
-      for (Index v = first; v < last; ++v) NormalizeRow(in + (n * S + v) * C, m, a, b, alpha, C, out + (n * S + v) * C);
+      for (Index v = range.first; v < range.last; ++v) {
+        NormalizeRow(in + (n * S + v) * C, m, a, b, alpha, C, out + (n * S + v) * C);
+      }
     });
   }
 
@@ -273,7 +284,7 @@ class InstanceNormLeakyReluGradOp : public OpKernel {
     OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &dx));
     OP_REQUIRES_OK(context, context->allocate_output(1, gamma.shape(), &dgamma));
     OP_REQUIRES_OK(context, context->allocate_output(2, beta.shape(), &dbeta));
-    const Index C = layout.channels, S = layout.voxels, per_block = VoxelsPerBlock(std::max<Index>(C, 1));
+    const Index C = layout.channels, S = layout.voxels;
     float* dgamma_out = dgamma->flat<float>().data();
     float* dbeta_out = dbeta->flat<float>().data();
     std::fill(dgamma_out, dgamma_out + C, 0.0f);
@@ -293,10 +304,11 @@ class InstanceNormLeakyReluGradOp : public OpKernel {
     // z = xhat * gamma + beta (the activation's input) and dz = dy * leaky_relu'(z).
     std::vector<double> partial(layout.blocks() * 2 * C);
     ForEachBlock(context, layout, [&](Index block) {
-      const Index n = block / layout.blocks_per_sample, first = (block % layout.blocks_per_sample) * per_block;
+      const Block range = layout.Of(block);
+      const Index n = range.n;
       const float* m = means + n * C;
       const float* r = inverses + n * C;
-      SumBlock(first, std::min(S, first + per_block), C,
+      SumBlock(range.first, range.last, C,
                [&](Index v, float* f, float* q) {
                  AccumulateGradientSums(in + (n * S + v) * C, grad + (n * S + v) * C, m, r, g, b, alpha, C, f, q);
                },
@@ -325,12 +337,12 @@ class InstanceNormLeakyReluGradOp : public OpKernel {
 
     // Pass 2: dx.
     ForEachBlock(context, layout, [&](Index block) {
-      const Index n = block / layout.blocks_per_sample, first = (block % layout.blocks_per_sample) * per_block;
-      const Index last = std::min(S, first + per_block);
+      const Block range = layout.Of(block);
+      const Index n = range.n;
       const float* m = means + n * C;
       const float* r = inverses + n * C;
       const float* k = factor.data() + n * C;
-      for (Index v = first; v < last; ++v) {
+      for (Index v = range.first; v < range.last; ++v) {
         GradientRow(in + (n * S + v) * C, grad + (n * S + v) * C, m, r, g, b, k, mean_dz.data() + n * C,
                     mean_dz_xhat.data() + n * C, alpha, C, out + (n * S + v) * C);
       }
