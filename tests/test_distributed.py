@@ -126,6 +126,18 @@ def test_the_rank_with_its_own_error_is_named_not_one_stopped_by_the_shutdown(tm
     assert _originating_rank(str(tmp_path), 0, 3) == 0
 
 
+def test_the_shutdown_message_is_found_above_a_long_traceback(tmp_path):
+    """TensorFlow 1.15 prints where the failed op was created after its message: 50 lines and more."""
+    created_at = "".join("[0]<stderr>:  File \"horovod/tensorflow/__init__.py\", line {}, in allreduce\n".format(n)
+                         for n in range(300))
+    logs = {0: "[0]<stderr>:tensorflow.python.framework.errors_impl.UnknownError: Horovod has been shut down. "
+               "This was caused by an exception on one of the ranks\n[0]<stderr>:Original stack trace for "
+               "'HorovodAllreduce':\n" + created_at,
+            1: "[1]<stderr>:error: data/BraTS19_SYN_0002.tfrecord: corrupted record at 12; the record is damaged\n"}
+    _write_rank_stderr(tmp_path, logs)
+    assert _originating_rank(str(tmp_path), 0, 2) == 1
+
+
 def test_a_killed_rank_is_named_not_the_one_that_lost_its_connection(tmp_path):
     logs = {0: "UnknownError: Graph execution error:\n[gloo/transport/tcp/pair.cc:589] Read error "
                "[127.0.0.1]:35239: Connection reset by peer\nTerminated\n",

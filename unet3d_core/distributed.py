@@ -139,6 +139,20 @@ def _rank_log_tail(log_dir: str, rank: int, name: str, lines: int = 12) -> List[
         return [line.rstrip("\n") for line in handle.readlines()[-lines:]]
 
 
+def _rank_log_end(log_dir: str, rank: int, name: str, size: int = 256 * 1024) -> str:
+    """The last ``size`` bytes of a rank's log: enough for the whole of a failed rank's traceback.
+
+    TensorFlow 1.15 follows an op's error message with the traceback of where the op
+    was created, so the message can sit 50 lines or more above the end.
+    """
+    path = os.path.join(log_dir, "rank.{}".format(rank), name)
+    if not os.path.isfile(path):
+        return ""
+    with open(path, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(path) - size))
+        return handle.read().decode("utf-8", errors="replace")
+
+
 def _originating_rank(log_dir: str, reported: int, num_processes: int) -> int:
     """The rank whose own failure ended the job.
 
@@ -148,7 +162,7 @@ def _originating_rank(log_dir: str, reported: int, num_processes: int) -> int:
     that failed on its own is named: one with an error of its own, or one
     killed by a signal ("Killed").
     """
-    texts = {rank: "\n".join(_rank_log_tail(log_dir, rank, "stderr", lines=40)) for rank in range(num_processes)}
+    texts = {rank: _rank_log_end(log_dir, rank, "stderr") for rank in range(num_processes)}
 
     def stopped_by_another(rank: int) -> bool:
         return any(marker in texts[rank] for marker in _STOPPED_BY_ANOTHER_RANK)
