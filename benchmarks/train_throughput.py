@@ -20,9 +20,9 @@ one after another (never two at once), repeated and summarised by the median:
   the same widths, strides, kernel sizes, instance norm (affine) and leaky
   ReLU 0.01, DiceCE loss without background in the Dice, Adam.
 - ``roofline``: the convolution FLOPs of one training step, counted from
-  the training graph (every Conv3D, Conv3DBackpropInputV2 and
-  Conv3DBackpropFilterV2 op: 2 x kernel volume x input channels x output
-  channels x output voxels; norms, activations, loss and optimizer not
+  the training graph (every Conv3D, Conv3DBackpropInputV2,
+  Conv3DBackpropFilterV2 and the project's Unet3dConvKernelGradient op: 2 x
+  kernel volume x input channels x output channels x output voxels; norms, activations, loss and optimizer not
   counted), divided by the trainer's step time, against the best FLOP rate
   of a few large single forward 3D convolutions timed in the same run, once
   a round next to the trainer's runs (the best round is used).
@@ -161,9 +161,12 @@ def ops_run_for(fetch) -> list:
     return list(seen)
 
 
+KERNEL_GRADIENT_OP = "Unet3dConvKernelGradient"
+
+
 def convolution_flops(ops) -> dict:
     """FLOPs of the 3D convolution ops among ``ops`` (forward, input and filter gradients), from static shapes."""
-    totals = {"Conv3D": 0, "Conv3DBackpropInputV2": 0, "Conv3DBackpropFilterV2": 0}
+    totals = {"Conv3D": 0, "Conv3DBackpropInputV2": 0, "Conv3DBackpropFilterV2": 0, KERNEL_GRADIENT_OP: 0}
 
     def product(values):
         result = 1
@@ -178,6 +181,8 @@ def convolution_flops(ops) -> dict:
             kernel, forward_output = op.inputs[1].shape.as_list(), op.inputs[2].shape.as_list()
         elif op.type == "Conv3DBackpropFilterV2":  # inputs: input, kernel sizes, gradient of the output
             kernel, forward_output = op.outputs[0].shape.as_list(), op.inputs[2].shape.as_list()
+        elif op.type == KERNEL_GRADIENT_OP:  # the project's: inputs a, b (b shaped like the gradient of the output)
+            kernel, forward_output = op.outputs[0].shape.as_list(), op.inputs[1].shape.as_list()
         else:
             continue
         # Multiply-adds: every output voxel of the forward conv meets the whole kernel (kernel volume x cin x cout).

@@ -14,20 +14,23 @@ CONFIG = ModelConfig(base_filters=6, max_filters=8, depth=3)
 SHAPE = (2, 16, 16, 8, 4)
 
 
-def _outputs_and_gradients(monkeypatch, kernels, weights=None, static_batch=True):
-    """Logits and the gradients of a loss w.r.t. every variable, for ``weights`` (name -> value) if given."""
+def _outputs_and_gradients(monkeypatch, kernels, weights=None, static_batch=True, config=CONFIG, op_types=None):
+    """Logits and the gradients of a loss w.r.t. every variable, for ``weights`` (name -> value) if given;
+    the graph's op types are added to the set ``op_types`` if given."""
     monkeypatch.setenv(model.KERNELS_VARIABLE, kernels)
     images_value = np.random.RandomState(0).randn(*SHAPE).astype(np.float32) * 2 + 0.5
     graph = tf.Graph()
     with graph.as_default():
         tf1.set_random_seed(1)
         images = tf1.placeholder(tf.float32, SHAPE if static_batch else (None, None, None, None, 4))
-        logits = model.build_unet3d(images, CONFIG, training=True)
+        logits = model.build_unet3d(images, config, training=True)
         variables = tf1.trainable_variables()
         # A loss that weighs every output voxel differently, so that a transposed
         # or shifted gradient cannot give the same numbers.
-        weighting = np.random.RandomState(2).rand(*SHAPE[:4], CONFIG.num_classes).astype(np.float32)
+        weighting = np.random.RandomState(2).rand(*SHAPE[:4], config.num_classes).astype(np.float32)
         gradients = tf.gradients(tf.reduce_sum(tf.square(logits) * weighting), variables)
+        if op_types is not None:
+            op_types.update(op.type for op in graph.get_operations())
         with tf1.Session(graph=graph) as session:
             session.run(tf1.global_variables_initializer())
             if weights is not None:
@@ -54,6 +57,21 @@ def test_tuned_kernels_give_the_plain_outputs_and_gradients(monkeypatch, kernels
     assert len(tuned) == len(reference)
     # Float32 rounding only: the statistics and gradients are summed in another order.
     assert _relative_error(tuned[0], reference[0]) < 1e-4
+    errors = [_relative_error(a, b) for a, b in zip(tuned[1:], reference[1:])]
+    assert max(errors) < 1e-3, errors
+
+
+@pytest.mark.parametrize("kernels", ["onednn", "eigen"])
+def test_kernel_gradients_by_our_op_are_the_plain_gradients(monkeypatch, kernels):
+    """At 16 and 32 channels the tuned sets compute the kernel gradients of the convolutions (stride 1
+    and 2) and of the transposed convolutions with the project's op, on an AVX-512 CPU."""
+    if not native.enabled() or not native.has_avx512():
+        pytest.skip("needs the op library and an AVX-512 CPU")
+    wide = ModelConfig(base_filters=16, max_filters=32, depth=3)
+    reference, weights = _outputs_and_gradients(monkeypatch, "plain", config=wide)
+    op_types = set()
+    tuned, _ = _outputs_and_gradients(monkeypatch, kernels, weights, config=wide, op_types=op_types)
+    assert native.KERNEL_GRADIENT_OP in op_types
     errors = [_relative_error(a, b) for a, b in zip(tuned[1:], reference[1:])]
     assert max(errors) < 1e-3, errors
 

@@ -159,7 +159,7 @@ def test_the_tuned_network_uses_the_ops_and_can_do_without_them(monkeypatch, ker
 def test_a_failed_build_says_so_and_leaves_no_library(monkeypatch, tmp_path):
     monkeypatch.setenv(native.DIRECTORY_VARIABLE, str(tmp_path))
     monkeypatch.setenv("CXX", "false")  # a "compiler" that fails at once
-    with pytest.raises(native.NativeBuildError, match="compiling .*tap_sum.cc failed"):
+    with pytest.raises(native.NativeBuildError, match="compiling .*kernel_gradient.cc failed"):
         native.build(quiet=True)
     assert os.listdir(str(tmp_path)) == []
 
@@ -226,3 +226,80 @@ def test_the_output_convolution_by_taps_is_conv3d_forward_and_backward():
             results.append(_run([y] + tf.gradients(y, inputs, upstream)))
     for name, ours, theirs in zip(("y", "dx", "dkernel"), results[1], results[0]):
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max(), err_msg=name)
+
+
+needs_avx512 = pytest.mark.skipif(DISABLED or not native.has_avx512(), reason="needs the op library and AVX-512")
+
+
+def _kernel_gradient_reference(a, b, kernel, pad, stride):
+    """Float64 numpy: dw[k, i, j] = sum over n, p of a[n, stride * p + k - pad, i] * b[n, p, j], a zero outside."""
+    margin = max(kernel) + stride
+    padded = np.pad(a.astype(np.float64), [(0, 0)] + [(margin, margin)] * 3 + [(0, 0)])
+    result = np.zeros(tuple(kernel) + (a.shape[-1], b.shape[-1]))
+    for offsets in np.ndindex(*kernel):
+        rows = [stride * np.arange(size) + k - p + margin for size, k, p in zip(b.shape[1:4], offsets, pad)]
+        shifted = padded[:, rows[0]][:, :, rows[1]][:, :, :, rows[2]]
+        result[offsets] = np.einsum("ndhwi,ndhwj->ij", shifted, b.astype(np.float64))
+    return result
+
+
+@needs_avx512
+@pytest.mark.parametrize("a_shape,b_shape,kernel,pad,stride", [
+    ((2, 9, 7, 5, 20), (2, 9, 7, 5, 48), (3, 3, 3), (1, 1, 1), 1),   # SAME, stride 1, odd sizes, 12 + 8 rows
+    ((1, 6, 5, 4, 4), (1, 6, 5, 4, 16), (3, 3, 3), (1, 1, 1), 1),    # few input channels
+    ((2, 8, 6, 10, 12), (2, 4, 3, 5, 32), (3, 3, 3), (0, 0, 0), 2),  # SAME, stride 2, even sizes
+    ((1, 7, 9, 5, 16), (1, 4, 5, 3, 16), (3, 3, 3), (1, 1, 1), 2),   # SAME, stride 2, odd sizes
+    ((2, 8, 6, 4, 24), (2, 4, 3, 2, 64), (2, 2, 2), (0, 0, 0), 2),   # a 2x2x2 transposed convolution's
+])
+def test_kernel_gradient_matches_a_float64_reference(a_shape, b_shape, kernel, pad, stride):
+    rng = np.random.RandomState(3)
+    a = rng.randn(*a_shape).astype(np.float32)
+    b = rng.randn(*b_shape).astype(np.float32)
+    with tf.Graph().as_default():
+        result = _run(native.convolution_kernel_gradient(a, b, kernel, pad, stride))
+    expected = _kernel_gradient_reference(a, b, kernel, pad, stride)
+    assert result.shape == expected.shape
+    np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@needs_avx512
+def test_kernel_gradient_is_tensorflows_for_a_convolution_and_a_transposed_one():
+    rng = np.random.RandomState(4)
+    x = rng.randn(2, 10, 8, 6, 16).astype(np.float32)
+    with tf.Graph().as_default():
+        kernel = tf.constant(rng.randn(3, 3, 3, 16, 32).astype(np.float32))
+        fetches = {}
+        for stride in (1, 2):
+            y = tf.nn.conv3d(x, kernel, strides=[1, stride, stride, stride, 1], padding="SAME")
+            dy = tf.constant(rng.randn(*y.shape.as_list()).astype(np.float32))
+            pad = [model._same_padding_before(n, 3, stride) for n in x.shape[1:4]]
+            fetches[stride] = (tf.gradients(y, kernel, grad_ys=dy)[0],
+                               native.convolution_kernel_gradient(x, dy, [3, 3, 3], pad, stride))
+        up = tf.constant(rng.randn(2, 2, 2, 32, 16).astype(np.float32))  # [d, h, w, out, in]
+        z = tf.nn.conv3d_transpose(x, up, [2, 20, 16, 12, 32], strides=[1, 2, 2, 2, 1], padding="SAME")
+        dz = tf.constant(rng.randn(2, 20, 16, 12, 32).astype(np.float32))
+        fetches["transposed"] = (tf.gradients(z, up, grad_ys=dz)[0],
+                                 native.convolution_kernel_gradient(dz, x, [2, 2, 2], [0, 0, 0], 2))
+        values = _run(fetches)
+    for name, (expected, ours) in values.items():
+        np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max(), err_msg=str(name))
+
+
+@needs_avx512
+def test_kernel_gradient_does_not_depend_on_the_thread_count():
+    rng = np.random.RandomState(5)
+    a = rng.randn(2, 12, 10, 8, 32).astype(np.float32)
+    b = rng.randn(2, 12, 10, 8, 32).astype(np.float32)
+    with tf.Graph().as_default():
+        dw = native.convolution_kernel_gradient(a, b, [3, 3, 3], [1, 1, 1], 1)
+        one, two = _run(dw, threads=1), _run(dw, threads=2)
+    assert np.array_equal(one, two)
+
+
+@needs_avx512
+def test_kernel_gradient_names_a_bad_channel_count():
+    with tf.Graph().as_default():
+        dw = native.convolution_kernel_gradient(np.zeros((1, 4, 4, 4, 8), np.float32),
+                                                np.zeros((1, 4, 4, 4, 12), np.float32), [3, 3, 3], [1, 1, 1], 1)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="b's channels must be a multiple of 16, got 12"):
+            _run(dw)

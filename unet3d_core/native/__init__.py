@@ -7,6 +7,9 @@
 - ``tap_sum.cc``: the shifted sum that finishes a 3x3x3 convolution to few
   channels computed as a 3x3x1 one (the "onednn" set's output convolution);
   without the library that convolution runs as a transposed convolution.
+- ``kernel_gradient.cc``: the kernel gradient of a convolution or of a
+  2x2x2 transposed convolution, on AVX-512, for the layers where it beats
+  the library's own (model._native_kernel_gradient says which).
 
     python -m unet3d_core.native build        # compile for this environment's TensorFlow (g++, about 15 s)
     python -m unet3d_core.native status       # where the library is and whether it loads
@@ -26,9 +29,10 @@ import tempfile
 NATIVE_OPS_VARIABLE = "UNET3D_NATIVE_OPS"
 DIRECTORY_VARIABLE = "UNET3D_NATIVE_DIR"
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = [os.path.join(HERE, name) for name in ("instance_norm.cc", "tap_sum.cc")]
+SOURCES = [os.path.join(HERE, name) for name in ("instance_norm.cc", "tap_sum.cc", "kernel_gradient.cc")]
 OP_NAME = "Unet3dInstanceNormLeakyRelu"
 TAP_SUM_OP = "Unet3dTapSum"
+KERNEL_GRADIENT_OP = "Unet3dConvKernelGradient"
 
 _loaded = {}  # library path -> module, or None after a failed load
 
@@ -200,6 +204,22 @@ def tap_sum(p, taps: int):
     if module is None:
         raise RuntimeError("the fused CPU ops are not available (python -m unet3d_core.native build)")
     return module.unet3d_tap_sum(p, taps=taps)
+
+
+def has_avx512() -> bool:
+    """Whether this CPU runs the kernel-gradient op (it needs AVX-512F)."""
+    return "avx512f" in (cpu_flags() or set())
+
+
+def convolution_kernel_gradient(a, b, kernel, pad, stride: int):
+    """``dw[kd, kh, kw, i, j] = sum a[n, s*d + kd - pd, s*h + kh - ph, s*w + kw - pw, i] * b[n, d, h, w, j]``
+    (``a`` zero outside its volume): a convolution's kernel gradient with ``a`` its input and ``b`` its output's
+    gradient, or a transposed convolution's with ``a`` its output's gradient and ``b`` its input. Needs load(),
+    an AVX-512 CPU and ``b`` channels a multiple of 16."""
+    module = load()
+    if module is None:
+        raise RuntimeError("the fused CPU ops are not available (python -m unet3d_core.native build)")
+    return module.unet3d_conv_kernel_gradient(a, b, kernel=list(kernel), pad=list(pad), stride=stride)
 
 
 def main(argv=None) -> int:
