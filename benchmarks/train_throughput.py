@@ -166,7 +166,8 @@ KERNEL_GRADIENT_OP = "Unet3dConvKernelGradient"
 
 def convolution_flops(ops) -> dict:
     """FLOPs of the 3D convolution ops among ``ops`` (forward, input and filter gradients), from static shapes."""
-    totals = {"Conv3D": 0, "Conv3DBackpropInputV2": 0, "Conv3DBackpropFilterV2": 0, KERNEL_GRADIENT_OP: 0}
+    totals = {"Conv3D": 0, "Conv3DBackpropInputV2": 0, "Conv3DBackpropFilterV2": 0, KERNEL_GRADIENT_OP: 0,
+              "MatMul": 0}
 
     def product(values):
         result = 1
@@ -183,6 +184,12 @@ def convolution_flops(ops) -> dict:
             kernel, forward_output = op.outputs[0].shape.as_list(), op.inputs[2].shape.as_list()
         elif op.type == KERNEL_GRADIENT_OP:  # the project's: inputs a, b (b shaped like the gradient of the output)
             kernel, forward_output = op.outputs[0].shape.as_list(), op.inputs[1].shape.as_list()
+        elif op.type == "MatMul":  # a small-volume convolution or its kernel gradient (the network has no other)
+            rows, inner = op.inputs[0].shape.as_list()
+            if op.get_attr("transpose_a"):
+                rows, inner = inner, rows
+            totals["MatMul"] += 2 * rows * inner * int(op.outputs[0].shape[-1])
+            continue
         else:
             continue
         # Multiply-adds: every output voxel of the forward conv meets the whole kernel (kernel volume x cin x cout).

@@ -106,6 +106,24 @@ def test_onednn_up_blocks_concatenate_nothing(monkeypatch):
     assert volume_concatenations("onednn") == []
 
 
+@pytest.mark.parametrize("kernels", ["onednn", "eigen"])
+def test_the_smallest_volumes_are_convolved_by_matrix_products(monkeypatch, kernels):
+    """SHAPE's lowest level, the bottleneck, is 4 x 4 x 2 voxels (<= 4^3): its two convolutions (the first
+    strided) and their kernel gradients are products of patches; every convolution above stays one."""
+    def spatial(op):
+        return op.outputs[0].shape.as_list()[1:4]
+
+    ops = _training_ops(monkeypatch, kernels)
+    forward = [op for op in ops if op.type == "Conv3D" and not op.name.startswith("gradients/")]
+    assert forward and all(np.prod(spatial(op)) > model.SMALL_VOLUME for op in forward)
+    products = [op for op in ops if op.type == "MatMul"]
+    patches = [op for op in ops if op.type == "ExtractVolumePatches"]
+    # Per small convolution one patches op and two products (forward, kernel gradient).
+    assert (len(patches), len(products)) == (2, 4)
+    plain = _training_ops(monkeypatch, "plain")
+    assert not [op for op in plain if op.type in ("MatMul", "ExtractVolumePatches")]
+
+
 def test_every_kernel_set_creates_the_same_variables(monkeypatch):
     shapes = {}
     for kernels in model.KERNEL_SETS:

@@ -43,9 +43,13 @@ tf1 = tf.compat.v1
 #       tap-sum op instead (_convolution_by_taps: 38 -> 22 ms, same gradients);
 #     - an up block's first convolution as one convolution per input (upsampled, skip),
 #       summed, instead of one on their concatenation (about 1% of a training step).
-#   Both tuned sets, with the op library on an AVX-512 CPU: the kernel gradients of the
-#     layers with few channels (the full-resolution convolutions, the first strided one,
-#     the first transposed ones) by our op (_native_kernel_gradient).
+#   Both tuned sets:
+#     - with the op library on an AVX-512 CPU, the kernel gradients of the layers with
+#       16-64 channels (the full-resolution convolutions, the first strided one, the
+#       first transposed ones) by our op (_native_kernel_gradient: 80 -> 69 ms for the
+#       64^3 32 -> 32 layers at batch 2);
+#     - the convolutions of 4^3 voxels and fewer (the two lowest levels: 256-320
+#       channels, an 11 MB kernel) as matrix products of patches (_convolution_by_patches).
 #   "eigen" (TensorFlow 1.15's pip build, plain Eigen kernels, where the backward
 #     convolutions run 2-6x slower than the forward one):
 #     - the same fused instance norm (0.30 -> 0.20 s for that tensor);
@@ -288,6 +292,14 @@ def _native_kernel_gradient(a_channels: int, b_channels: int, transposed: bool) 
     return 16 <= a_channels <= 32 and b_channels <= 64
 
 
+def _voxels(spatial, stride: int) -> int:
+    """Output voxels per sample of a SAME convolution of ``spatial`` with ``stride``."""
+    count = 1
+    for size in spatial:
+        count *= -(-size // stride)
+    return count
+
+
 def _same_padding_before(size: int, kernel: int, stride: int) -> int:
     """The padding SAME puts before an axis of ``size``."""
     out = -(-size // stride)
@@ -327,11 +339,58 @@ def _native_kernel_gradient_transposed(op, output_gradient):
     return None, kernel_gradient, images_gradient
 
 
+SMALL_VOLUME = 4 ** 3  # output voxels per sample at and below which a convolution is a matrix product
+
+
+def _convolution_by_patches(x, kernel, stride: int):
+    """``conv3d(x, kernel)``, SAME, on a small volume: one matrix product of the input's patches (the
+    windows the convolution sees, zero-padded), [voxels, kernel volume x in], with the kernel.
+
+    At 2^3 and 4^3 voxels with 256-320 channels the kernel is 11 MB and the
+    volume a few hundred voxels: the convolution libraries' kernels ran at
+    10-200 GFLOP/s there (the bottleneck's kernel gradient: 8 ms for 88 MFLOP).
+    The kernel's gradient is the product of the same patches with the output
+    gradient; the images' is TensorFlow's (the "eigen" set: a forward
+    convolution with the mirrored kernel for stride 1).
+    """
+    size = kernel.shape.as_list()
+    window = size[0] * size[1] * size[2] * size[3]
+    out_spatial = [-(-n // stride) for n in x.shape.as_list()[1:4]]
+    strides = [1, stride, stride, stride, 1]
+
+    @tf.custom_gradient
+    def convolve(images, weights):
+        patches = tf.reshape(tf.extract_volume_patches(images, ksizes=[1] + size[:3] + [1], strides=strides,
+                                                       padding="SAME"), [-1, window])
+        y = tf.reshape(tf.matmul(patches, tf.reshape(weights, [window, size[4]])), [-1] + out_spatial + [size[4]])
+
+        def gradient(output_gradient):
+            if stride == 1 and kernel_set() == "eigen":
+                images_gradient = tf.nn.conv3d(output_gradient, _mirrored(weights), strides=strides,
+                                               padding="SAME")
+            else:
+                images_gradient = tf.raw_ops.Conv3DBackpropInputV2(
+                    input_sizes=tf.shape(images), filter=weights, out_backprop=output_gradient, strides=strides,
+                    padding="SAME")
+            kernel_gradient = tf.matmul(patches, tf.reshape(output_gradient, [-1, size[4]]), transpose_a=True)
+            return images_gradient, tf.reshape(kernel_gradient, size)
+
+        return y, gradient
+
+    y = convolve(x, tf.convert_to_tensor(kernel))
+    y.set_shape([x.shape[0]] + out_spatial + [size[4]])
+    return y
+
+
 def _convolution(x, kernel, stride: int):
-    """``conv3d(x, kernel)``, SAME; with the "eigen" kernels, stride 1 has forward-convolution gradients;
-    the kernel gradient by our op where _native_kernel_gradient says so."""
+    """``conv3d(x, kernel)``, SAME. In the tuned sets: on small volumes by patches; elsewhere the kernel
+    gradient by our op where _native_kernel_gradient says so; with the "eigen" kernels, stride 1 has
+    forward-convolution gradients."""
     in_channels, out_channels = kernel.shape.as_list()[3:]
-    spatial_known = all(size is not None for size in x.shape.as_list()[1:4])
+    spatial = x.shape.as_list()[1:4]
+    spatial_known = all(size is not None for size in spatial)
+    if spatial_known and kernel_set() != "plain" and _voxels(spatial, stride) <= SMALL_VOLUME:
+        return _convolution_by_patches(x, kernel, stride)
     if spatial_known and _native_kernel_gradient(in_channels, out_channels, transposed=False):
         with tf1.get_default_graph().gradient_override_map({"Conv3D": NATIVE_KERNEL_GRADIENT}):
             return tf.nn.conv3d(x, kernel, strides=[1, stride, stride, stride, 1], padding="SAME")

@@ -13,12 +13,13 @@
 // reaches about 75% of the vector unit on 32-channel layers (and 20-45% on the
 // strided and 2x2x2 ones); Eigen (TensorFlow 1.15) less. Here each tap is a
 // matrix product over the voxels, computed in register tiles of up to 12 x 32
-// sums: per voxel two vector loads of b, one broadcast of a per row of the
-// tile and 24 fused multiply-adds. The work is cut into units of one plane of
-// b and two of its rows; each unit's rows of a and b are fetched into the
-// first-level cache while the unit before it computes. Units are summed in a
-// fixed number of groups, each in unit order, and the groups in group order,
-// so the result does not depend on the thread count.
+// (or 6 x 64) sums: per voxel two vector loads of b, one broadcast of a per row
+// of the tile and 24 fused multiply-adds; a's channels are split evenly over
+// the tiles (32 = 11 + 11 + 10). The work is cut into units of about 128
+// positions of b (two rows of a 64-wide plane); each unit's rows of a and b are
+// prefetched into the first-level cache while the unit before it computes.
+// Units are summed in a fixed number of groups, each in unit order, and the
+// groups in group order, so the result does not depend on the thread count.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -36,7 +37,8 @@ namespace {
 
 using Index = tensorflow::int64;
 
-constexpr Index kRowsPerUnit = 2;    // rows of b per unit: their a and b rows stay in the first-level cache
+// Positions of b per unit (rows of it, two at 64 wide): their rows of a and b stay in the first-level cache.
+constexpr Index kPositionsPerUnit = 128;
 constexpr Index kMaxGroups = 16;     // partial sums kept per op (fixed: thread count does not change the sums)
 constexpr Index kTileRows = 12;      // rows (channels of a) per register tile
 constexpr Index kCacheLine = 64;
@@ -89,23 +91,37 @@ __attribute__((target("avx512f"))) void Tile(const float* x, Index x_row, Index 
 using TileFunction = void (*)(const float*, Index, Index, const float*, Index, Index, Index, Index, float*, Index,
                               const char*, Index);
 
+// Tile<rows, TJ> for 1 <= rows <= MAX (rows above MAX never asked for).
+template <int TJ, int MAX>
+struct Tiles {
+  static TileFunction For(Index rows) { return rows >= MAX ? Tile<MAX, TJ> : Tiles<TJ, MAX - 1>::For(rows); }
+};
 template <int TJ>
-TileFunction TileFor(Index rows) {
-  switch (rows) {
-    case 1: return Tile<1, TJ>;
-    case 2: return Tile<2, TJ>;
-    case 3: return Tile<3, TJ>;
-    case 4: return Tile<4, TJ>;
-    case 5: return Tile<5, TJ>;
-    case 6: return Tile<6, TJ>;
-    case 7: return Tile<7, TJ>;
-    case 8: return Tile<8, TJ>;
-    case 9: return Tile<9, TJ>;
-    case 10: return Tile<10, TJ>;
-    case 11: return Tile<11, TJ>;
-    default: return Tile<kTileRows, TJ>;
-  }
+struct Tiles<TJ, 1> {
+  static TileFunction For(Index) { return Tile<1, TJ>; }
+};
+
+// Columns (channels of b) per tile, in vectors of 16, and the most rows a tile of that width keeps in registers.
+struct Width {
+  int vectors;
+  Index max_rows;
+};
+
+Width WidthAt(Index j, Index channels) {
+  if (j + 64 <= channels) return {4, 6};
+  if (j + 32 <= channels) return {2, kTileRows};
+  return {1, kTileRows};
 }
+
+TileFunction TileOf(const Width& width, Index rows) {
+  if (width.vectors == 4) return Tiles<4, 6>::For(rows);
+  if (width.vectors == 2) return Tiles<2, kTileRows>::For(rows);
+  return Tiles<1, kTileRows>::For(rows);
+}
+
+// The number of tiles for `channels` rows at most `max_rows` each, shared out evenly (32 = 11 + 11 + 10, not
+// 12 + 12 + 8: a small last tile has too few independent sums to keep the multiply-add units busy).
+Index TileCount(Index channels, Index max_rows) { return (channels + max_rows - 1) / max_rows; }
 
 // A stretch of memory to bring into the cache: `lines` cache lines from `begin`.
 struct Stretch {
@@ -123,7 +139,8 @@ Stretch Span(const float* first, const float* end) {
 class Calculation {
  public:
   Calculation(const Geometry& g, const float* a, const float* b) : g_(g), a_(a), b_(b) {
-    hblocks_ = (g.height + kRowsPerUnit - 1) / kRowsPerUnit;
+    rows_per_unit_ = std::max<Index>(1, std::min(g.height, kPositionsPerUnit / std::max<Index>(1, g.width)));
+    hblocks_ = (g.height + rows_per_unit_ - 1) / rows_per_unit_;
   }
 
   Index units() const { return g_.batch * g_.depth * hblocks_; }
@@ -147,7 +164,8 @@ class Calculation {
 
   Place Locate(Index unit) const {
     const Index block = unit % hblocks_, plane = unit / hblocks_;
-    return {plane / g_.depth, plane % g_.depth, block * kRowsPerUnit, std::min(g_.height, (block + 1) * kRowsPerUnit)};
+    return {plane / g_.depth, plane % g_.depth, block * rows_per_unit_,
+            std::min(g_.height, (block + 1) * rows_per_unit_)};
   }
 
   const float* ARow(Index n, Index d, Index h) const {
@@ -184,7 +202,12 @@ class Calculation {
 
   void Unit(Index unit, const std::vector<Stretch>& mine, const std::vector<Stretch>& next, float* c) const {
     const Place p = Locate(unit);
-    const Index tiles_per_tap = ((g_.channels + 31) / 32) * ((g_.a_channels + kTileRows - 1) / kTileRows);
+    Index tiles_per_tap = 0;
+    for (Index j = 0; j < g_.channels;) {
+      const Width width = WidthAt(j, g_.channels);
+      tiles_per_tap += TileCount(g_.a_channels, width.max_rows);
+      j += 16 * width.vectors;
+    }
     const Index calls = std::max<Index>(1, g_.k[2] * tiles_per_tap);
     size_t phase = 1;  // mine[phase]: the rows of a this (kd, kh) reads
     for (Index kd = 0; kd < g_.k[0]; ++kd) {
@@ -244,15 +267,17 @@ class Calculation {
   void TapProduct(const float* x, const float* y, Index rows, Index positions, float* tap, Fetcher* fetcher) const {
     const Index x_row = g_.stride * g_.a_width * g_.a_channels, x_step = g_.stride * g_.a_channels;
     const Index y_row = g_.width * g_.channels, y_step = g_.channels;
-    for (Index j = 0; j < g_.channels; j += 32) {
-      const bool wide = j + 32 <= g_.channels;
-      for (Index i = 0; i < g_.a_channels; i += kTileRows) {
-        const Index tile_rows = std::min(kTileRows, g_.a_channels - i);
-        const TileFunction tile = wide ? TileFor<2>(tile_rows) : TileFor<1>(tile_rows);
+    for (Index j = 0; j < g_.channels;) {
+      const Width width = WidthAt(j, g_.channels);
+      const Index tiles = TileCount(g_.a_channels, width.max_rows);
+      for (Index t = 0, i = 0; t < tiles; ++t) {
+        const Index tile_rows = g_.a_channels / tiles + (t < g_.a_channels % tiles ? 1 : 0);
         const Stretch fetch = fetcher->Next();
-        tile(x + i, x_row, x_step, y + j, y_row, y_step, rows, positions, tap + i * g_.channels + j, g_.channels,
-             fetch.begin, fetch.lines);
+        TileOf(width, tile_rows)(x + i, x_row, x_step, y + j, y_row, y_step, rows, positions,
+                                 tap + i * g_.channels + j, g_.channels, fetch.begin, fetch.lines);
+        i += tile_rows;
       }
+      j += 16 * width.vectors;
     }
   }
 
@@ -260,6 +285,7 @@ class Calculation {
   const float* a_;
   const float* b_;
   Index hblocks_;
+  Index rows_per_unit_;
 };
 
 class ConvKernelGradientOp : public tensorflow::OpKernel {
@@ -321,8 +347,8 @@ class ConvKernelGradientOp : public tensorflow::OpKernel {
     const Index groups = std::max<Index>(1, std::min({kMaxGroups, units, (Index(64) << 20) / (4 * size)}));
     std::vector<float> partial(groups * size, 0.0f);
     auto* pool = context->device()->tensorflow_cpu_worker_threads()->workers;
-    const Index flops_per_unit = 2 * g.taps() * g.a_channels * g.channels * kRowsPerUnit * g.width;
-    pool->ParallelFor(groups, flops_per_unit * units / groups, [&](Index begin, Index end) {
+    const Index flops = 2 * g.taps() * g.a_channels * g.channels * g.batch * g.depth * g.height * g.width;
+    pool->ParallelFor(groups, flops / groups, [&](Index begin, Index end) {
       for (Index group = begin; group < end; ++group) {
         calculation.Run(units * group / groups, units * (group + 1) / groups, partial.data() + group * size);
       }
