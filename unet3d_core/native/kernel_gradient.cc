@@ -215,16 +215,14 @@ class Calculation {
         Index a_d, lo, hi;
         if (!Rows(p, kd, kh, &a_d, &lo, &hi)) continue;
         // Fetched while this (kd, kh) computes: the next one's rows of a, or the next unit's first reads.
-        std::vector<Stretch> fetch;
+        Fetcher fetcher;
         if (phase + 1 < mine.size()) {
-          fetch.push_back(mine[phase + 1]);
+          fetcher.Add(mine[phase + 1]);
         } else {
-          for (size_t i = 0; i < next.size() && i < 2; ++i) fetch.push_back(next[i]);
+          for (size_t i = 0; i < next.size() && i < 2; ++i) fetcher.Add(next[i]);
         }
         ++phase;
-        Index total = 0;
-        for (const Stretch& s : fetch) total += s.lines;
-        Fetcher fetcher(fetch, (total + calls - 1) / calls);
+        fetcher.Share(calls);
         const Index a_h = g_.stride * lo + kh - g_.pad[1];
         for (Index kw = 0; kw < g_.k[2]; ++kw) {
           Index w_lo, w_hi;
@@ -240,28 +238,31 @@ class Calculation {
     }
   }
 
-  // Hands out the lines to prefetch a few at a time, one share per tile.
+  // Hands out the lines to prefetch (of up to two stretches) a few at a time, an equal share per tile.
   class Fetcher {
    public:
-    Fetcher(const std::vector<Stretch>& stretches, Index share) : stretches_(stretches), share_(share) {}
+    void Add(const Stretch& stretch) {
+      parts_[count_++] = stretch;
+      total_ += stretch.lines;
+    }
+    void Share(Index tiles) { share_ = (total_ + tiles - 1) / tiles; }
     Stretch Next() {
-      while (index_ < stretches_.size() && used_ >= stretches_[index_].lines) {
+      while (index_ < count_ && used_ >= parts_[index_].lines) {
         ++index_;
         used_ = 0;
       }
       Stretch out;
-      if (index_ == stretches_.size()) return out;
-      out.begin = stretches_[index_].begin + used_ * kCacheLine;
-      out.lines = std::min(share_, stretches_[index_].lines - used_);
+      if (index_ == count_) return out;
+      out.begin = parts_[index_].begin + used_ * kCacheLine;
+      out.lines = std::min(share_, parts_[index_].lines - used_);
       used_ += out.lines;
       return out;
     }
 
    private:
-    std::vector<Stretch> stretches_;
-    Index share_;
-    size_t index_ = 0;
-    Index used_ = 0;
+    Stretch parts_[2];
+    int count_ = 0, index_ = 0;
+    Index total_ = 0, share_ = 0, used_ = 0;
   };
 
   void TapProduct(const float* x, const float* y, Index rows, Index positions, float* tap, Fetcher* fetcher) const {
