@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     graph, train_op, initializer, parameters = train_throughput._training_graph(options.size, options.batch)
     ops = {op.name: op for op in graph.get_operations()}
     flops = {op.name: train_throughput.convolution_flops([op])["total"] for op in ops.values()
-             if op.type.startswith("Conv3D") or op.type in (train_throughput.KERNEL_GRADIENT_OP, "MatMul")}
+             if op.type.startswith("Conv3D") or op.type in (native.KERNEL_GRADIENT_OP, "MatMul")}
     config = tf1.ConfigProto(intra_op_parallelism_threads=train_throughput.cpu_count(),
                              inter_op_parallelism_threads=1)
     with tf1.Session(graph=graph, config=config) as session:

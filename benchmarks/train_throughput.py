@@ -161,11 +161,10 @@ def ops_run_for(fetch) -> list:
     return list(seen)
 
 
-KERNEL_GRADIENT_OP = "Unet3dConvKernelGradient"
-
-
 def convolution_flops(ops) -> dict:
     """FLOPs of the 3D convolution ops among ``ops`` (forward, input and filter gradients), from static shapes."""
+    from unet3d_core.native import KERNEL_GRADIENT_OP
+
     totals = {"Conv3D": 0, "Conv3DBackpropInputV2": 0, "Conv3DBackpropFilterV2": 0, KERNEL_GRADIENT_OP: 0,
               "MatMul": 0}
 

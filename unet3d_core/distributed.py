@@ -131,8 +131,13 @@ _STOPPED_BY_ANOTHER_RANK = ("Horovod has been shut down", "Connection reset by p
                             "Broken pipe")
 
 
+def _rank_log_path(log_dir: str, rank: int, name: str) -> str:
+    """Where horovodrun --output-filename keeps a rank's stdout or stderr."""
+    return os.path.join(log_dir, "rank.{}".format(rank), name)
+
+
 def _rank_log_tail(log_dir: str, rank: int, name: str, lines: int = 12) -> List[str]:
-    path = os.path.join(log_dir, "rank.{}".format(rank), name)
+    path = _rank_log_path(log_dir, rank, name)
     if not os.path.isfile(path):
         return []
     with open(path, errors="replace") as handle:
@@ -145,7 +150,7 @@ def _rank_log_end(log_dir: str, rank: int, name: str, size: int = 256 * 1024) ->
     TensorFlow 1.15 follows an op's error message with the traceback of where the op
     was created, so the message can sit 50 lines or more above the end.
     """
-    path = os.path.join(log_dir, "rank.{}".format(rank), name)
+    path = _rank_log_path(log_dir, rank, name)
     if not os.path.isfile(path):
         return ""
     with open(path, "rb") as handle:

@@ -214,11 +214,9 @@ def _upsample(x, filters: int, name: str):
         kernel = _conv_weights("kernel", [2, 2, 2, filters, in_channels])
         shape = tf.shape(x)
         output_shape = tf.stack([shape[0], shape[1] * 2, shape[2] * 2, shape[3] * 2, filters])
-        if _native_kernel_gradient(filters, in_channels, transposed=True):
-            with tf1.get_default_graph().gradient_override_map({"Conv3DBackpropInputV2":
-                                                                NATIVE_TRANSPOSED_KERNEL_GRADIENT}):
-                y = tf.nn.conv3d_transpose(x, kernel, output_shape, strides=[1, 2, 2, 2, 1], padding="SAME")
-        else:
+        override = ({"Conv3DBackpropInputV2": NATIVE_TRANSPOSED_KERNEL_GRADIENT}
+                    if _native_kernel_gradient(filters, in_channels, transposed=True) else {})
+        with tf1.get_default_graph().gradient_override_map(override):
             y = tf.nn.conv3d_transpose(x, kernel, output_shape, strides=[1, 2, 2, 2, 1], padding="SAME")
         static = x.shape.as_list()
         y.set_shape([static[0]] + [None if size is None else size * 2 for size in static[1:4]] + [filters])
@@ -232,6 +230,15 @@ def _mirrored(kernel):
     """``kernel`` mirrored in space with its channel axes swapped. For stride 1, SAME and an odd
     kernel, a convolution with it is the transposed convolution with ``kernel``, and vice versa."""
     return tf.transpose(tf.reverse(kernel, [0, 1, 2]), [0, 1, 2, 4, 3])
+
+
+def _images_gradient(images, kernel, output_gradient, strides):
+    """A SAME Conv3D's gradient with respect to its input: with the "eigen" kernels and stride 1 a forward
+    convolution of the output gradient with the mirrored kernel, else TensorFlow's Conv3DBackpropInputV2."""
+    if strides[1] == 1 and kernel_set() == "eigen":
+        return tf.nn.conv3d(output_gradient, _mirrored(kernel), strides=[1] * 5, padding="SAME")
+    return tf.raw_ops.Conv3DBackpropInputV2(input_sizes=tf.shape(images), filter=kernel,
+                                            out_backprop=output_gradient, strides=strides, padding="SAME")
 
 
 @tf.RegisterGradient(FORWARD_GRADIENTS)
@@ -292,18 +299,22 @@ def _native_kernel_gradient(a_channels: int, b_channels: int, transposed: bool) 
     return 16 <= a_channels <= 32 and b_channels <= 64
 
 
+def _same_output_size(size: int, stride: int) -> int:
+    """The length of a SAME convolution's output along an axis of ``size``."""
+    return -(-size // stride)
+
+
 def _voxels(spatial, stride: int) -> int:
     """Output voxels per sample of a SAME convolution of ``spatial`` with ``stride``."""
     count = 1
     for size in spatial:
-        count *= -(-size // stride)
+        count *= _same_output_size(size, stride)
     return count
 
 
 def _same_padding_before(size: int, kernel: int, stride: int) -> int:
     """The padding SAME puts before an axis of ``size``."""
-    out = -(-size // stride)
-    return max((out - 1) * stride + kernel - size, 0) // 2
+    return max((_same_output_size(size, stride) - 1) * stride + kernel - size, 0) // 2
 
 
 @tf.RegisterGradient(NATIVE_KERNEL_GRADIENT)
@@ -313,12 +324,7 @@ def _native_kernel_gradient_conv(op, output_gradient):
     images, kernel = op.inputs
     strides = op.get_attr("strides")
     size = kernel.shape.as_list()[:3]
-    if strides[1] == 1 and kernel_set() == "eigen":
-        images_gradient = tf.nn.conv3d(output_gradient, _mirrored(kernel), strides=[1] * 5, padding="SAME")
-    else:
-        images_gradient = tf.raw_ops.Conv3DBackpropInputV2(
-            input_sizes=tf.shape(images), filter=kernel, out_backprop=output_gradient, strides=strides,
-            padding="SAME")
+    images_gradient = _images_gradient(images, kernel, output_gradient, strides)
     spatial = images.shape.as_list()[1:4]
     pad = [_same_padding_before(n, k, strides[1]) for n, k in zip(spatial, size)]
     kernel_gradient = native.convolution_kernel_gradient(images, output_gradient, size, pad, strides[1])
@@ -355,7 +361,7 @@ def _convolution_by_patches(x, kernel, stride: int):
     """
     size = kernel.shape.as_list()
     window = size[0] * size[1] * size[2] * size[3]
-    out_spatial = [-(-n // stride) for n in x.shape.as_list()[1:4]]
+    out_spatial = [_same_output_size(n, stride) for n in x.shape.as_list()[1:4]]
     strides = [1, stride, stride, stride, 1]
 
     @tf.custom_gradient
@@ -365,13 +371,7 @@ def _convolution_by_patches(x, kernel, stride: int):
         y = tf.reshape(tf.matmul(patches, tf.reshape(weights, [window, size[4]])), [-1] + out_spatial + [size[4]])
 
         def gradient(output_gradient):
-            if stride == 1 and kernel_set() == "eigen":
-                images_gradient = tf.nn.conv3d(output_gradient, _mirrored(weights), strides=strides,
-                                               padding="SAME")
-            else:
-                images_gradient = tf.raw_ops.Conv3DBackpropInputV2(
-                    input_sizes=tf.shape(images), filter=weights, out_backprop=output_gradient, strides=strides,
-                    padding="SAME")
+            images_gradient = _images_gradient(images, weights, output_gradient, strides)
             kernel_gradient = tf.matmul(patches, tf.reshape(output_gradient, [-1, size[4]]), transpose_a=True)
             return images_gradient, tf.reshape(kernel_gradient, size)
 
@@ -391,13 +391,13 @@ def _convolution(x, kernel, stride: int):
     spatial_known = all(size is not None for size in spatial)
     if spatial_known and kernel_set() != "plain" and _voxels(spatial, stride) <= SMALL_VOLUME:
         return _convolution_by_patches(x, kernel, stride)
+    override = {}
     if spatial_known and _native_kernel_gradient(in_channels, out_channels, transposed=False):
-        with tf1.get_default_graph().gradient_override_map({"Conv3D": NATIVE_KERNEL_GRADIENT}):
-            return tf.nn.conv3d(x, kernel, strides=[1, stride, stride, stride, 1], padding="SAME")
-    if stride == 1 and kernel_set() == "eigen":
-        with tf1.get_default_graph().gradient_override_map({"Conv3D": FORWARD_GRADIENTS}):
-            return tf.nn.conv3d(x, kernel, strides=[1] * 5, padding="SAME")
-    return tf.nn.conv3d(x, kernel, strides=[1, stride, stride, stride, 1], padding="SAME")
+        override = {"Conv3D": NATIVE_KERNEL_GRADIENT}
+    elif stride == 1 and kernel_set() == "eigen":
+        override = {"Conv3D": FORWARD_GRADIENTS}
+    with tf1.get_default_graph().gradient_override_map(override):
+        return tf.nn.conv3d(x, kernel, strides=[1, stride, stride, stride, 1], padding="SAME")
 
 
 def _convolution_as_transposed(x, kernel):

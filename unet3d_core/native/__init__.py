@@ -190,19 +190,23 @@ def _register_gradient(module) -> None:
     _gradient_registered.append(module)
 
 
-def instance_norm_leaky_relu(x, gamma, beta, epsilon: float, alpha: float):
-    """``leaky_relu(instance_norm(x) * gamma + beta, alpha)`` for x [batch, spatial..., channels]; needs load()."""
+def _required():
+    """The op module; a RuntimeError where it is off or not built (callers check load() first)."""
     module = load()
     if module is None:
         raise RuntimeError("the fused CPU ops are not available (python -m unet3d_core.native build)")
+    return module
+
+
+def instance_norm_leaky_relu(x, gamma, beta, epsilon: float, alpha: float):
+    """``leaky_relu(instance_norm(x) * gamma + beta, alpha)`` for x [batch, spatial..., channels]; needs load()."""
+    module = _required()
     return module.unet3d_instance_norm_leaky_relu(x, gamma, beta, epsilon=epsilon, alpha=alpha)[0]
 
 
 def tap_sum(p, taps: int):
     """``out[..., z, k] = sum_t p[..., z + t - (taps - 1) // 2, t * K + k]`` (zero outside); needs load()."""
-    module = load()
-    if module is None:
-        raise RuntimeError("the fused CPU ops are not available (python -m unet3d_core.native build)")
+    module = _required()
     return module.unet3d_tap_sum(p, taps=taps)
 
 
@@ -216,9 +220,7 @@ def convolution_kernel_gradient(a, b, kernel, pad, stride: int):
     (``a`` zero outside its volume): a convolution's kernel gradient with ``a`` its input and ``b`` its output's
     gradient, or a transposed convolution's with ``a`` its output's gradient and ``b`` its input. Needs load(),
     an AVX-512 CPU and ``b`` channels a multiple of 16."""
-    module = load()
-    if module is None:
-        raise RuntimeError("the fused CPU ops are not available (python -m unet3d_core.native build)")
+    module = _required()
     return module.unet3d_conv_kernel_gradient(a, b, kernel=list(kernel), pad=list(pad), stride=stride)
 
 

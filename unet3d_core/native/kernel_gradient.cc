@@ -141,6 +141,13 @@ class Calculation {
   Calculation(const Geometry& g, const float* a, const float* b) : g_(g), a_(a), b_(b) {
     rows_per_unit_ = std::max<Index>(1, std::min(g.height, kPositionsPerUnit / std::max<Index>(1, g.width)));
     hblocks_ = (g.height + rows_per_unit_ - 1) / rows_per_unit_;
+    Index tiles_per_tap = 0;
+    for (Index j = 0; j < g.channels;) {
+      const Width width = WidthAt(j, g.channels);
+      tiles_per_tap += TileCount(g.a_channels, width.max_rows);
+      j += 16 * width.vectors;
+    }
+    tiles_per_row_ = std::max<Index>(1, g.k[2] * tiles_per_tap);
   }
 
   Index units() const { return g_.batch * g_.depth * hblocks_; }
@@ -202,13 +209,6 @@ class Calculation {
 
   void Unit(Index unit, const std::vector<Stretch>& mine, const std::vector<Stretch>& next, float* c) const {
     const Place p = Locate(unit);
-    Index tiles_per_tap = 0;
-    for (Index j = 0; j < g_.channels;) {
-      const Width width = WidthAt(j, g_.channels);
-      tiles_per_tap += TileCount(g_.a_channels, width.max_rows);
-      j += 16 * width.vectors;
-    }
-    const Index calls = std::max<Index>(1, g_.k[2] * tiles_per_tap);
     size_t phase = 1;  // mine[phase]: the rows of a this (kd, kh) reads
     for (Index kd = 0; kd < g_.k[0]; ++kd) {
       for (Index kh = 0; kh < g_.k[1]; ++kh) {
@@ -222,7 +222,7 @@ class Calculation {
           for (size_t i = 0; i < next.size() && i < 2; ++i) fetcher.Add(next[i]);
         }
         ++phase;
-        fetcher.Share(calls);
+        fetcher.Share(tiles_per_row_);
         const Index a_h = g_.stride * lo + kh - g_.pad[1];
         for (Index kw = 0; kw < g_.k[2]; ++kw) {
           Index w_lo, w_hi;
@@ -287,6 +287,7 @@ class Calculation {
   const float* b_;
   Index hblocks_;
   Index rows_per_unit_;
+  Index tiles_per_row_;  // tile calls per (kd, kh): the prefetch of the next reads is shared out over them
 };
 
 class ConvKernelGradientOp : public tensorflow::OpKernel {
