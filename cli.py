@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 from typing import List, Optional
 
 from unet3d_core import __version__
-from unet3d_core.errors import ConfigError, UNet3DError
+from unet3d_core.errors import UNet3DError
 from unet3d_core.stopping import TrainingStopped
 
 # Used only when running from a source tree that was never pip-installed, so
@@ -80,18 +80,19 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                            + ("; not needed with --input_dir" if exec_mode == "predict" else ""))
     data.add_argument("--model_dir", required=True,
                       help="run folder: checkpoints, logs, results; re-running on it resumes")
-    data.add_argument("--fold", type=fold_value, default=0,
+    data.add_argument("--fold", type=fold_value, default=None,
                       help="cross-validation fold held out, or 'all': folds 0..N-1 in turn, each in "
-                           "MODEL_DIR/fold-N, then the pooled table MODEL_DIR/cv_results.json (default 0)")
+                           "MODEL_DIR/fold-N, then the pooled table MODEL_DIR/cv_results.json (default 0; "
+                           "a run folder remembers its fold)")
     run = parser.add_argument_group("run")
     run.add_argument("--exec_mode", choices=EXEC_MODES, default=exec_mode,
                      help="what to run (default {})".format(exec_mode))
     run.add_argument("--backend", default="cpu",
                      help="device backend: {} (default cpu; see 'cli.py backends')".format(", ".join(registry.names)))
-    run.add_argument("--max_steps", type=positive_int, default=16000,
+    run.add_argument("--max_steps", type=positive_int, default=None,
                      help="training steps shared out over the workers, as in the seed (default 16000)")
-    run.add_argument("--batch_size", type=positive_int, default=1, help="volumes per step per worker (default 1)")
-    run.add_argument("--augment", action="store_true", help="flip and brightness augmentation (seed's)")
+    run.add_argument("--batch_size", type=positive_int, default=None, help="volumes per step per worker (default 1)")
+    run.add_argument("--augment", action="store_true", default=None, help="flip and brightness augmentation (seed's)")
     run.add_argument("--cache", action="store_true",
                      help="keep the decoded training cases in memory (about 36 MB per BraTS case per worker)")
     run.add_argument("--benchmark", action="store_true",
@@ -104,33 +105,37 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                      help="feed random in-memory data instead of the records, so the device and not the disk is "
                           "timed: train repeats one batch of --input_shape crops, predict one volume of "
                           "--eval_crop (--data_dir is still read for its case list)")
-    run.add_argument("--seed", type=int, default=0, help="random seed for weights and data order (default 0)")
+    run.add_argument("--seed", type=int, default=None, help="random seed for weights and data order (default 0)")
     run.add_argument("--log_every", type=positive_int, default=100, help="steps between log lines (default 100)")
     run.add_argument("--checkpoint_every", type=positive_int, default=500,
                      help="steps between checkpoints (default 500)")
     run.add_argument("--keep_checkpoints", type=positive_int, default=3, help="checkpoints kept (default 3)")
-    optim = parser.add_argument_group("loss and optimiser")
-    optim.add_argument("--loss", choices=LOSSES, default="dice+ce", help="training loss (default dice+ce)")
-    optim.add_argument("--learning_rate", type=positive_float, default=0.0002, help="Adam's base rate (default 2e-4)")
-    optim.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="constant",
+    optim = parser.add_argument_group("loss and optimiser",
+                                      "A resumed run keeps the values it was started with unless these are given.")
+    optim.add_argument("--loss", choices=LOSSES, default=None, help="training loss (default dice+ce)")
+    optim.add_argument("--learning_rate", type=positive_float, default=None, help="Adam's base rate (default 2e-4)")
+    optim.add_argument("--lr_schedule", choices=LR_SCHEDULES, default=None,
                        help="after warm-up: constant, or cosine decay to 0 (default constant)")
-    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=0,
+    optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=None,
                        help="linear learning-rate warm-up steps (default 0)")
-    optim.add_argument("--lr_scaling", choices=("none", "linear"), default="none",
+    optim.add_argument("--lr_scaling", choices=("none", "linear"), default=None,
                        help="multi-worker runs: keep --learning_rate (none, the seed's way) or multiply it "
                             "by the number of workers (linear) (default none)")
     dist = parser.add_argument_group("multi-process (Horovod-based backends)")
     dist.add_argument("--hosts", default=None,
                       help="hosts and slots for Horovod's launcher, e.g. host1:4,host2:4 (default: this machine)")
-    model = parser.add_argument_group("model and shapes")
-    model.add_argument("--input_shape", type=positive_int, nargs=3, default=[128, 128, 128], metavar=("X", "Y", "Z"),
+    model = parser.add_argument_group("model and shapes",
+                                      "Bound to the run: after the first train, MODEL_DIR/run.json supplies "
+                                      "--input_shape, --base_filters, --max_filters, --depth and --norm.")
+    model.add_argument("--input_shape", type=positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                        help="training crop (default 128 128 128)")
     model.add_argument("--eval_crop", type=positive_int, nargs=3, default=[224, 224, 155], metavar=("X", "Y", "Z"),
                        help="evaluation centre crop, padded to the network's multiple (default 224 224 155)")
-    model.add_argument("--base_filters", type=positive_int, default=32, help="filters at full resolution (default 32)")
-    model.add_argument("--max_filters", type=positive_int, default=320, help="filter cap (default 320)")
-    model.add_argument("--depth", type=positive_int, default=6, help="resolutions incl. bottleneck (default 6)")
-    model.add_argument("--norm", choices=NORMS, default="instancenorm", help="normalisation (default instancenorm)")
+    model.add_argument("--base_filters", type=positive_int, default=None,
+                       help="filters at full resolution (default 32)")
+    model.add_argument("--max_filters", type=positive_int, default=None, help="filter cap (default 320)")
+    model.add_argument("--depth", type=positive_int, default=None, help="resolutions incl. bottleneck (default 6)")
+    model.add_argument("--norm", choices=NORMS, default=None, help="normalisation (default instancenorm)")
     out = parser.add_argument_group("prediction")
     out.add_argument("--predict_on", choices=("fold", "all"), default="fold",
                      help="predict the --fold cases or all cases of --data_dir (default fold)")
@@ -157,54 +162,6 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                      help="relabel enhancing-tumour components smaller than this many voxels as tumour core "
                           "(default 0: off)")
     registry.add_options(parser)
-
-
-def validate_trainer_options(options) -> None:
-    from unet3d_core.config import ModelConfig
-
-    config = ModelConfig(base_filters=options.base_filters, max_filters=options.max_filters,
-                         depth=options.depth, norm=options.norm)
-    config.validate()
-    bad = [size for size in options.input_shape if size % config.divisor]
-    if bad:
-        raise ConfigError("--input_shape {}: every size must be a multiple of {} (2^(depth-1) for --depth {})".format(
-            " ".join(map(str, options.input_shape)), config.divisor, options.depth))
-    if options.benchmark and options.max_steps <= options.warmup_steps:
-        raise ConfigError("--benchmark: --max_steps ({}) must be greater than --warmup_steps ({})".format(
-            options.max_steps, options.warmup_steps))
-    if os.path.exists(options.model_dir) and not os.path.isdir(options.model_dir):
-        raise ConfigError("--model_dir {}: exists and is not a directory".format(options.model_dir))
-
-
-def check_run_inputs(options) -> None:
-    """Fail on a bad data folder, fold or inference flag before any process is launched or anything is written."""
-    from unet3d_core.checkpoints import check_folder_can_be_written
-    from unet3d_core.config import ModelConfig
-    from unet3d_core.inference import InferenceSettings
-    from unet3d_core.records import Manifest
-
-    InferenceSettings.from_options(options, ModelConfig(depth=options.depth).divisor)
-    check_folder_can_be_written(options.model_dir, "--model_dir")
-    if options.exec_mode == "predict" and options.output_dir:
-        check_folder_can_be_written(options.output_dir, "--output_dir")
-        output = os.path.realpath(options.output_dir)
-        for flag in ("input_dir", "data_dir"):
-            source = getattr(options, flag, None)
-            if source and (output + os.sep).startswith(os.path.realpath(source) + os.sep):
-                raise ConfigError("--output_dir {} is inside --{} {}: predictions are never written among the "
-                                  "inputs; choose another folder".format(options.output_dir, flag, source))
-    if options.input_dir and options.exec_mode != "predict":
-        raise ConfigError("--input_dir is for predict; to score a raw folder, predict it and run 'cli.py score'")
-    if options.input_dir:
-        from unet3d_core.cases import detect_layout
-
-        detect_layout(options.input_dir)
-        return
-    if not options.data_dir:
-        raise ConfigError("--data_dir is required (only 'predict --input_dir RAW_DIR' works without it)")
-    manifest = Manifest(options.data_dir)
-    if options.fold != "all":
-        manifest.split(options.fold)
 
 
 def build_parser(registry) -> argparse.ArgumentParser:
@@ -381,14 +338,15 @@ def main(argv: Optional[List[str]] = None) -> int:
             report = validate(options.input_dir, layout=options.layout, workers=options.workers)
             print(report.summary())
             return 1 if report.problems else 0
-        validate_trainer_options(options)
+        from unet3d_core.run_config import resolve_runs
+
         backend = registry.get(options.backend)
+        resolve_runs(options)  # every flag checked against the data and the run folder before anything starts
         backend.validate_options(options)
-        check_run_inputs(options)
         code = backend.launch(options, [sys.executable, os.path.abspath(__file__)] + argv)
         if code is not None:
             return int(code)
-        from unet3d_core.train import run
+        from unet3d_core.modes import run
 
         run(options=options, backend=backend)
         return 0

@@ -14,10 +14,11 @@ setup(
     python_requires=">=3.7",
     packages=find_packages(include=["unet3d_core", "unet3d_core.*", "backends", "backends.*"]),
     py_modules=["cli"],
-    # The fused CPU ops' sources, compiled after installation (python -m unet3d_core.native build).
-    package_data={"unet3d_core.native": ["*.cc"]},
-    # scipy: HD95 and post-processing; matplotlib: 'report' (Agg backend, no display).
-    install_requires=["numpy", "nibabel", "pluggy>=1.0", "scipy", "matplotlib"],
+    # The cpu backend's fused CPU ops' sources, compiled after installation (python -m backends.cpu.native build).
+    package_data={"backends.cpu.native": ["*.cc"]},
+    # scipy: HD95 and post-processing; matplotlib: 'report' (Agg backend, no display);
+    # tqdm: progress bars (4.64 and later 4.x still install on Python 3.7).
+    install_requires=["numpy", "nibabel", "pluggy>=1.0", "scipy", "matplotlib", "tqdm>=4.64,<5"],
     extras_require={
         # TensorFlow 1.15 environment (Python 3.7): the NPU adapter's host side.
         "tf1": ["tensorflow==1.15.5", "protobuf<3.21", "numpy==1.18.5", "h5py<3"],

@@ -9,8 +9,8 @@ every convolution. Ops run one at a time (``inter_op_parallelism_threads``
 writes the trace for chrome://tracing or https://ui.perfetto.dev.
 
     python benchmarks/profile_step.py [--size 64] [--batch 2] [--timeline step.json]
-    UNET3D_KERNELS=plain python benchmarks/profile_step.py   # the model written with the textbook ops
-    UNET3D_NATIVE_OPS=0 python benchmarks/profile_step.py    # tuned, without the fused CPU ops
+    python benchmarks/profile_step.py --cpu_kernels textbook   # the model built with the textbook ops
+    python benchmarks/profile_step.py --cpu_native_ops off     # tuned, without the fused CPU ops
 """
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ if HERE not in sys.path:
 
 import train_throughput  # noqa: E402  (a sibling script, found through the path set above)
 
+from backends.cpu.plugin import KERNEL_CHOICES, NATIVE_OPS_CHOICES  # noqa: E402  (ROOT is on the path now)
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -34,14 +36,21 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untraced steps first (default 2)")
     parser.add_argument("--top", type=int, default=20, help="slowest ops listed (default 20)")
     parser.add_argument("--timeline", default=None, help="write the Chrome trace of the traced step here")
+    parser.add_argument("--cpu_kernels", choices=KERNEL_CHOICES, default="auto",
+                        help="the cpu backend's layer ops, as for cli.py train (default auto)")
+    parser.add_argument("--cpu_native_ops", choices=NATIVE_OPS_CHOICES, default="on",
+                        help="the cpu backend's C++ ops, as for cli.py train (default on)")
     options = parser.parse_args(argv)
 
     import tensorflow as tf
 
-    from unet3d_core import model, native
+    from backends.cpu import kernels, native
 
     tf1 = tf.compat.v1
-    graph, train_op, initializer, parameters = train_throughput._training_graph(options.size, options.batch)
+    native_ops = options.cpu_native_ops == "on"
+    graph, train_op, initializer, parameters = train_throughput._training_graph(
+        options.size, options.batch, options.cpu_kernels, native_ops)
+    layer_ops = kernels.layer_ops(options.cpu_kernels, native_ops)
     ops = {op.name: op for op in graph.get_operations()}
     flops = {op.name: train_throughput.convolution_flops([op])["total"] for op in ops.values()
              if op.type.startswith("Conv3D") or op.type in (native.KERNEL_GRADIENT_OP, "MatMul")}
@@ -71,9 +80,8 @@ def main(argv=None) -> int:
             counts[op.type] += 1
             slowest.append((seconds, op.type, node.node_name))
     total = sum(by_type.values())
-    fused = "fused CPU ops" if native.load() is not None else "no fused CPU ops"
-    print("TensorFlow {}, kernels '{}', {}, {} parameters, {}^3 x 4, batch {}: step {:.2f} s untraced, "
-          "{:.2f} s of op time traced".format(tf.__version__, model.kernel_set(), fused, parameters, options.size,
+    print("TensorFlow {}, {}, {} parameters, {}^3 x 4, batch {}: step {:.2f} s untraced, "
+          "{:.2f} s of op time traced".format(tf.__version__, layer_ops.describe(), parameters, options.size,
                                              options.batch, untraced, total))
     print("\n| op type | seconds | share | ops |\n|---|---:|---:|---:|")
     for op_type, seconds in by_type.most_common():

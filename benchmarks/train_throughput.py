@@ -12,9 +12,10 @@ one after another (never two at once), repeated and summarised by the median:
   reading full-size cases from the records with the seed's augmentation,
   the input pipeline sharing the cores with the step.
 - ``plain graph``: the same network, loss and Adam as a bare
-  ``tf.compat.v1`` graph and session loop, the model written with the
-  textbook ops (``UNET3D_KERNELS=plain``: the model and loss before they
-  were tuned), TensorFlow's default thread settings:
+  ``tf.compat.v1`` graph and session loop, the model built with the
+  textbook layer ops (``unet3d_core.layers.LayerOps``, what
+  ``--cpu_kernels textbook`` gives: the model and loss before they were
+  tuned), TensorFlow's default thread settings:
   the reference the targets in README's Performance section were set against.
 - ``MONAI DynUNet``: PyTorch (CPU build) in ``.venv-bench``, configured to
   the same widths, strides, kernel sizes, instance norm (affine) and leaky
@@ -91,18 +92,21 @@ def emit(result: dict) -> None:
 
 
 # ---------------------------------------------------------------- workers (run inside one environment)
-def _training_graph(size: int, batch: int):
+def _training_graph(size: int, batch: int, kernels: str = "auto", native_ops: bool = True):
     """The trainer's graph without the trainer: network, dice+ce loss, Adam, on one in-memory batch.
 
-    With UNET3D_KERNELS=plain the loss is written with the textbook ops too
-    (softmax for the Dice, TensorFlow's cross-entropy op), as before tuning.
+    ``kernels`` and ``native_ops`` choose the cpu backend's layer ops as
+    ``--cpu_kernels`` and ``--cpu_native_ops`` do. With the textbook ops the
+    loss is written with the textbook ops too (softmax for the Dice,
+    TensorFlow's cross-entropy op), as before tuning.
     """
     import tensorflow as tf
 
+    from backends.cpu.kernels import layer_ops
     from unet3d_core.config import ModelConfig
     from unet3d_core.losses import segmentation_loss
-    from unet3d_core.model import build_unet3d, count_parameters, kernel_set
-    from unet3d_core.train import synthetic_training_dataset
+    from unet3d_core.model import build_unet3d, count_parameters
+    from unet3d_core.training_graph import synthetic_training_dataset
 
     tf1 = tf.compat.v1
     config = ModelConfig()
@@ -111,8 +115,9 @@ def _training_graph(size: int, batch: int):
         tf1.set_random_seed(0)
         dataset = synthetic_training_dataset(batch_size=batch, crop_shape=[size] * 3, model_config=config, seed=0)
         images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
-        logits = build_unet3d(images, config, training=True)
-        if kernel_set() == "plain":  # the two terms apart, each normalising the logits itself
+        ops = layer_ops(kernels, native_ops)
+        logits = build_unet3d(images, config, training=True, ops=ops)
+        if ops.name == "textbook":  # the two terms apart, each normalising the logits itself
             loss = segmentation_loss(logits, labels, config.num_classes, "dice") + \
                 segmentation_loss(logits, labels, config.num_classes, "ce")
         else:
@@ -134,7 +139,7 @@ def _session_config():
 def worker_plain(size: int, batch: int, warmup: int, steps: int) -> dict:
     import tensorflow as tf
 
-    graph, train_op, initializer, parameters = _training_graph(size, batch)
+    graph, train_op, initializer, parameters = _training_graph(size, batch, kernels="textbook")
     times = []
     with tf.compat.v1.Session(graph=graph, config=_session_config()) as session:
         session.run(initializer)
@@ -163,7 +168,7 @@ def ops_run_for(fetch) -> list:
 
 def convolution_flops(ops) -> dict:
     """FLOPs of the 3D convolution ops among ``ops`` (forward, input and filter gradients), from static shapes."""
-    from unet3d_core.native import KERNEL_GRADIENT_OP
+    from backends.cpu.native import KERNEL_GRADIENT_OP
 
     totals = {"Conv3D": 0, "Conv3DBackpropInputV2": 0, "Conv3DBackpropFilterV2": 0, KERNEL_GRADIENT_OP: 0,
               "MatMul": 0}
@@ -298,8 +303,8 @@ def make_case_list(workdir: str) -> str:
 
 
 def run_trainer(environment: str, records: str, workdir: str, options, warmup: int, steps: int,
-                env=None, synthetic: bool = True) -> dict:
-    """Seconds per step of ``cli.py train --benchmark`` (full widths) in ``environment``.
+                flags=(), synthetic: bool = True) -> dict:
+    """Seconds per step of ``cli.py train --benchmark`` (full widths) in ``environment``, plus ``flags``.
 
     ``synthetic``: ``--synthetic_input`` (the records are not read); else the
     record pipeline with ``--augment``, as in real training.
@@ -309,7 +314,7 @@ def run_trainer(environment: str, records: str, workdir: str, options, warmup: i
                "--benchmark", "--synthetic_input" if synthetic else "--augment", "--input_shape"] + [
         str(options.size)] * 3 + [
         "--batch_size", str(options.batch), "--warmup_steps", str(warmup), "--max_steps", str(warmup + steps)]
-    run_child(environment, command, env=env)
+    run_child(environment, command + list(flags))
     with open(os.path.join(model_dir, "log.json")) as handle:
         records_logged = [json.loads(line[5:]) for line in handle if line.startswith("DLLL ")]
     report = [record["data"] for record in records_logged if record.get("step") == "benchmark"][0]
@@ -346,16 +351,16 @@ def measure(options) -> dict:
                                  e, options.records, workdir, options, w, s, synthetic=False)))
             plan.append(("plain graph", environment, repeats,
                          lambda e=environment, w=warmup, s=steps: run_child(
-                             e, worker_arguments("plain", options, w, s), env={"UNET3D_KERNELS": "plain"})))
+                             e, worker_arguments("plain", options, w, s))))
             if options.compare_kernels:
                 # The tuned kernels without the fused CPU ops (TensorFlow's own norm, activation, output conv).
                 plan.append(("ours, without the fused CPU ops", environment, repeats,
                              lambda e=environment, w=warmup, s=steps: run_trainer(
-                                 e, records, workdir, options, w, s, env={"UNET3D_NATIVE_OPS": "0"})))
+                                 e, records, workdir, options, w, s, flags=["--cpu_native_ops", "off"])))
             if environment == "tf2" and options.compare_kernels:
                 plan.append(("ours, plain kernels", environment, repeats,
                              lambda e=environment, w=warmup, s=steps: run_trainer(
-                                 e, records, workdir, options, w, s, env={"UNET3D_KERNELS": "plain"})))
+                                 e, records, workdir, options, w, s, flags=["--cpu_kernels", "textbook"])))
         if available["bench"]:
             plan.append(("MONAI DynUNet", "bench", options.repeats,
                          lambda: run_child("bench", worker_arguments("monai", options, options.warmup, options.steps))))
@@ -450,8 +455,8 @@ def parse_arguments(argv=None):
     parser.add_argument("--skip", action="append", default=[], choices=sorted(ENVIRONMENTS),
                         help="leave out an environment (repeatable)")
     parser.add_argument("--compare_kernels", action="store_true",
-                        help="also run our trainer without the fused CPU ops (UNET3D_NATIVE_OPS=0) and, in TF 2, "
-                             "with UNET3D_KERNELS=plain (the model before it was tuned)")
+                        help="also run our trainer without the fused CPU ops (--cpu_native_ops off) and, in TF 2, "
+                             "with --cpu_kernels textbook (the model before it was tuned)")
     parser.add_argument("--records", default=None,
                         help="a preprocessed data set of full-size cases: adds a row training from its records "
                              "(--augment) instead of --synthetic_input, the input pipeline sharing the cores")

@@ -40,6 +40,16 @@ def records(raw_dataset, tmp_path_factory):
     return folder
 
 
+@pytest.fixture
+def fake_npu():
+    """tests/fake_npu's npu_bridge and hccl importable in this process for one test; its path, on sys.path
+    until the test ends. Afterwards sys.path and sys.modules hold nothing of the fake (see fake_npu_env)."""
+    from fake_npu_env import fake_npu_importable
+
+    with fake_npu_importable() as folder:
+        yield folder
+
+
 def run_cli(args, check=True):
     """Run ``cli.main`` in this process; return its exit code."""
     import cli

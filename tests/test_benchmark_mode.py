@@ -1,5 +1,4 @@
 """--benchmark and --synthetic_input: timing the device, not the disk, for train and predict (tiny shapes)."""
-import argparse
 import glob
 import json
 import os
@@ -49,7 +48,7 @@ def test_synthetic_batches_are_deterministic_repeated_and_shaped():
     import tensorflow as tf
 
     from unet3d_core.config import ModelConfig
-    from unet3d_core.train import synthetic_training_dataset
+    from unet3d_core.training_graph import synthetic_training_dataset
 
     def first_batches(seed, count=2):
         graph = tf.Graph()
@@ -71,7 +70,7 @@ def test_synthetic_batches_are_deterministic_repeated_and_shaped():
 
 def test_per_step_time_is_derived_when_one_run_does_several_steps():
     """Iterations per loop (NPU): a session run of k steps counts as k steps of a k-th of its time."""
-    from unet3d_core.train import _TrainingProgress, benchmark_report
+    from unet3d_core.listeners import BenchmarkTimer, StepResult, benchmark_report
 
     class Logger:
         def __init__(self):
@@ -80,18 +79,18 @@ def test_per_step_time_is_derived_when_one_run_does_several_steps():
         def metrics(self, step, values):
             self.logged.append((step, values))
 
-    options = argparse.Namespace(log_every=1000, warmup_steps=2, max_steps=8)
-    controller = argparse.Namespace(options=options, logger=Logger())
-    progress = _TrainingProgress(controller, session=None, start_step=0, total_steps=100, learning_rate=None,
-                                 step_metrics={})
-    for step, seconds in ((2, 4.0), (4, 2.0), (6, 2.0), (8, 2.0)):  # 2 steps per run; the first run compiles
-        progress.record(step, seconds, loss_value=1.0)
-    assert progress.step_times == [2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-    report = benchmark_report(progress.step_times, "train", options=options, logger=controller.logger,
+    timer, logger = BenchmarkTimer(), Logger()
+    step = 0
+    for seconds in (4.0, 2.0, 2.0, 2.0):  # 2 steps per run; the first run compiles
+        timer.after_step(StepResult(step_before=step, step=step + 2, loss=1.0, learning_rate=1e-3, seconds=seconds))
+        step += 2
+    timer.after_step(StepResult(step_before=step, step=step, loss=1.0, learning_rate=1e-3, seconds=9.0))  # skipped
+    assert timer.step_times == [2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    report = benchmark_report(timer.step_times, "train", warmup_steps=2, max_steps=8, logger=logger,
                               volumes_per_step=2 * 8)  # batch 2 on 8 devices
     assert report["throughput_train"] == pytest.approx(16.0)
     assert report["latency_train_mean_ms"] == pytest.approx(1000.0)
-    assert controller.logger.logged == [("benchmark", report)]
+    assert logger.logged == [("benchmark", report)]
 
 
 @pytest.fixture(scope="module")

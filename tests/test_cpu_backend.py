@@ -1,4 +1,4 @@
-"""The CPU backend's thread and memory settings."""
+"""The CPU backend's thread and memory settings and its choice of layer ops."""
 import argparse
 import os
 import subprocess
@@ -8,6 +8,9 @@ import pytest
 import tensorflow as tf
 
 from backends.cpu import plugin as cpu
+from unet3d_core import plugins
+from unet3d_core.errors import ConfigError
+from unet3d_core.layers import LayerOps
 from unet3d_core.types import DistributedStrategy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,3 +67,24 @@ def test_freed_memory_is_reused_without_faulting_it_in_again():
     default = faults("default")
     assert default >= 256 * 2 ** 20 // (2 * 2 ** 20)
     assert faults("keep") * 10 < default
+
+
+def test_the_network_gets_this_tensorflows_tuned_ops_unless_told_otherwise():
+    backend = plugins.load_backend(cpu, "cpu")
+    tuned = backend.layer_ops(_options())
+    assert tuned.name == ("onednn" if tf.__version__.startswith("2.") else "eigen")
+    assert type(backend.layer_ops(_options("--cpu_kernels", "textbook"))) is LayerOps
+    assert backend.layer_ops(_options("--cpu_kernels", "eigen", "--cpu_native_ops", "off")).native is None
+
+
+def test_a_bad_kernels_choice_is_refused_by_the_cli_and_in_code():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "train", "--cpu_kernels", "fast"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2
+    assert "--cpu_kernels: invalid choice: 'fast'" in result.stderr
+    options = _options()
+    options.backend, options.cpu_native_ops = "cpu", "maybe"
+    with pytest.raises(ConfigError, match="--cpu_native_ops 'maybe': expected one of on, off"):
+        cpu.unet3d_validate_options(options)
+    options.backend = "gpu"  # another backend's run: the cpu flags are not its business
+    cpu.unet3d_validate_options(options)

@@ -39,7 +39,17 @@ def test_two_processes_train_evaluate_and_end_with_identical_weights(records, tm
         report = json.load(handle)
     _, validation = Manifest(records).split(0)
     assert sorted(report["cases"]) == sorted(case["id"] for case in validation)
-    assert os.path.isfile(os.path.join(model_dir, "logs", "rank.1", "stdout"))
+    # Rank 1 trained (its own output is kept) but wrote nothing into the run folder: one TensorBoard
+    # file, each step logged once, and not one log line of its own.
+    with open(os.path.join(model_dir, "logs", "rank.1", "stdout")) as handle:
+        rank_1_output = handle.read()
+    assert "Training on" not in rank_1_output and "step 3/3" not in rank_1_output
+    assert len([name for name in os.listdir(model_dir) if name.startswith("events.out.tfevents")]) == 1
+    with open(os.path.join(model_dir, "log.json")) as handle:
+        steps = [json.loads(line[5:])["step"] for line in handle if line.startswith("DLLL ")]
+    assert [step for step in steps if isinstance(step, int)] == [1, 2, 3]
+    with open(os.path.join(model_dir, "run.json")) as handle:
+        assert json.load(handle)["network"]["base_filters"] == 4
 
 
 def test_two_workers_of_batch_one_make_the_update_of_one_worker_of_batch_two(tmp_path):
@@ -88,7 +98,7 @@ def test_a_killed_rank_stops_the_whole_job_quickly(records, tmp_path):
         victim = None
         log = os.path.join(model_dir, "logs", "rank.0", "stdout")
         while time.time() < deadline:
-            if os.path.isfile(log) and "step 2:" in open(log).read():
+            if os.path.isfile(log) and "step 2/" in open(log).read():
                 victim = pid_with("HOROVOD_RANK=1", model_dir)
                 if victim:
                     break

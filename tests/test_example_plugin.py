@@ -177,14 +177,14 @@ def test_installed_plugin_with_wrong_signature_fails_at_load_naming_plugin_and_h
     assert "unet3d_session_config" in result.stderr
 
 
-def test_installed_plugin_that_raises_in_a_hook_is_named(tmp_path):
+def test_installed_plugin_that_raises_in_a_hook_is_named(records, tmp_path):
     site = str(tmp_path)
     _write_distribution(site, "flaky-accel", "flaky_accel", _plugin_source("flaky", """
         @hookimpl
         def unet3d_validate_options(options):
             raise RuntimeError("device firmware too old")
         """), "flaky")
-    result = _cli_with_site(site, ["train", "--data_dir", str(tmp_path / "data"), "--model_dir",
+    result = _cli_with_site(site, ["train", "--data_dir", records, "--model_dir",
                                    str(tmp_path / "run"), "--backend", "flaky"])
     assert result.returncode == 1
     assert ("backend 'flaky' (flaky-accel) failed in hook unet3d_validate_options: "

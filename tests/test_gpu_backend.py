@@ -1,12 +1,13 @@
 """The GPU backend's hooks, checked on the CPU (no GPU is needed or used)."""
-import os
 import types
 
 import pytest
 import tensorflow as tf
 
 from backends.gpu import plugin as gpu
+from unet3d_core import plugins
 from unet3d_core.errors import ConfigError
+from unet3d_core.layers import LayerOps
 from unet3d_core.types import DistributedStrategy
 
 
@@ -77,11 +78,7 @@ def test_unavailable_here_with_a_reason():
     assert info.reason
 
 
-def test_a_gpu_process_builds_the_textbook_model_unless_told_otherwise(monkeypatch):
-    monkeypatch.setattr(gpu, "_status", lambda: (True, ""))
-    monkeypatch.delenv("UNET3D_KERNELS", raising=False)
-    gpu.unet3d_prepare_environment(_options())
-    assert os.environ["UNET3D_KERNELS"] == "plain"
-    monkeypatch.setenv("UNET3D_KERNELS", "onednn")
-    gpu.unet3d_prepare_environment(_options())
-    assert os.environ["UNET3D_KERNELS"] == "onednn"
+def test_a_gpu_process_builds_the_textbook_model():
+    """cuDNN runs TensorFlow's own ops; the cpu backend's rewrites were measured on CPUs only."""
+    ops = plugins.load_backend(gpu, "gpu").layer_ops(_options())
+    assert type(ops) is LayerOps

@@ -7,21 +7,37 @@ import numpy as np
 import pytest
 from conftest import TINY_MODEL, run_cli
 from raw_trees import (
+    AFFINE,
     CHANNELS,
+    SHAPE,
     WRITERS,
+    save,
     write_brats2019,
     write_brats2020,
     write_brats2023,
     write_msd,
 )
 
-from unet3d_core.cases import LABEL_MAPS, LAYOUTS, detect_layout, discover_cases, inverse_label_map
+from unet3d_core.cases import LABEL_MAPS, detect_layout, discover_cases, inverse_label_map
 from unet3d_core.errors import DataError
 from unet3d_core.preprocess import preprocess, scale_intensities
 from unet3d_core.records import Manifest, read_record
 
-SOURCE_LABELS = {"brats2019": {0, 1, 2, 4}, "brats2020": {0, 1, 2, 4}, "brats2023": {0, 1, 2, 3},
-                 "msd": {0, 1, 2, 3}}
+# What each release's label values mean, written out here (from the releases' documentation, as
+# unet3d_core/cases.py quotes it) rather than taken from the code under test:
+# BraTS 2018-2021: 1 necrotic / non-enhancing tumour core (NCR/NET), 2 peritumoral oedema (ED), 4 enhancing (ET);
+# BraTS 2023: the same with ET numbered 3; MSD Task01_BrainTumour: 1 edema, 2 non-enhancing tumor, 3 enhancing tumour.
+MEANINGS = {
+    "brats2019": {0: "background", 1: "core", 2: "oedema", 4: "enhancing"},
+    "brats2020": {0: "background", 1: "core", 2: "oedema", 4: "enhancing"},
+    "brats2023": {0: "background", 1: "core", 2: "oedema", 3: "enhancing"},
+    "msd": {0: "background", 1: "oedema", 2: "core", 3: "enhancing"},
+}
+# The internal numbering (BraTS 2019's, ET moved to 3): what the network learns and the metrics read.
+INTERNAL = {"background": 0, "core": 1, "oedema": 2, "enhancing": 3}
+EXPECTED_MAPS = {layout: {source: INTERNAL[meaning] for source, meaning in meanings.items()}
+                 for layout, meanings in MEANINGS.items()}
+SOURCE_LABELS = {layout: set(meanings) for layout, meanings in MEANINGS.items()}
 
 
 def _preprocess(raw, tmp_path, name="records", **kwargs):
@@ -47,8 +63,9 @@ def test_channels_and_labels_map_to_internal_and_back(layout, tmp_path):
     written = WRITERS[layout](raw)
     records = _preprocess(raw, tmp_path)
     manifest = Manifest(records)
-    assert manifest.layout == layout and manifest.label_map == LABEL_MAPS[layout]
-    back = inverse_label_map(manifest.label_map)
+    assert manifest.layout == layout and manifest.label_map == LABEL_MAPS[layout] == EXPECTED_MAPS[layout]
+    back = {internal: source for source, internal in EXPECTED_MAPS[layout].items()}
+    assert inverse_label_map(manifest.label_map) == back
     for case in manifest.cases:
         source = written[case["id"]]
         record = read_record(manifest.record_path(case))
@@ -59,17 +76,52 @@ def test_channels_and_labels_map_to_internal_and_back(layout, tmp_path):
             continue
         assert set(np.unique(record["label"]).tolist()) == {0, 1, 2, 3}
         assert set(np.unique(source.seg).tolist()) == SOURCE_LABELS[layout]
-        internal = np.vectorize(manifest.label_map.get)(source.seg)
+        internal = np.vectorize(EXPECTED_MAPS[layout].get)(source.seg)
         assert np.array_equal(record["label"], internal)
         assert np.array_equal(np.vectorize(back.get)(record["label"]), source.seg)
 
 
-def test_msd_labels_are_not_just_renumbered():
-    # MSD: 1 oedema, 2 non-enhancing tumour, 3 enhancing. Internal: 1 core, 2 oedema, 3 enhancing.
-    assert LAYOUTS["msd"].label_map == {0: 0, 1: 2, 2: 1, 3: 3}
-    assert inverse_label_map(LAYOUTS["msd"].label_map) == {0: 0, 2: 1, 1: 2, 3: 3}
-    assert LAYOUTS["brats2019"].label_map == {0: 0, 1: 1, 2: 2, 4: 3}
-    assert LAYOUTS["brats2023"].label_map == {0: 0, 1: 1, 2: 2, 3: 3}
+def _msd_label_volume(seed=7):
+    """An MSD label map holding each label at voxels of its own (23 oedema, 11 NET, 5 ET voxels, spread
+    over the brain): a swap of any two labels changes the labels found at those voxels and their counts."""
+    rng = np.random.RandomState(seed)
+    inside = np.zeros(SHAPE, bool)
+    inside[2:-2, 2:-2, 1:-1] = True  # where raw_trees' images are non-zero
+    chosen = rng.permutation(np.flatnonzero(inside))[:23 + 11 + 5]
+    voxels = {1: chosen[:23], 2: chosen[23:34], 3: chosen[34:]}
+    seg = np.zeros(SHAPE, np.uint8)
+    for label, flat in voxels.items():
+        seg.flat[flat] = label
+    return seg, {label: np.unravel_index(flat, SHAPE) for label, flat in voxels.items()}
+
+
+def test_msd_labels_land_on_the_internal_label_of_the_same_tissue_voxel_by_voxel(tmp_path):
+    from unet3d_core.inference import raw_folder_cases, write_label_map
+
+    raw = str(tmp_path / "msd")
+    write_msd(raw, training=2, test=0)
+    seg, at = _msd_label_volume()
+    save(os.path.join(raw, "labelsTr", "BRATS_001.nii.gz"), seg, AFFINE)
+    manifest = Manifest(_preprocess(raw, tmp_path))
+    (case,) = [case for case in manifest.cases if case["id"] == "BRATS_001"]
+    label = read_record(manifest.record_path(case))["label"]
+    assert label.shape == SHAPE
+    # MSD 1 (edema) -> internal 2 (oedema), MSD 2 (non-enhancing tumour) -> internal 1 (tumour core),
+    # MSD 3 (enhancing) -> internal 3, at exactly the voxels that held them; nothing else is tumour.
+    assert (label[at[1]] == INTERNAL["oedema"]).all() and (label[at[1]] == 2).all()
+    assert (label[at[2]] == INTERNAL["core"]).all() and (label[at[2]] == 1).all()
+    assert (label[at[3]] == INTERNAL["enhancing"]).all() and (label[at[3]] == 3).all()
+    assert np.count_nonzero(label) == 23 + 11 + 5 and np.count_nonzero(label == 1) == 11
+    # Predicting straight from the raw folder reads the labels the same way ...
+    ids, loaded = raw_folder_cases(raw)
+    inference_case = dict(zip(ids, loaded))["BRATS_001"]
+    assert np.array_equal(inference_case.label, label)
+    # ... and a prediction of internal labels is written back in MSD's numbering, voxel by voxel.
+    written = str(tmp_path / "BRATS_001_prediction.nii.gz")
+    write_label_map(written, label, inference_case)
+    back = np.asanyarray(nibabel.load(written).dataobj)
+    assert np.array_equal(back, seg)
+    assert (back[at[1]] == 1).all() and (back[at[2]] == 2).all() and (back[at[3]] == 3).all()
 
 
 def test_msd_channel_order_follows_dataset_json(tmp_path):

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from backends.cpu import kernels as cpu_kernels
 from unet3d_core.config import ModelConfig
 from unet3d_core.losses import segmentation_loss
 from unet3d_core.model import build_unet3d, count_parameters
@@ -121,25 +122,25 @@ def test_dice_loss_ignores_the_background_channel():
     assert _loss_value("dice", wrong_background, labels) > 0.9
 
 
-def _initial_weights(seed, batch, kernels, monkeypatch):
-    monkeypatch.setenv("UNET3D_KERNELS", kernels)
+def _initial_weights(seed, batch, kernels):
     graph = tf.Graph()
     with graph.as_default():
         tf.compat.v1.set_random_seed(seed)
-        build_unet3d(tf.zeros([batch, 16, 16, 8, 4]), ModelConfig(base_filters=4, max_filters=8, depth=3), True)
+        build_unet3d(tf.zeros([batch, 16, 16, 8, 4]), ModelConfig(base_filters=4, max_filters=8, depth=3), True,
+                     ops=cpu_kernels.layer_ops(kernels))
         variables = tf.compat.v1.trainable_variables()
         with tf.compat.v1.Session(graph=graph) as session:
             session.run(tf.compat.v1.global_variables_initializer())
             return dict(zip([v.op.name for v in variables], session.run(variables)))
 
 
-def test_seed_alone_fixes_the_initial_weights(monkeypatch):
-    """Same --seed, same start: whatever the batch size (per worker) or kernel set; another seed, another start."""
-    reference = _initial_weights(7, 2, "plain", monkeypatch)
-    for batch, kernels in ((1, "plain"), (2, "onednn"), (1, "eigen")):
-        other = _initial_weights(7, batch, kernels, monkeypatch)
+def test_seed_alone_fixes_the_initial_weights():
+    """Same --seed, same start: whatever the batch size (per worker) or layer ops; another seed, another start."""
+    reference = _initial_weights(7, 2, "textbook")
+    for batch, kernels in ((1, "textbook"), (2, "onednn"), (1, "eigen")):
+        other = _initial_weights(7, batch, kernels)
         assert sorted(other) == sorted(reference)
         for name, value in reference.items():
             np.testing.assert_array_equal(other[name], value, err_msg=name)
-    reseeded = _initial_weights(8, 2, "plain", monkeypatch)
+    reseeded = _initial_weights(8, 2, "textbook")
     assert not np.allclose(reseeded["unet3d/input_block/conv1/kernel"], reference["unet3d/input_block/conv1/kernel"])

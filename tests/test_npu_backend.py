@@ -18,12 +18,8 @@ tf1 = tf.compat.v1
 
 
 @pytest.fixture
-def npu(monkeypatch):
-    """The npu plugin with the fake npu_bridge importable; the fake's call log emptied."""
-    monkeypatch.syspath_prepend(FAKE)
-    for name in list(sys.modules):
-        if name.split(".")[0] in ("npu_bridge", "hccl"):
-            del sys.modules[name]
+def npu(fake_npu):
+    """The npu plugin with the fake npu_bridge importable (gone again after the test); the fake's call log emptied."""
     import npu_bridge
 
     from backends.npu import plugin
@@ -177,16 +173,12 @@ def test_without_the_adapter_preparing_the_environment_fails_clearly(monkeypatch
         plugin.unet3d_prepare_environment(_options())
 
 
-def test_an_npu_process_builds_the_textbook_model_unless_told_otherwise(npu, monkeypatch):
-    from backends.npu import launcher
+def test_an_npu_process_builds_the_textbook_model(npu):
+    """The adapter compiles the graph for the device: TensorFlow's own ops, none of the CPU rewrites."""
+    from unet3d_core import plugins
+    from unet3d_core.layers import LayerOps
 
-    monkeypatch.setenv(launcher.WORKER_VARIABLE, "1")  # as under the launcher: no patching here
-    monkeypatch.delenv("UNET3D_KERNELS", raising=False)
-    npu.unet3d_prepare_environment(_options())
-    assert os.environ["UNET3D_KERNELS"] == "plain"
-    monkeypatch.setenv("UNET3D_KERNELS", "eigen")
-    npu.unet3d_prepare_environment(_options())
-    assert os.environ["UNET3D_KERNELS"] == "eigen"
+    assert type(plugins.load_backend(npu, "npu").layer_ops(_options())) is LayerOps
 
 
 def test_built_rank_table_is_written_with_the_workers_environment(npu, tmp_path):

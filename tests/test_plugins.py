@@ -1,4 +1,5 @@
 """Backends are plugins: discovery, selection by name, and clear errors on misuse."""
+import importlib.util
 import inspect
 import os
 import re
@@ -41,8 +42,13 @@ def test_unknown_backend_lists_what_is_installed():
 
 
 def test_unavailable_backend_says_why(monkeypatch):
+    from fake_npu_env import loaded_from_fake, under_fake
+
+    # The fake adapter of tests/fake_npu, left behind by an earlier test, must not pass for a real one.
+    assert loaded_from_fake() == [], "tests/fake_npu modules left in sys.modules"
     registry = plugins.BackendRegistry.discover()
     if registry.backends["npu"].info.available:
+        assert not under_fake(importlib.util.find_spec("npu_bridge").origin), "tests/fake_npu left on sys.path"
         pytest.skip("a real npu_bridge is installed here")
     with pytest.raises(BackendError) as error:
         registry.get("npu")
@@ -127,8 +133,23 @@ def test_core_never_imports_a_backend():
             assert not re.search(r"^\s*(from|import)\s+backends\b", source, re.M), file_name
 
 
+def test_core_holds_no_device_specific_kernels():
+    """Tuned kernels and their C++ live in backends (the cpu one supplies them through unet3d_layer_ops)."""
+    core = os.path.join(ROOT, "unet3d_core")
+    for folder, _, file_names in os.walk(core):
+        for file_name in file_names:
+            path = os.path.join(folder, file_name)
+            assert not file_name.endswith((".cc", ".cpp", ".h", ".so")), path
+            if file_name.endswith(".py"):
+                with open(path, encoding="utf-8") as handle:
+                    source = handle.read().lower()
+                for word in ("avx", "cpuinfo", "unet3d_kernels"):
+                    assert word not in source, (path, word)
+
+
 def test_builtin_backends_use_only_public_core_names():
-    allowed = {"unet3d_core", "unet3d_core.errors", "unet3d_core.types", "unet3d_core.distributed"}
+    allowed = {"unet3d_core", "unet3d_core.errors", "unet3d_core.types", "unet3d_core.distributed",
+               "unet3d_core.layers"}
     for backend in ("cpu", "gpu", "npu"):
         folder = os.path.join(ROOT, "backends", backend)
         for file_name in os.listdir(folder):

@@ -42,9 +42,10 @@ def _wait_for_steps(process, model_dir, count, timeout=180):
 @pytest.mark.slow
 def test_killed_at_random_points_always_finishes_with_the_requested_steps(records, tmp_path):
     """SIGKILL at KILL_POINTS random moments (checkpoints are written every step, so many kills land
-    during a write); each restart resumes from a complete checkpoint and the run ends at step 40."""
+    during a write); each restart resumes from a complete checkpoint and the run ends at step 200 with
+    exactly the two newest checkpoints on disk."""
     model_dir = str(tmp_path / "run")
-    args = train_args(records, model_dir, "--max_steps", "40", "--checkpoint_every", "1", "--keep_checkpoints", "2")
+    args = train_args(records, model_dir, "--max_steps", "200", "--checkpoint_every", "1", "--keep_checkpoints", "2")
     chooser = random.Random(KILL_SEED)
     killed_while_running = 0
     for _ in range(KILL_POINTS):
@@ -62,8 +63,10 @@ def test_killed_at_random_points_always_finishes_with_the_requested_steps(record
     result = cli_subprocess(args)
     assert result.returncode == 0, result.stderr[-2000:]
     prefix, step = checkpoints.latest_checkpoint(model_dir)
-    assert step == 40 and checkpoints.is_complete(prefix)
+    assert step == 200 and checkpoints.is_complete(prefix)
     assert "Resuming from" in result.stdout or "already finished" in result.stdout
+    assert sorted(name for name in os.listdir(model_dir) if name.endswith(".index")) == [
+        "model.ckpt-199.index", "model.ckpt-200.index"]
 
 
 def test_an_incomplete_newest_checkpoint_is_skipped(records, tmp_path, capsys):

@@ -158,6 +158,19 @@ def test_fold_all_trains_evaluates_each_fold_and_pools_every_case_once(records, 
     with open(os.path.join(model_dir, "cv_results.csv")) as handle:
         assert sorted(row["case"] for row in csv.DictReader(handle)) == sorted(labelled)
     assert set(pooled["pooled"]) == set(metrics.METRIC_NAMES)
+    # The pooled numbers are those of every case once, each scored by the fold that held it out.
+    per_fold = []
+    for fold in range(5):
+        with open(os.path.join(model_dir, "fold-{}".format(fold), "eval_results.json")) as handle:
+            per_fold.append(json.load(handle))
+    cases = {case: values for report in per_fold for case, values in report["cases"].items()}
+    assert sorted(cases) == sorted(labelled)
+    for name in metrics.METRIC_NAMES:
+        values = [case[name] for case in cases.values()]
+        assert pooled["pooled"][name]["mean"] == pytest.approx(sum(values) / len(values), rel=1e-9)
+        assert pooled["pooled"][name]["max"] == pytest.approx(max(values), rel=1e-9)
+        assert pooled["mean_of_folds"][name] == pytest.approx(
+            sum(report["mean"][name] for report in per_fold) / 5, rel=1e-9)
     assert "Cross-validation over 5 folds" in capsys.readouterr().out
     # Resumable: a second run finds every fold finished and every evaluation current.
     run_cli(args)

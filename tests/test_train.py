@@ -1,6 +1,7 @@
 """Training, resuming, evaluation and prediction through the CLI, at toy sizes."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,22 +61,24 @@ def test_evaluation_scores_every_validation_case_once(trained, records):
     assert scalars["eval/Dice_WT"] == (6, pytest.approx(report["mean"]["Dice_WT"]))
 
 
-def test_resume_continues_at_saved_step(trained, records, capsys):
-    run_cli(train_args(records, trained, "--max_steps", "8", "--checkpoint_every", "3"))
+def test_resume_continues_at_saved_step(trained, records, capsys, tmp_path):
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(trained, resumed)  # the module's run stays as the other tests expect it
+    run_cli(train_args(records, resumed, "--max_steps", "8", "--checkpoint_every", "3"))
     output = capsys.readouterr().out
     assert "Resuming from" in output and "at step 6" in output
-    steps = [r["step"] for r in _log_records(trained) if r["type"] == "LOG" and isinstance(r["step"], int)]
+    steps = [r["step"] for r in _log_records(resumed) if r["type"] == "LOG" and isinstance(r["step"], int)]
     assert steps[-2:] == [7, 8]
-    assert _checkpoint_steps(trained)[-1] == 8
+    assert _checkpoint_steps(resumed) == [6, 8]
     # Re-running a finished run does no work and says so.
-    run_cli(train_args(records, trained, "--max_steps", "8"))
+    run_cli(train_args(records, resumed, "--max_steps", "8"))
     assert "already finished" in capsys.readouterr().out
+    assert _checkpoint_steps(trained) == [3, 6]
 
 
 def test_prediction_is_nifti_in_source_geometry_and_labels(trained, records, tmp_path):
     out = str(tmp_path / "predictions")
-    run_cli(["predict", "--data_dir", records, "--model_dir", trained, "--output_dir", out,
-             "--predict_on", "all", "--base_filters", "4", "--max_filters", "16", "--depth", "3"])
+    run_cli(["predict", "--data_dir", records, "--model_dir", trained, "--output_dir", out, "--predict_on", "all"])
     manifest = Manifest(records)
     assert sorted(os.listdir(out)) == sorted(case["id"] + ".nii.gz" for case in manifest.cases)
     case = manifest.cases[0]
@@ -85,8 +88,7 @@ def test_prediction_is_nifti_in_source_geometry_and_labels(trained, records, tmp
     assert np.allclose(predicted.affine, source.affine)
     assert set(np.unique(np.asanyarray(predicted.dataobj)).tolist()) <= {0, 1, 2, 4}
     # Existing predictions are not replaced without --overwrite.
-    code = run_cli(["predict", "--data_dir", records, "--model_dir", trained, "--output_dir", out,
-                    "--base_filters", "4", "--max_filters", "16", "--depth", "3"], check=False)
+    code = run_cli(["predict", "--data_dir", records, "--model_dir", trained, "--output_dir", out], check=False)
     assert code == 1
 
 
@@ -102,7 +104,7 @@ def test_benchmark_reports_throughput_and_writes_no_checkpoint(records, tmp_path
 def test_learning_rate_schedule_values():
     import tensorflow as tf
 
-    from unet3d_core.train import learning_rate_at
+    from unet3d_core.training_graph import learning_rate_at
 
     graph = tf.Graph()
     with graph.as_default():

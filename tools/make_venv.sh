@@ -3,7 +3,7 @@
 #   tools/make_venv.sh tf1   -> .venv-tf1 (Python 3.7, TensorFlow 1.15.5: the NPU adapter's host side)
 #   tools/make_venv.sh tf2   -> .venv-tf2 (Python 3.11, tensorflow-cpu 2.15.1)
 # Each gets Horovod 0.28.1 built with Gloo (no MPI), the project installed editable, and the
-# project's fused CPU ops compiled for its TensorFlow (unet3d_core/native).
+# project's fused CPU ops compiled for its TensorFlow (backends/cpu/native).
 # A finished environment carries a stamp file; delete the folder to rebuild it.
 set -euo pipefail
 flavour=${1:?usage: tools/make_venv.sh tf1|tf2}
@@ -29,11 +29,11 @@ case "$flavour" in
             echo "error: Python 3.7 not found (needed for TensorFlow 1.15). Install it (e.g. 'pyenv install 3.7.16') or put python3.7 on PATH." >&2
             exit 3
         fi
-        packages=("tensorflow==1.15.5" "protobuf<3.21" "numpy==1.18.5" "h5py<3" "nibabel<5" "pluggy>=1.0,<1.3" "pytest<8" "scipy<1.8" "matplotlib<3.6")
+        packages=("tensorflow==1.15.5" "protobuf<3.21" "numpy==1.18.5" "h5py<3" "nibabel<5" "pluggy>=1.0,<1.3" "pytest<8" "scipy<1.8" "matplotlib<3.6" "tqdm>=4.64,<5")
         ;;
     tf2)
         python=$(command -v python3.11 || command -v python3)
-        packages=("tensorflow-cpu==2.15.1" "numpy<2" "nibabel>=5" "pluggy>=1.3" "pytest>=7" "scipy<1.14" "matplotlib" "ruff")
+        packages=("tensorflow-cpu==2.15.1" "numpy<2" "nibabel>=5" "pluggy>=1.3" "pytest>=7" "scipy<1.14" "matplotlib" "ruff" "tqdm>=4.64,<5")
         ;;
     *) echo "error: unknown environment '$flavour' (expected tf1 or tf2)" >&2; exit 2 ;;
 esac
@@ -44,7 +44,7 @@ if [ -f "$stamp" ]; then
         "$venv/bin/python" -m pip --disable-pip-version-check install -q --no-deps -e "$root" && touch "$stamp"
     fi
     # The project's fused CPU ops, compiled again whenever their source changes (seconds).
-    TF_CPP_MIN_LOG_LEVEL=2 "$venv/bin/python" -m unet3d_core.native build
+    TF_CPP_MIN_LOG_LEVEL=2 "$venv/bin/python" -m backends.cpu.native build
     exit
 fi
 
@@ -61,6 +61,6 @@ HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 HOROVOD_WITHOUT_PYTORCH=1 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS="-j2" \
     "${pip[@]}" install -q --no-build-isolation --no-cache-dir --no-deps "horovod==0.28.1"
 "${pip[@]}" install -q --no-deps -e "$root"
-TF_CPP_MIN_LOG_LEVEL=2 "$venv/bin/python" -m unet3d_core.native build
+TF_CPP_MIN_LOG_LEVEL=2 "$venv/bin/python" -m backends.cpu.native build
 "$venv/bin/python" -c 'import tensorflow as tf, horovod.tensorflow as hvd, nibabel, pluggy; print("[unet3d] ready:", "tensorflow", tf.__version__)'
 touch "$stamp"

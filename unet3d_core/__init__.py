@@ -22,7 +22,10 @@ The module implements hooks from :mod:`unet3d_core.hookspecs`, decorated with
         return config
 
 Only ``unet3d_backend_info`` is required; every other hook has a core default.
-Then ``python cli.py train --backend mychip`` uses it.
+Then ``python cli.py train --backend mychip`` uses it. A backend with faster
+layers for its device returns a subclass of :class:`unet3d_core.layers.LayerOps`
+from ``unet3d_layer_ops`` (the cpu backend's tuned sets are examples); the
+default is the textbook ops.
 """
 import pluggy
 
@@ -35,11 +38,4 @@ ENTRY_POINT_GROUP = "unet3d.backends"
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-# The environment variable naming how the model's graph is written: "plain" (the
-# textbook ops, for a device compiler), "onednn" or "eigen" (rewrites measured
-# faster with TensorFlow's CPU libraries; unet3d_core/model.py). Unset, the model
-# picks by TensorFlow version; a backend's unet3d_prepare_environment may set it.
-KERNELS_VARIABLE = "UNET3D_KERNELS"
-
-__all__ = ["hookimpl", "BackendInfo", "DistributedStrategy", "PROJECT_NAME", "ENTRY_POINT_GROUP", "KERNELS_VARIABLE",
-           "__version__"]
+__all__ = ["hookimpl", "BackendInfo", "DistributedStrategy", "PROJECT_NAME", "ENTRY_POINT_GROUP", "__version__"]

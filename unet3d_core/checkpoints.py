@@ -42,8 +42,8 @@ def _candidates(model_dir: str) -> List[str]:
         state = None
     if state is not None:
         for path in list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]:
-            if path:
-                prefixes.add(path if os.path.isabs(path) else os.path.join(model_dir, path))
+            if path:  # by name: the state file's absolute paths still name the original of a copied folder
+                prefixes.add(os.path.join(model_dir, os.path.basename(path)))
     for index in glob.glob(os.path.join(model_dir, CHECKPOINT_PREFIX + "-*.index")):
         prefixes.add(index[:-len(".index")])
     return sorted(prefixes, key=checkpoint_step, reverse=True)
@@ -116,12 +116,29 @@ def check_run_folder(model_dir: str, checkpoint_bytes: int, keep: int) -> None:
                               model_dir, free / 1e6, keep + 1, checkpoint_bytes / 1e6, needed / 1e6))
 
 
+def prune_checkpoints(model_dir: str, keep: int) -> List[str]:
+    """Delete all but the ``keep`` newest checkpoints of ``model_dir``; returns those kept, newest first.
+
+    A ``Saver(max_to_keep=K)`` only knows the checkpoints its own process
+    wrote, so a run restarted often kept every checkpoint of every earlier
+    process. The trainer calls this once before its first save and hands the
+    survivors to the saver (``recover_last_checkpoints``), which then keeps
+    the newest ``keep`` across any number of restarts.
+    """
+    found = _candidates(model_dir)
+    for prefix in found[keep:]:
+        for path in glob.glob(glob.escape(prefix) + ".*"):
+            os.remove(path)
+    return [prefix for prefix in found[:keep] if os.path.isfile(prefix + ".index")]
+
+
 def save_checkpoint(saver, session, model_dir: str, step: int, previous_step: int) -> str:
     """Save, or raise CheckpointWriteError naming the folder and the intact previous checkpoint."""
     import tensorflow as tf
 
     try:
-        return saver.save(session, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=step)
+        return saver.save(session, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=step,
+                          write_meta_graph=False)
     except (tf.errors.OpError, OSError) as error:
         message = getattr(error, "message", None) or str(error)
         raise CheckpointWriteError(
@@ -129,3 +146,38 @@ def save_checkpoint(saver, session, model_dir: str, step: int, previous_step: in
             "free space and run the same command to resume".format(
                 step, model_dir, " ".join(message.split())[:300],
                 "step {}".format(previous_step) if previous_step else "none yet")) from None
+
+
+def _check_shapes(session, checkpoint: str) -> None:
+    """Every variable of the session's graph is in ``checkpoint`` with the same shape.
+
+    Resource variables (TensorFlow 2) take a value of any shape on restore, so
+    a checkpoint of another network would load and fail only at the first step.
+    """
+    import tensorflow as tf
+
+    stored = tf.train.load_checkpoint(checkpoint).get_variable_to_shape_map()
+    with session.graph.as_default():
+        variables = tf.compat.v1.global_variables()
+    for variable in variables:
+        name = variable.op.name
+        if name not in stored:
+            raise ConfigError("{}: has no variable {}: it was written by another network; check the model flags "
+                              "against the run folder's run.json".format(checkpoint, name))
+        if list(stored[name]) != variable.shape.as_list():
+            raise ConfigError("{}: {} has shape {} there but {} in the network built from the run's settings; "
+                              "check the model flags against the run folder's run.json".format(
+                                  checkpoint, name, list(stored[name]), variable.shape.as_list()))
+
+
+def restore_checkpoint(saver, session, checkpoint: str) -> None:
+    """Restore ``checkpoint``, or raise a one-line ConfigError when it does not fit the graph's network."""
+    import tensorflow as tf
+
+    _check_shapes(session, checkpoint)
+    try:
+        saver.restore(session, checkpoint)
+    except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError) as error:
+        first_line = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
+        raise ConfigError("{}: does not fit the network built from the run's settings ({}); check the model "
+                          "flags against the run folder's run.json".format(checkpoint, first_line[:240])) from None

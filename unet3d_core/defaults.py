@@ -24,6 +24,13 @@ def unet3d_session_config(config, options, strategy):
 
 
 @hookimpl
+def unet3d_layer_ops(options):
+    from unet3d_core.layers import LayerOps  # imports TensorFlow: only when a graph is about to be built
+
+    return LayerOps()
+
+
+@hookimpl
 def unet3d_mixed_precision(optimizer, options, strategy):
     return optimizer
 

@@ -94,6 +94,9 @@ class HorovodStrategy(DistributedStrategy):
         session, placeholder, total = self._reducers[values.shape]
         return session.run(total, {placeholder: values})
 
+    def allreduce_sum_tensor(self, tensor):
+        return self._hvd.allreduce(tensor, op=self._hvd.Sum, name="unet3d_stop_votes")
+
     def close(self) -> None:
         for session, _, _ in self._reducers.values():
             session.close()

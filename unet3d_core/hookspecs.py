@@ -14,10 +14,11 @@ Lifecycle of ``cli.py train --backend X``:
 4. ``unet3d_launch`` — selected backend, in the process the user started; it
    may start one worker process per device and return their exit status.
 5. In each training process: ``unet3d_prepare_environment``, then
-   ``unet3d_distributed_strategy``, ``unet3d_session_config``; while the
-   training graph is built, ``unet3d_mixed_precision``; once the session
-   exists, ``unet3d_training_loop``. At the end the core calls the
-   strategy's ``close()``.
+   ``unet3d_distributed_strategy``, ``unet3d_session_config``,
+   ``unet3d_layer_ops``; while the training graph is built,
+   ``unet3d_mixed_precision``; once the session exists,
+   ``unet3d_training_loop``. At the end the core calls the strategy's
+   ``close()``.
 
 ``unet3d_add_commands`` lets a backend add its own top-level commands.
 """
@@ -150,6 +151,23 @@ def unet3d_session_config(config, options, strategy):
 
 
 @_hookspec(firstresult=True)
+def unet3d_layer_ops(options):
+    """Return the :class:`unet3d_core.layers.LayerOps` the network is computed with. *First result.*
+
+    Called once per process that builds a graph of the network (training,
+    evaluation, prediction), after ``unet3d_prepare_environment`` and before
+    the first graph. The core creates every variable and passes them to the
+    object's methods, so the ops change how the layers are computed, never
+    the checkpoint. Return an instance of a subclass with operations tuned
+    for the device (the cpu backend's oneDNN and Eigen sets), or None for
+    the textbook ops (the core default, what device compilers see best).
+
+    Args:
+        options: the parsed options.
+    """
+
+
+@_hookspec(firstresult=True)
 def unet3d_mixed_precision(optimizer, options, strategy):
     """Return the optimizer to use for mixed precision and loss scaling. *First result.*
 
@@ -178,9 +196,11 @@ def unet3d_training_loop(session, train_op, options):
     variables are initialised or restored, before the first step; the graph
     can still be changed. A device that runs several steps per
     ``session.run`` (the NPU's ``iterations_per_loop``) wraps ``train_op``
-    here. The core reads the global step after every run, so progress,
-    throughput, logging and checkpoints stay exact whatever one run does
-    (including steps a loss-scaling optimizer skipped). Default:
+    here. Each run fetches the global step as it is after the returned op
+    (a control dependency), with the loss and the step metrics, in the same
+    ``session.run``, so progress, throughput, logging and checkpoints stay
+    exact whatever one run does (including steps a loss-scaling optimizer
+    skipped). The input iterator is already initialised. Default:
     ``(train_op, 1)``.
 
     Args:

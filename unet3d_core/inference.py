@@ -245,9 +245,10 @@ def segment(image: np.ndarray, run_batch: RunBatch, settings: InferenceSettings,
 class NetworkRunner:
     """The network restored from a checkpoint, fed whole batches of any spatial size (a multiple of the divisor)."""
 
-    def __init__(self, model_config, checkpoint: str, session_config=None):
+    def __init__(self, model_config, checkpoint: str, session_config=None, ops=None):
         import tensorflow as tf
 
+        from unet3d_core.checkpoints import restore_checkpoint
         from unet3d_core.model import build_unet3d
 
         tf1 = tf.compat.v1
@@ -255,13 +256,13 @@ class NetworkRunner:
         with self.graph.as_default():
             self.images = tf1.placeholder(tf.float32, [None, None, None, None, model_config.in_channels],
                                           name="images")
-            logits = build_unet3d(self.images, model_config, training=False)
+            logits = build_unet3d(self.images, model_config, training=False, ops=ops)
             self.probabilities = tf.nn.softmax(logits, axis=-1)
             saver = tf1.train.Saver()
             self.graph.finalize()
             self.session = tf1.Session(graph=self.graph, config=session_config)
             # Inside the graph's context: under TensorFlow 2 a restore outside it takes the eager path and fails.
-            saver.restore(self.session, checkpoint)
+            restore_checkpoint(saver, self.session, checkpoint)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(self.probabilities, {self.images: batch})
@@ -270,8 +271,9 @@ class NetworkRunner:
         self.session.close()
 
 
-def initialize_checkpoint(model_dir: str, model_config, seed: int = 0) -> str:
-    """Write a step-0 checkpoint of freshly initialised weights to ``model_dir``; returns its path.
+def initialize_checkpoint(model_dir: str, model_config, seed: int = 0, ops=None, input_shape=None) -> str:
+    """Write a step-0 checkpoint of freshly initialised weights and its ``run.json`` to ``model_dir``;
+    returns the checkpoint's path.
 
     For timing inference and for tests: the prediction path runs unchanged
     on it, no training needed.
@@ -287,11 +289,16 @@ def initialize_checkpoint(model_dir: str, model_config, seed: int = 0) -> str:
     with graph.as_default():
         tf1.set_random_seed(seed)
         images = tf1.placeholder(tf.float32, [None, None, None, None, model_config.in_channels])
-        build_unet3d(images, model_config, training=False)
+        build_unet3d(images, model_config, training=False, ops=ops)
         saver = tf1.train.Saver()
         with tf1.Session(graph=graph) as session:
             session.run(tf1.global_variables_initializer())
-            return saver.save(session, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=0)
+            path = saver.save(session, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=0)
+    from unet3d_core.run_folder import network_record, write_run
+
+    write_run(model_dir, network=network_record(model_config, input_shape), data={}, training={},
+              backend="none (initialised, not trained)")
+    return path
 
 
 # ------------------------------------------------------------------ inputs
@@ -392,8 +399,10 @@ def record_cases(manifest, cases: List[Dict], session_config=None) -> Iterator[I
 
         dataset = tf.data.TFRecordDataset([manifest.record_path(case) for case in cases])
         dataset = dataset.map(transform).prefetch(1)
-        next_case = tf1.data.make_one_shot_iterator(dataset).get_next()
+        iterator = tf1.data.make_initializable_iterator(dataset)
+        next_case = iterator.get_next()
     with tf1.Session(graph=graph, config=session_config) as session:
+        session.run(iterator.initializer)
         for case in cases:
             image, label = session.run(next_case)
             flair = case.get("source_images", {}).get("flair")

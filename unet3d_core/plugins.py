@@ -93,6 +93,10 @@ class Backend:
     def mixed_precision(self, optimizer, options, strategy):
         return self._call("unet3d_mixed_precision", optimizer=optimizer, options=options, strategy=strategy)
 
+    def layer_ops(self, options):
+        """The backend's :class:`unet3d_core.layers.LayerOps` (the textbook ones by default)."""
+        return self._call("unet3d_layer_ops", options=options)
+
 
 def _new_manager() -> pluggy.PluginManager:
     manager = pluggy.PluginManager(PROJECT_NAME)

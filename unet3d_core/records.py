@@ -202,6 +202,19 @@ class Manifest:
         """Cases ``--skip-invalid`` left out: dicts with id, file, reason."""
         return list(self.content.get("skipped", []))
 
+    def fingerprint(self) -> str:
+        """SHA-256 of what defines the data set: each case's id, fold, label flag and record size, the folds
+        and the label map. Paths are left out, so a moved copy of the same records has the same fingerprint."""
+        import hashlib
+
+        content = {
+            "cases": [[case["id"], case["fold"], bool(case["has_label"]), case.get("record_bytes")]
+                      for case in self.cases],
+            "folds": self.num_folds,
+            "label_map": sorted(self.label_map.items()),
+        }
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
+
     def record_path(self, case: Dict) -> str:
         return os.path.join(self.data_dir, case["file"])
 

@@ -45,6 +45,10 @@ class DistributedStrategy:
       evaluation cases.
     - ``allreduce_sum(values)``: reduces a float64 array across ranks (metric
       reduction); every rank receives the sum.
+    - ``allreduce_sum_tensor(tensor)``: the same inside a graph: returns a
+      tensor holding the sum over ranks of the float32 ``tensor``. The
+      training graph uses it so that ranks agree to stop within the step's
+      own ``session.run`` (called only when ``size`` > 1).
     - ``close()``: once, when the run ends (also on errors).
     """
 
@@ -78,6 +82,9 @@ class DistributedStrategy:
 
     def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
         return np.asarray(values, dtype=np.float64)
+
+    def allreduce_sum_tensor(self, tensor):
+        return tensor
 
     def close(self) -> None:
         """Release the communication library; called once at the end of the run."""

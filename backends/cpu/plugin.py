@@ -2,6 +2,9 @@
 
 ``--np N`` starts N worker processes with Horovod's launcher; under
 ``horovodrun``/``mpirun`` started by the user, each process joins that job.
+The network's layers are computed by the CPU-tuned layer ops of
+backends/cpu/kernels.py (``--cpu_kernels``), with the project's C++ ops of
+backends/cpu/native where they are built (``--cpu_native_ops``).
 """
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ import platform
 from unet3d_core import BackendInfo, hookimpl
 from unet3d_core.distributed import HorovodStrategy, inside_horovod_job, launch_with_horovodrun
 from unet3d_core.errors import ConfigError
+
+KERNEL_CHOICES = ("auto", "onednn", "eigen", "textbook")
+NATIVE_OPS_CHOICES = ("on", "off")
 
 
 def _cpu_count() -> int:
@@ -38,6 +44,14 @@ def unet3d_add_options(group):
     group.add_argument("--cpu_inter_op_threads", type=int, default=1,
                        help="ops run in parallel (inter-op); 0 = TensorFlow's choice (default 1: one op at a "
                             "time, each on all the intra-op threads)")
+    group.add_argument("--cpu_kernels", choices=KERNEL_CHOICES, default="auto",
+                       help="how the network's layers are computed: onednn (fastest with TensorFlow 2), eigen "
+                            "(fastest with TensorFlow 1.15), textbook (TensorFlow's own ops and gradients); auto = "
+                            "this TensorFlow's fastest (default auto). Same variables and checkpoints with each")
+    group.add_argument("--cpu_native_ops", choices=NATIVE_OPS_CHOICES, default="on",
+                       help="the project's C++ CPU ops (fused instance norm, tap sum, kernel gradients) in the "
+                            "onednn and eigen layer ops where they are built; off = TensorFlow's ops only "
+                            "(default on)")
 
 
 @hookimpl
@@ -47,6 +61,10 @@ def unet3d_validate_options(options):
     for flag in ("cpu_threads", "cpu_inter_op_threads"):
         if getattr(options, flag) < 0:
             raise ConfigError("--{} must be >= 0, got {}".format(flag, getattr(options, flag)))
+    # argparse checks the command line; options built in code (benchmarks, tests) are checked here.
+    for flag, choices in (("cpu_kernels", KERNEL_CHOICES), ("cpu_native_ops", NATIVE_OPS_CHOICES)):
+        if getattr(options, flag) not in choices:
+            raise ConfigError("--{} {!r}: expected one of {}".format(flag, getattr(options, flag), ", ".join(choices)))
     if options.np < 1:
         raise ConfigError("--np must be at least 1, got {}".format(options.np))
     if options.np > 1 and importlib.util.find_spec("horovod") is None:
@@ -101,6 +119,13 @@ def unet3d_distributed_strategy(options):
     if inside_horovod_job():
         return HorovodStrategy()
     return None  # the core's single process
+
+
+@hookimpl
+def unet3d_layer_ops(options):
+    from backends.cpu import kernels  # imports TensorFlow: only in a process that builds the network
+
+    return kernels.layer_ops(options.cpu_kernels, native_ops=options.cpu_native_ops == "on")
 
 
 @hookimpl

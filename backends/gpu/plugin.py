@@ -3,14 +3,16 @@
 Available when TensorFlow was built with CUDA and the machine has an NVIDIA
 GPU. ``--gpus N`` starts N workers with Horovod's launcher; started by the
 user under ``horovodrun``/``mpirun`` (e.g. on several hosts), each process
-joins that job and takes the GPU of its local rank.
+joins that job and takes the GPU of its local rank. The network is built with
+the core's textbook layer ops (no ``unet3d_layer_ops`` here): cuDNN runs them,
+and the cpu backend's tuned sets were measured on CPUs only.
 """
 from __future__ import annotations
 
 import importlib.util
 import os
 
-from unet3d_core import KERNELS_VARIABLE, BackendInfo, hookimpl
+from unet3d_core import BackendInfo, hookimpl
 from unet3d_core.distributed import HorovodStrategy, inside_horovod_job, launch_with_horovodrun
 from unet3d_core.errors import BackendError, ConfigError
 
@@ -101,9 +103,6 @@ def unet3d_prepare_environment(options):
     available, reason = _status()
     if not available:
         raise BackendError("gpu backend: {}".format(reason))
-    # cuDNN runs the model's textbook ops; its CPU rewrites (unet3d_core/model.py,
-    # KERNEL_SETS) were measured on CPUs only.
-    os.environ.setdefault(KERNELS_VARIABLE, "plain")
 
 
 @hookimpl

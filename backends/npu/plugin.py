@@ -5,6 +5,8 @@ table, applies the sync_mode workaround once, starts one process per device
 with the adapter's environment, and each process trains with the
 NpuOptimizer session config, loss scaling and HCCL data parallelism.
 Available when ``npu_bridge`` is importable (it ships with CANN, not PyPI).
+The network is built with the core's textbook layer ops (no
+``unet3d_layer_ops`` here): the adapter compiles the graph for the device.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import time
 
 from backends.npu import config as npu_config
 from backends.npu import launcher, rank_table, sync_mode
-from unet3d_core import KERNELS_VARIABLE, BackendInfo, hookimpl
+from unet3d_core import BackendInfo, hookimpl
 from unet3d_core.distributed import steps_per_worker
 from unet3d_core.errors import BackendError, ConfigError
 
@@ -222,9 +224,6 @@ def unet3d_launch(options, worker_command):
 def unet3d_prepare_environment(options):
     if not _adapter_present():
         raise BackendError("npu backend: " + INSTALL_HINT)
-    # The adapter compiles the graph for the device: the model's textbook ops,
-    # not its CPU rewrites (unet3d_core/model.py, KERNEL_SETS).
-    os.environ.setdefault(KERNELS_VARIABLE, "plain")
     if os.environ.get(launcher.WORKER_VARIABLE):
         return  # the launcher prepared the environment and applied the patch
     # One device in this process: the variables the launcher would have set.

@@ -74,6 +74,9 @@ class HcclStrategy(DistributedStrategy):
         session, placeholder, total = self._reducers[values.shape]
         return np.asarray(session.run(total, {placeholder: values.astype(np.float32)}), dtype=np.float64)
 
+    def allreduce_sum_tensor(self, tensor):
+        return self._npu.hccl_ops.allreduce(tensor, "sum")
+
     def close(self) -> None:
         for session, _, _ in self._reducers.values():
             session.close()

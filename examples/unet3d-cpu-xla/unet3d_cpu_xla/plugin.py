@@ -34,9 +34,9 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+from backends.cpu.native import cpu_flags  # the cpu backend's reader of /proc/cpuinfo (no TensorFlow import)
 from unet3d_core import BackendInfo, hookimpl
 from unet3d_core.errors import ConfigError
-from unet3d_core.native import cpu_flags
 
 NAME = "cpu-xla"
 BFLOAT16_REWRITE = "auto_mixed_precision_onednn_bfloat16"

@@ -1,21 +1,21 @@
-"""The project's own TensorFlow CPU ops, one library compiled from this folder's C++ sources.
+"""The cpu backend's own TensorFlow CPU ops, one library compiled from this folder's C++ sources.
 
 - ``instance_norm.cc``: instance norm and leaky ReLU in one kernel, and its
-  gradient. The tuned kernel sets ("onednn", "eigen") use it; without the
-  library they use TensorFlow's FusedBatchNormV3 per sample and a LeakyRelu
-  (the same numbers, more passes over memory).
+  gradient. The tuned layer ops ("onednn", "eigen": backends/cpu/kernels.py)
+  use it; without the library they use TensorFlow's FusedBatchNormV3 per
+  sample and a LeakyRelu (the same numbers, more passes over memory).
 - ``tap_sum.cc``: the shifted sum that finishes a 3x3x3 convolution to few
   channels computed as a 3x3x1 one (the "onednn" set's output convolution);
   without the library that convolution runs as a transposed convolution.
 - ``kernel_gradient.cc``: the kernel gradient of a convolution or of a
   2x2x2 transposed convolution, on AVX-512, for the layers where it beats
-  the library's own (model._native_kernel_gradient says which).
+  the library's own (TunedLayerOps._kernel_gradient_by_op says which).
 
-    python -m unet3d_core.native build        # compile for this environment's TensorFlow (g++, about 15 s)
-    python -m unet3d_core.native status       # where the library is and whether it loads
+    python -m backends.cpu.native build        # compile for this environment's TensorFlow (g++, about 15 s)
+    python -m backends.cpu.native status       # where the library is and whether it loads
 
-``tools/make_venv.sh`` builds it into each environment. ``UNET3D_NATIVE_OPS=0``
-turns it off (the fallback), e.g. to compare the two.
+``tools/make_venv.sh`` builds it into each environment. The cpu backend's
+``--cpu_native_ops off`` leaves it out (the fallback), e.g. to compare the two.
 """
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 
-NATIVE_OPS_VARIABLE = "UNET3D_NATIVE_OPS"
 DIRECTORY_VARIABLE = "UNET3D_NATIVE_DIR"
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = [os.path.join(HERE, name) for name in ("instance_norm.cc", "tap_sum.cc", "kernel_gradient.cc")]
@@ -39,10 +38,6 @@ _loaded = {}  # library path -> module, or None after a failed load
 
 class NativeBuildError(RuntimeError):
     """The op library could not be compiled; the message names the command and the compiler's error."""
-
-
-def enabled() -> bool:
-    return os.environ.get(NATIVE_OPS_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _source_digest() -> str:
@@ -132,16 +127,14 @@ def build(force: bool = False, quiet: bool = False) -> str:
 
 
 def load():
-    """The op module if it is enabled and built for this TensorFlow, else None (said once on stderr)."""
-    if not enabled():
-        return None
+    """The op module if it is built for this TensorFlow, else None (said once on stderr)."""
     path = library_path()
     if path in _loaded:
         return _loaded[path]
     module = None
     if not os.path.exists(path):
         sys.stderr.write("[unet3d] note: the project's fused CPU ops are not built for this TensorFlow "
-                         "(python -m unet3d_core.native build); using TensorFlow's ops\n")
+                         "(python -m backends.cpu.native build); using TensorFlow's ops\n")
     else:
         import tensorflow as tf
 
@@ -191,10 +184,10 @@ def _register_gradient(module) -> None:
 
 
 def _required():
-    """The op module; a RuntimeError where it is off or not built (callers check load() first)."""
+    """The op module; a RuntimeError where it is not built (callers check load() first)."""
     module = load()
     if module is None:
-        raise RuntimeError("the fused CPU ops are not available (python -m unet3d_core.native build)")
+        raise RuntimeError("the fused CPU ops are not available (python -m backends.cpu.native build)")
     return module
 
 
@@ -234,7 +227,7 @@ def main(argv=None) -> int:
         except NativeBuildError as error:
             print("error: {}".format(error), file=sys.stderr)
             return 1
-        if load() is None and enabled():
+        if load() is None:
             print("error: built {} but it does not load".format(path), file=sys.stderr)
             return 1
         if not existed:
@@ -242,13 +235,11 @@ def main(argv=None) -> int:
         return 0
     if command == "status":
         path = library_path()
-        if not enabled():
-            state = "disabled by {}=0".format(NATIVE_OPS_VARIABLE)
-        elif not os.path.exists(path):
+        if not os.path.exists(path):
             state = "not built"
         else:
             state = "loads" if load() is not None else "does not load"
         print("{}: {}".format(path, state))
         return 0 if state == "loads" else 1
-    print("usage: python -m unet3d_core.native build [--force] | status", file=sys.stderr)
+    print("usage: python -m backends.cpu.native build [--force] | status", file=sys.stderr)
     return 2

@@ -1,26 +1,25 @@
-"""The fused instance-norm + leaky-ReLU op (unet3d_core/native): built, exact, deterministic, and optional."""
+"""The cpu backend's own ops (backends/cpu/native): built, exact, deterministic, and optional."""
 import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet3d_core import model, native
+from backends.cpu import gradients, kernels, native
 from unet3d_core.config import LEAKY_RELU_SLOPE, NORM_EPSILON, ModelConfig
+from unet3d_core.model import build_unet3d
 
 tf1 = tf.compat.v1
-DISABLED = not native.enabled()
+BUILT = native.load() is not None
 
 
 def test_the_op_is_built_for_this_tensorflow():
     """tools/make_venv.sh builds it; without it every tuned graph falls back to the slower ops."""
-    if DISABLED:
-        pytest.skip("UNET3D_NATIVE_OPS=0 asks for the fallback")
-    assert os.path.exists(native.library_path()), "run: python -m unet3d_core.native build"
+    assert os.path.exists(native.library_path()), "run: python -m backends.cpu.native build"
     assert native.load() is not None
 
 
-needs_op = pytest.mark.skipif(DISABLED, reason="UNET3D_NATIVE_OPS=0")
+needs_op = pytest.mark.skipif(not BUILT, reason="the op library is not built (python -m backends.cpu.native build)")
 
 
 def _reference(x, gamma, beta, alpha=LEAKY_RELU_SLOPE, epsilon=NORM_EPSILON):
@@ -129,31 +128,32 @@ def test_bad_shapes_are_named(x_shape, channels, message):
             _run(y)
 
 
-def _network_op_types(monkeypatch, enabled, kernels=None):
-    monkeypatch.setenv(native.NATIVE_OPS_VARIABLE, "1" if enabled else "0")
-    if kernels:
-        monkeypatch.setenv(model.KERNELS_VARIABLE, kernels)
-    else:
-        monkeypatch.delenv(model.KERNELS_VARIABLE, raising=False)
+def _network_op_types(ops):
     graph = tf.Graph()
     with graph.as_default():
         config = ModelConfig(base_filters=4, max_filters=8, depth=3)
-        logits = model.build_unet3d(tf1.placeholder(tf.float32, (2, 8, 8, 8, 4)), config, training=True)
+        logits = build_unet3d(tf1.placeholder(tf.float32, (2, 8, 8, 8, 4)), config, training=True, ops=ops)
         tf.gradients(tf.reduce_sum(logits), tf1.trainable_variables())
     # Stacks of volumes (the per-sample norm's), not of the few integers of a shape.
     return {op.type for op in graph.get_operations() if op.type != "Pack" or op.outputs[0].shape.ndims == 5}
 
 
 @needs_op
-@pytest.mark.parametrize("kernels", ["onednn", "eigen"])
-def test_the_tuned_network_uses_the_ops_and_can_do_without_them(monkeypatch, kernels):
-    fused = _network_op_types(monkeypatch, True, kernels)
+@pytest.mark.parametrize("name", kernels.TUNED_SETS)
+def test_the_tuned_network_uses_the_ops_and_can_do_without_them(name):
+    fused = _network_op_types(kernels.layer_ops(name, native_ops=True))
     assert {native.OP_NAME, native.OP_NAME + "Grad"} <= fused
-    assert (native.TAP_SUM_OP in fused) == (kernels == "onednn")  # the output convolution by taps
+    assert (native.TAP_SUM_OP in fused) == (name == "onednn")  # the output convolution by taps
     assert not fused & {"FusedBatchNormV3", "LeakyRelu", "Pack"}
-    fallback = _network_op_types(monkeypatch, False, kernels)
-    assert not fallback & {native.OP_NAME, native.TAP_SUM_OP}
+    fallback = _network_op_types(kernels.layer_ops(name, native_ops=False))
+    assert not fallback & {native.OP_NAME, native.TAP_SUM_OP, native.KERNEL_GRADIENT_OP}
     assert {"FusedBatchNormV3", "LeakyRelu", "Pack"} <= fallback
+
+
+def test_the_textbook_network_holds_only_tensorflows_ops():
+    """What the gpu and npu backends build: no op of ours, none of the CPU rewrites."""
+    textbook = _network_op_types(kernels.layer_ops("textbook"))
+    assert not textbook & {native.OP_NAME, native.TAP_SUM_OP, native.KERNEL_GRADIENT_OP, "FusedBatchNormV3"}
 
 
 def test_a_failed_build_says_so_and_leaves_no_library(monkeypatch, tmp_path):
@@ -166,10 +166,11 @@ def test_a_failed_build_says_so_and_leaves_no_library(monkeypatch, tmp_path):
 
 def test_a_missing_library_means_the_fallback(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv(native.DIRECTORY_VARIABLE, str(tmp_path))
-    monkeypatch.setenv(native.NATIVE_OPS_VARIABLE, "1")
     assert native.load() is None
-    assert "python -m unet3d_core.native build" in capsys.readouterr().err
-    fallback = _network_op_types(monkeypatch, True)
+    assert "python -m backends.cpu.native build" in capsys.readouterr().err
+    ops = kernels.layer_ops("auto", native_ops=True)
+    assert ops.native is None and "not built" in ops.describe()
+    fallback = _network_op_types(ops)
     assert native.OP_NAME not in fallback and "FusedBatchNormV3" in fallback
 
 
@@ -219,7 +220,7 @@ def test_the_output_convolution_by_taps_is_conv3d_forward_and_backward():
     kernel = rng.randn(3, 3, 3, 8, 4).astype(np.float32) * 0.2
     upstream = rng.randn(2, 6, 5, 7, 4).astype(np.float32)
     results = []
-    for convolve in (lambda a, b: tf.nn.conv3d(a, b, strides=[1] * 5, padding="SAME"), model._convolution_by_taps):
+    for convolve in (lambda a, b: tf.nn.conv3d(a, b, strides=[1] * 5, padding="SAME"), kernels.convolution_by_taps):
         with tf.Graph().as_default():
             inputs = [tf.constant(x), tf.constant(kernel)]
             y = convolve(*inputs)
@@ -228,7 +229,7 @@ def test_the_output_convolution_by_taps_is_conv3d_forward_and_backward():
         np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max(), err_msg=name)
 
 
-needs_avx512 = pytest.mark.skipif(DISABLED or not native.has_avx512(), reason="needs the op library and AVX-512")
+needs_avx512 = pytest.mark.skipif(not BUILT or not native.has_avx512(), reason="needs the op library and AVX-512")
 
 
 def _kernel_gradient_reference(a, b, kernel, pad, stride):
@@ -272,7 +273,7 @@ def test_kernel_gradient_is_tensorflows_for_a_convolution_and_a_transposed_one()
         for stride in (1, 2):
             y = tf.nn.conv3d(x, kernel, strides=[1, stride, stride, stride, 1], padding="SAME")
             dy = tf.constant(rng.randn(*y.shape.as_list()).astype(np.float32))
-            pad = [model._same_padding_before(n, 3, stride) for n in x.shape[1:4]]
+            pad = [gradients.same_padding_before(n, 3, stride) for n in x.shape[1:4]]
             fetches[stride] = (tf.gradients(y, kernel, grad_ys=dy)[0],
                                native.convolution_kernel_gradient(x, dy, [3, 3, 3], pad, stride))
         up = tf.constant(rng.randn(2, 2, 2, 32, 16).astype(np.float32))  # [d, h, w, out, in]

@@ -1,0 +1,59 @@
+"""Make the fake CANN adapter in tests/fake_npu importable for a while, then take every trace of it away.
+
+A test that imports the fake ``npu_bridge`` in-process leaves it in ``sys.modules``; after that
+``importlib.util.find_spec("npu_bridge")`` answers from ``sys.modules`` even without the folder on
+``sys.path``, so every later test sees "an adapter is installed". :func:`fake_npu_importable`
+takes the folder off ``sys.path`` again and removes each module the fake brought (``npu_bridge*``, ``hccl*`` and any
+other module loaded from the folder); modules of those names that were loaded before (a real
+adapter) are put back.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+
+FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_npu")
+# The fake's top-level packages: npu_bridge and hccl.
+TOP_LEVEL = tuple(sorted(name for name in os.listdir(FAKE)
+                         if os.path.isfile(os.path.join(FAKE, name, "__init__.py"))))
+
+
+def under_fake(path) -> bool:
+    """Whether ``path`` (a module's ``__file__``, a spec's ``origin``) lies in tests/fake_npu."""
+    return bool(path) and os.path.realpath(path).startswith(os.path.realpath(FAKE) + os.sep)
+
+
+def loaded_from_fake():
+    """Names in ``sys.modules`` of modules loaded from tests/fake_npu: empty unless the fake leaked."""
+    return sorted(name for name, module in list(sys.modules.items()) if under_fake(getattr(module, "__file__", None)))
+
+
+def fake_modules():
+    """Names in ``sys.modules`` that belong to the fake or share its packages' names (a real adapter's)."""
+    return sorted(set(loaded_from_fake()) | {name for name in list(sys.modules) if name.split(".")[0] in TOP_LEVEL})
+
+
+def _drop(names):
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+@contextlib.contextmanager
+def fake_npu_importable():
+    """``npu_bridge`` and ``hccl`` import from tests/fake_npu inside the block and as before after it."""
+    already_on_path = sys.path.count(FAKE)
+    saved_modules = {name: sys.modules[name] for name in fake_modules()}
+    _drop(saved_modules)  # each use imports the fake afresh (its call log empty)
+    sys.path.insert(0, FAKE)
+    importlib.invalidate_caches()
+    try:
+        yield FAKE
+    finally:
+        while sys.path.count(FAKE) > already_on_path:  # only the entry put there (others' changes stay)
+            sys.path.remove(FAKE)
+        sys.path_importer_cache.pop(FAKE, None)
+        _drop(fake_modules())
+        sys.modules.update(saved_modules)
+        importlib.invalidate_caches()

@@ -1,0 +1,60 @@
+"""The lean loop: one session.run per training step, two distinct fetch lists, initializable input."""
+import os
+
+import pytest
+from conftest import run_cli, train_args
+
+
+def _signature(fetches):
+    """A fetch list, as the device would see it: which tensors, in which structure."""
+    if isinstance(fetches, dict):
+        return tuple((key, _signature(value)) for key, value in sorted(fetches.items()))
+    if isinstance(fetches, (list, tuple)):
+        return tuple(_signature(value) for value in fetches)
+    return fetches if isinstance(fetches, str) else getattr(fetches, "name", repr(fetches))
+
+
+@pytest.fixture
+def session_runs(monkeypatch):
+    """Every Session.run of the training graph (the graph with a global step), as (signature, feed keys)."""
+    import tensorflow as tf
+
+    calls = []
+    original = tf.compat.v1.Session.run
+
+    def counting_run(self, fetches, feed_dict=None, *args, **kwargs):
+        names = {op.name for op in self.graph.get_operations()}
+        if "global_step" in names and "Adam" in " ".join(names):
+            calls.append((_signature(fetches), sorted(getattr(key, "name", str(key)) for key in (feed_dict or {}))))
+        return original(self, fetches, feed_dict, *args, **kwargs)
+
+    monkeypatch.setattr(tf.compat.v1.Session, "run", counting_run)
+    return calls
+
+
+def test_one_session_run_per_step_and_two_fetch_lists(records, tmp_path, session_runs):
+    model_dir = str(tmp_path / "run")
+    run_cli(train_args(records, model_dir, "--max_steps", "6", "--log_every", "2", "--checkpoint_every", "100"))
+    step_runs = [signature for signature, _ in session_runs if isinstance(signature, tuple) and
+                 any(key == "loss" for key, _ in signature)]
+    assert len(step_runs) == 6  # one per step: no global-step read, no separate stop vote
+    assert len(set(step_runs)) == 2  # with and without the summary (steps 2, 4, 6)
+    with_summary = [signature for signature in step_runs if any(key == "summary" for key, _ in signature)]
+    assert len(with_summary) == 3
+    fetched = {key for key, _ in step_runs[0]}
+    assert fetched == {"run", "loss", "step", "learning_rate", "metrics"}
+    # Besides the steps: variables initialised, the iterator initialised, the final checkpoint saved.
+    others = [signature for signature, _ in session_runs if signature not in set(step_runs)]
+    assert others == ["init", "MakeIterator", "save/control_dependency:0"]
+
+
+def test_training_input_is_never_a_one_shot_iterator(records, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("one-shot iterator used")
+
+    monkeypatch.setattr(tf.compat.v1.data, "make_one_shot_iterator", refuse)
+    model_dir = str(tmp_path / "run")
+    run_cli(train_args(records, model_dir, "--max_steps", "2", "--exec_mode", "train_and_evaluate"))
+    assert os.path.isfile(os.path.join(model_dir, "eval_results.json"))

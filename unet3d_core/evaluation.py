@@ -1,0 +1,110 @@
+"""Evaluation: every validation case of the fold scored exactly once (sharded over ranks), whole volume.
+
+Writes ``eval_results.json`` (means, statistics, per-case values, the
+checkpoint's step and the inference settings), ``eval_results.csv`` and the
+means as TensorBoard scalars under ``eval/`` at the checkpoint's step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Dict
+
+import numpy as np
+
+from unet3d_core import metrics as metrics_lib
+from unet3d_core.checkpoints import latest_checkpoint
+from unet3d_core.errors import ConfigError, UNet3DError
+from unet3d_core.prediction import restore_network, segment_all
+
+EVAL_RESULTS = "eval_results.json"
+EVAL_CASES = "eval_results.csv"
+
+
+def write_json_atomic(path: str, content: Dict) -> None:
+    temporary = path + ".partial"
+    with open(temporary, "w") as handle:
+        json.dump(content, handle, indent=1)
+    os.replace(temporary, path)
+
+
+def write_eval_summaries(folder: str, summary: Dict, step: int) -> None:
+    """Mean evaluation metrics as TensorBoard scalars (``eval/Dice_WT`` ...) at the checkpoint's step."""
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    values = [tf1.Summary.Value(tag="eval/" + name, simple_value=float(value))
+              for name, value in summary.items() if isinstance(value, (int, float))]
+    with tf.Graph().as_default():
+        writer = tf1.summary.FileWriter(folder)
+        writer.add_summary(tf1.Summary(value=values), step)
+        writer.close()
+
+
+def evaluation_is_current(config) -> bool:
+    """Whether ``eval_results.json`` already scores the newest checkpoint with these inference settings."""
+    path = os.path.join(config.model_dir, EVAL_RESULTS)
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path) as handle:
+            previous = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return (previous.get("checkpoint_step") == latest_checkpoint(config.model_dir)[1]
+            and previous.get("inference") == config.inference.describe()
+            and all(name in previous.get("mean", {}) for name in metrics_lib.METRIC_NAMES))
+
+
+def _case_line(case_id: str, values: Dict) -> str:
+    return ("  {}: WholeTumor {:.4f}  MeanDice {:.4f}  Dice WT/TC/ET {:.4f}/{:.4f}/{:.4f}  "
+            "HD95 WT/TC/ET {:.2f}/{:.2f}/{:.2f} mm".format(
+                case_id, values["WholeTumor"], values["MeanDice"], values["Dice_WT"], values["Dice_TC"],
+                values["Dice_ET"], values["HD95_WT"], values["HD95_TC"], values["HD95_ET"]))
+
+
+def evaluate(config, *, strategy, session_config, layer_ops, logger) -> Dict:
+    """Score the fold's validation cases with the newest checkpoint; returns the mean metrics."""
+    from unet3d_core import inference
+    from unet3d_core.records import Manifest
+
+    manifest = Manifest(config.data_dir)
+    _, cases = manifest.split(config.fold)
+    if not cases:
+        raise ConfigError("fold {} has no labelled validation cases".format(config.fold))
+    positions = {case["id"]: index for index, case in enumerate(cases)}
+    names = metrics_lib.METRIC_NAMES
+    table = np.zeros((len(cases), len(names) + 1), dtype=np.float64)
+    started = time.time()
+    runner, step = restore_network(config, session_config, layer_ops, logger)
+    source = inference.record_cases(manifest, strategy.shard(cases), session_config)
+    for case, prediction, _ in segment_all(source, runner, config.inference):
+        values = metrics_lib.case_metrics(prediction, case.label, case.geometry.spacing)
+        row = positions[case.case_id]
+        table[row, :-1] = [values[name] for name in names]
+        table[row, -1] = 1.0  # evaluated-once marker
+        logger.message(_case_line(case.case_id, values))
+    table = strategy.allreduce_sum(table)
+    if not np.all(table[:, -1] == 1.0):
+        raise UNet3DError("evaluation covered some validation cases {} times".format(table[:, -1].tolist()))
+    per_case = [dict(zip(names, row[:-1].tolist())) for row in table]
+    summary = metrics_lib.summarize(per_case)
+    logger.metrics("eval", dict(summary, cases=len(cases), checkpoint_step=step,
+                                seconds=round(time.time() - started, 1)))
+    if strategy.is_chief:
+        statistics = metrics_lib.describe(per_case)
+        logger.message(metrics_lib.format_table(statistics, len(cases)))
+        report = {
+            "fold": config.fold,
+            "checkpoint_step": step,
+            "inference": config.inference.describe(),
+            "naming": dict(metrics_lib.SCHEME_DESCRIPTIONS),
+            "mean": summary,
+            "statistics": statistics,
+            "cases": {case["id"]: values for case, values in zip(cases, per_case)},
+        }
+        write_json_atomic(os.path.join(config.model_dir, EVAL_RESULTS), report)
+        metrics_lib.write_case_table(os.path.join(config.model_dir, EVAL_CASES), report["cases"])
+        write_eval_summaries(os.path.join(config.model_dir, "eval"), summary, step)
+    return summary

@@ -1,0 +1,139 @@
+"""Exec modes: train, evaluate, train_and_evaluate, predict; one fold or ``--fold all``; cross-validation pooling.
+
+:func:`run` receives the parsed options and the selected backend; it never
+imports a backend by name. The backend's hooks give the process's strategy,
+session config and layer ops once; each fold then runs with its own
+validated :class:`unet3d_core.run_config.RunConfig` and run folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict
+
+import numpy as np
+
+from unet3d_core import metrics as metrics_lib
+from unet3d_core.errors import ConfigError
+from unet3d_core.evaluation import EVAL_RESULTS, evaluate, evaluation_is_current, write_json_atomic
+from unet3d_core.logger import RunLogger
+from unet3d_core.run_config import resolve_runs
+
+CV_RESULTS = "cv_results.json"
+CV_CASES = "cv_results.csv"
+
+
+def base_session_config():
+    import tensorflow as tf
+
+    return tf.compat.v1.ConfigProto(allow_soft_placement=True)
+
+
+def _loggable(options) -> Dict:
+    return {key: value for key, value in sorted(vars(options).items())
+            if isinstance(value, (int, float, str, bool, list, tuple)) or value is None}
+
+
+def run_fold(config, *, options, backend, strategy, session_config, layer_ops, reuse_evaluation=False) -> Dict:
+    """Run ``config.exec_mode`` for one fold (or one raw prediction folder)."""
+    import tensorflow as tf
+
+    from unet3d_core.prediction import predict
+    from unet3d_core.trainer import train
+
+    if strategy.is_chief:
+        os.makedirs(config.model_dir, exist_ok=True)
+    logger = RunLogger(os.path.join(config.model_dir, "log.json"), enabled=strategy.is_chief)
+    logger.parameters(_loggable(options))
+    logger.message("unet3d {} on backend '{}' ({}), TensorFlow {}".format(
+        config.exec_mode, backend.name, strategy.describe(), tf.__version__))
+    for note in config.notes:
+        logger.message("note: " + note)
+    shared = dict(strategy=strategy, session_config=session_config, layer_ops=layer_ops, logger=logger)
+    results: Dict = {}
+    try:
+        if config.trains:
+            results["train"] = train(config, options=options, backend=backend, **shared)
+        if config.exec_mode in ("evaluate", "train_and_evaluate") and not config.training.benchmark:
+            if reuse_evaluation and evaluation_is_current(config):
+                logger.message("{}: already scores the newest checkpoint with these settings; kept".format(
+                    os.path.join(config.model_dir, EVAL_RESULTS)))
+            else:
+                results["evaluate"] = evaluate(config, **shared)
+        if config.exec_mode == "predict":
+            results["predict"] = predict(config, **shared)
+    finally:
+        logger.close()
+    return results
+
+
+def write_cross_validation(model_dir: str, folds: int, logger: RunLogger):
+    """Pool ``fold-N/eval_results.json`` into ``cv_results.json`` and ``cv_results.csv``; log the table.
+
+    Returns the pooled statistics, or None while some fold has no evaluation yet.
+    """
+    per_fold = {}
+    for fold in range(folds):
+        path = os.path.join(model_dir, "fold-{}".format(fold), EVAL_RESULTS)
+        if not os.path.isfile(path):
+            return None
+        with open(path) as handle:
+            per_fold[fold] = json.load(handle)
+    cases = {}
+    for report in per_fold.values():
+        cases.update(report["cases"])
+    statistics = metrics_lib.describe(list(cases.values()))
+    content = {
+        "folds": folds,
+        "cases": len(cases),
+        "naming": dict(metrics_lib.SCHEME_DESCRIPTIONS),
+        "pooled": statistics,  # every case once, scored by the fold that held it out
+        "mean_of_folds": {name: float(np.mean([per_fold[fold]["mean"][name] for fold in per_fold]))
+                          for name in metrics_lib.METRIC_NAMES},
+        "per_fold": {str(fold): {"checkpoint_step": report["checkpoint_step"], "cases": len(report["cases"]),
+                                 "mean": report["mean"]} for fold, report in per_fold.items()},
+    }
+    write_json_atomic(os.path.join(model_dir, CV_RESULTS), content)
+    metrics_lib.write_case_table(os.path.join(model_dir, CV_CASES), cases)
+    logger.message("\nCross-validation over {} folds, {} cases (pooled):".format(folds, len(cases)))
+    logger.message(metrics_lib.format_table(statistics, len(cases)))
+    for fold, report in per_fold.items():
+        mean = report["mean"]
+        logger.message("  fold {}: MeanDice {:.4f}  WholeTumor {:.4f}  Dice WT/TC/ET {:.4f}/{:.4f}/{:.4f}".format(
+            fold, mean["MeanDice"], mean["WholeTumor"], mean["Dice_WT"], mean["Dice_TC"], mean["Dice_ET"]))
+    logger.message("wrote {} and {}".format(os.path.join(model_dir, CV_RESULTS), os.path.join(model_dir, CV_CASES)))
+    return statistics
+
+
+def run(*, options, backend) -> Dict:
+    """Run ``options.exec_mode`` in this process with ``backend``; returns a dict of results.
+
+    ``--fold all`` runs folds 0..N-1 one after another, each in
+    ``<model_dir>/fold-N`` (each resumable), then pools their evaluations.
+    """
+    runs = resolve_runs(options)
+    backend.prepare_environment(options)
+    strategy = backend.distributed_strategy(options)
+    try:
+        session_config = backend.session_config(base_session_config(), options, strategy)
+        layer_ops = backend.layer_ops(options)
+        if layer_ops is None:
+            raise ConfigError("backend '{}' returned no layer ops".format(backend.name))
+        every_fold = str(options.fold) == "all"
+        console = RunLogger(None, enabled=strategy.is_chief)
+        results: Dict = {}
+        for fold_options, config in runs:
+            if every_fold:
+                console.message("\n[fold {} of 0..{}] {}".format(config.fold, len(runs) - 1, config.model_dir))
+            outcome = run_fold(config, options=fold_options, backend=backend, strategy=strategy,
+                               session_config=session_config, layer_ops=layer_ops, reuse_evaluation=every_fold)
+            if not every_fold:
+                return outcome
+            results[config.fold] = outcome
+        if strategy.is_chief and options.exec_mode in ("evaluate", "train_and_evaluate"):
+            summary = write_cross_validation(options.model_dir, len(runs), console)
+            if summary is not None:
+                results["cross_validation"] = summary
+        return results
+    finally:
+        strategy.close()

@@ -1,0 +1,138 @@
+"""Prediction: NIfTI label maps (and probabilities) in each source's geometry, and ``predict --benchmark``.
+
+Every prediction restores the newest checkpoint of the run folder into a
+fresh inference graph built from the run's own network (``run.json``).
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable, Iterator, List
+
+import numpy as np
+
+from unet3d_core.checkpoints import latest_checkpoint
+from unet3d_core.errors import ConfigError
+from unet3d_core.listeners import benchmark_report
+
+
+def restore_network(config, session_config, layer_ops, logger):
+    """The network of ``config`` restored from the newest checkpoint of its run folder, and that step."""
+    from unet3d_core import inference
+
+    checkpoint, step = latest_checkpoint(config.model_dir)
+    if checkpoint is None:
+        raise ConfigError("--model_dir {}: no checkpoint to evaluate or predict with; train first".format(
+            config.model_dir))
+    runner = inference.NetworkRunner(config.network, checkpoint, session_config, ops=layer_ops)
+    described = ", ".join("{} {}".format(key, value) for key, value in config.inference.describe().items())
+    logger.message("Restored {} (step {}); inference: {}".format(checkpoint, step, described))
+    return runner, step
+
+
+def segment_all(cases: Iterator, runner, settings, keep_probabilities: bool = False):
+    """Yield (case, internal label map, probabilities or None) per case; closes the network's session at the end."""
+    from unet3d_core.inference import segment
+
+    try:
+        for case in cases:
+            labels, probabilities = segment(case.image, runner, settings, keep_probabilities)
+            yield case, labels, probabilities
+    finally:
+        runner.close()
+
+
+def predict_cases(config, case_ids: List[str], load_cases: Callable[[], Iterator], *, session_config, layer_ops,
+                  logger) -> List[str]:
+    """Segment the cases ``load_cases()`` yields and write their NIfTI outputs to the prediction folder.
+
+    Existing outputs are refused up front (before any work) unless ``--overwrite``.
+    """
+    from unet3d_core import inference
+
+    prediction = config.prediction
+    output_dir = prediction.output_dir or os.path.join(config.model_dir, "predictions")
+    if not prediction.overwrite:
+        for case_id in case_ids:
+            for path in inference.output_paths(output_dir, case_id, prediction.save_probabilities):
+                if os.path.exists(path):
+                    raise ConfigError("{}: exists; pass --overwrite to replace predictions".format(path))
+    runner, _ = restore_network(config, session_config, layer_ops, logger)
+    os.makedirs(output_dir, exist_ok=True)
+    written = []
+    started = time.time()
+    for case, labels, probabilities in segment_all(load_cases(), runner, config.inference,
+                                                   prediction.save_probabilities):
+        paths = inference.output_paths(output_dir, case.case_id, prediction.save_probabilities)
+        inference.write_label_map(paths[0], labels, case)
+        if probabilities is not None:
+            inference.write_probabilities(paths[1], probabilities, case)
+        written.append(paths[0])
+        logger.message("  wrote {}".format(", ".join(paths)))
+    logger.metrics("predict", {"cases": len(written), "output_dir": output_dir,
+                               "seconds": round(time.time() - started, 1)})
+    return written
+
+
+def benchmark_prediction(config, load_cases: Callable[[], Iterator], *, session_config, layer_ops, logger,
+                         workers: int):
+    """``predict --benchmark``: segment whole volumes, timing each after ``--warmup_steps``; write nothing.
+
+    A step is one volume through the network, blending and arg-max (what
+    ``predict`` does between reading a case and writing it); reading and
+    normalising the case are outside the timing. The cases ``load_cases()``
+    yields are cycled until ``--max_steps`` volumes are done; with
+    ``--synthetic_input`` one random volume of ``--eval_crop`` is used instead.
+    """
+    from unet3d_core.inference import segment
+
+    training = config.training
+    runner, _ = restore_network(config, session_config, layer_ops, logger)
+    volume_times: List[float] = []
+    try:
+        while len(volume_times) < training.max_steps:
+            if training.synthetic_input:
+                shape = [int(size) for size in config.inference.eval_crop] + [config.network.in_channels]
+                images = [np.random.RandomState(training.seed).standard_normal(shape).astype(np.float32)]
+            else:
+                images = (case.image for case in load_cases())
+            done_before = len(volume_times)
+            for image in images:
+                began = time.time()
+                segment(image, runner, config.inference)
+                volume_times.append(time.time() - began)
+                if len(volume_times) >= training.max_steps:
+                    break
+            if len(volume_times) == done_before:
+                raise ConfigError("--benchmark: no cases to predict")
+    finally:
+        runner.close()
+    logger.message("Benchmark: {} volumes, the first {} untimed".format(len(volume_times), training.warmup_steps))
+    return benchmark_report(volume_times, "predict", warmup_steps=training.warmup_steps,
+                            max_steps=training.max_steps, logger=logger, volumes_per_step=workers)
+
+
+def predict(config, *, strategy, session_config, layer_ops, logger):
+    """``predict``: a raw folder (``--input_dir``) or the data set's cases (``--predict_on``), sharded over
+    ranks; with ``--benchmark`` timed and not written."""
+    from unet3d_core import inference
+    from unet3d_core.records import Manifest
+
+    if config.prediction.input_dir:
+        def load():
+            return inference.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard)[1]
+
+        case_ids = inference.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard)[0]
+    else:
+        manifest = Manifest(config.data_dir)
+        cases = [case for case in manifest.cases
+                 if config.prediction.predict_on == "all" or case["fold"] == config.fold]
+        cases = strategy.shard(cases)
+        case_ids = [case["id"] for case in cases]
+
+        def load():
+            return inference.record_cases(manifest, cases, session_config)
+    if config.training.benchmark:
+        return benchmark_prediction(config, load, session_config=session_config, layer_ops=layer_ops,
+                                    logger=logger, workers=strategy.size)
+    return predict_cases(config, case_ids, load, session_config=session_config, layer_ops=layer_ops, logger=logger)

@@ -1,0 +1,292 @@
+"""The run configuration: parsed flags and the run folder's ``run.json`` turned into validated, typed settings.
+
+``cli.py`` parses the flags once; :func:`resolve_runs` is the one place
+where they are checked and combined with what the run folder remembers:
+
+- Flags that shape the network (``NETWORK_FLAGS``) and the fold are bound to
+  the run: omitted, they take the run's values; given with another value,
+  they are a one-line error naming the flag, the run's value and the given
+  one. A folder with checkpoints but no ``run.json`` (made before it
+  existed) needs them on the command line.
+- Optimisation flags (``TRAINING_FLAGS``) of a resumed ``train``: omitted,
+  they take the run's values (a resumed run keeps its learning rate); given,
+  they apply from the resumed step on, and the change is reported.
+- Everything else takes its default.
+
+Resolved values are written back into the parsed options, so backends that
+read ``options`` see the same values as the core.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from unet3d_core.config import ModelConfig
+from unet3d_core.errors import ConfigError
+
+# Flags bound to a run, and their defaults for a new one.
+NETWORK_FLAGS = (("base_filters", 32), ("max_filters", 320), ("depth", 6), ("norm", "instancenorm"),
+                 ("input_shape", (128, 128, 128)))
+TRAINING_FLAGS = (("max_steps", 16000), ("batch_size", 1), ("augment", False), ("loss", "dice+ce"),
+                  ("learning_rate", 0.0002), ("lr_schedule", "constant"), ("lr_warmup_steps", 0),
+                  ("lr_scaling", "none"), ("seed", 0))
+DEFAULTS = dict(NETWORK_FLAGS + TRAINING_FLAGS, fold=0)
+TRAINING_MODES = ("train", "train_and_evaluate")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How the network is trained (the optimisation flags) and how the run is looked after."""
+
+    max_steps: int
+    batch_size: int
+    augment: bool
+    loss: str
+    learning_rate: float
+    lr_schedule: str
+    lr_warmup_steps: int
+    lr_scaling: str
+    seed: int
+    log_every: int = 100
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    cache: bool = False
+    benchmark: bool = False
+    warmup_steps: int = 200
+    synthetic_input: bool = False
+
+
+@dataclass(frozen=True)
+class PredictionConfig:
+    """Where and what ``predict`` writes."""
+
+    predict_on: str = "fold"
+    output_dir: Optional[str] = None
+    overwrite: bool = False
+    input_dir: Optional[str] = None
+    save_probabilities: bool = False
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one exec mode needs for one fold, validated."""
+
+    exec_mode: str
+    model_dir: str
+    data_dir: Optional[str]
+    fold: int
+    backend: str
+    network: ModelConfig
+    input_shape: Tuple[int, int, int]
+    training: TrainingConfig
+    inference: object  # unet3d_core.inference.InferenceSettings
+    prediction: PredictionConfig
+    run_record: Optional[Dict] = None  # run.json as found, None for a new run
+    data_fingerprint: Optional[str] = None
+    notes: Tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def trains(self) -> bool:
+        return self.exec_mode in TRAINING_MODES
+
+    def network_record(self) -> Dict:
+        """The ``network`` section of ``run.json``."""
+        from unet3d_core.run_folder import network_record
+
+        return network_record(self.network, self.input_shape)
+
+    def training_record(self) -> Dict:
+        """The ``training`` section of ``run.json``: the optimisation flags."""
+        return {name: getattr(self.training, name) for name, _ in TRAINING_FLAGS}
+
+    def data_record(self) -> Dict:
+        return {"data_dir": os.path.abspath(self.data_dir) if self.data_dir else None,
+                "fingerprint": self.data_fingerprint, "fold": self.fold}
+
+
+def has_checkpoints(model_dir: str) -> bool:
+    from unet3d_core.checkpoints import CHECKPOINT_PREFIX
+
+    return bool(glob.glob(os.path.join(model_dir, CHECKPOINT_PREFIX + "-*.index")))
+
+
+def _same(given, recorded) -> bool:
+    if isinstance(given, (list, tuple)) or isinstance(recorded, (list, tuple)):
+        return list(given) == list(recorded)
+    if isinstance(given, float) or isinstance(recorded, float):
+        return float(given) == float(recorded)
+    return given == recorded
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _bound_value(name: str, given, record: Optional[Dict], section: str, model_dir: str):
+    """A run-bound flag's value: the run's, or the given one where it agrees."""
+    if record is None:
+        return given
+    recorded = record[section].get(name)
+    if given is not None and recorded is not None and not _same(given, recorded):
+        raise ConfigError("--{} {} conflicts with the run in {}, made with --{} {} ({}); omit the flag or "
+                          "use a new --model_dir".format(name, _shown(given), model_dir, name, _shown(recorded),
+                                                         os.path.join(model_dir, "run.json")))
+    return recorded if given is None else given
+
+
+def _network(options, record, model_dir: str, exec_mode: str) -> Dict:
+    if record is None and has_checkpoints(model_dir):
+        missing = ["--" + name for name, _ in NETWORK_FLAGS if getattr(options, name, None) is None]
+        if missing:
+            raise ConfigError("--model_dir {} has checkpoints but no run.json (a run made before run folders "
+                              "remembered their network): pass the flags it was trained with: {}".format(
+                                  model_dir, ", ".join(missing)))
+    values = {}
+    for name, default in NETWORK_FLAGS:
+        value = _bound_value(name, getattr(options, name, None), record, "network", model_dir)
+        values[name] = default if value is None else value
+    return values
+
+
+def _training(options, record, exec_mode: str, notes: List[str]) -> Dict:
+    values = {}
+    inherit = record is not None and exec_mode in TRAINING_MODES
+    for name, default in TRAINING_FLAGS:
+        given = getattr(options, name, None)
+        recorded = record["training"].get(name) if inherit else None
+        if given is not None and recorded is not None and not _same(given, recorded):
+            notes.append("--{} {} (the run used {} so far)".format(name, _shown(given), _shown(recorded)))
+        value = given if given is not None else recorded
+        values[name] = default if value is None else value
+    return values
+
+
+def _check_data(config_data_dir, fold, record, exec_mode: str, notes: List[str]):
+    """Open the data set, check the fold, compare with the run's; returns (manifest, fingerprint)."""
+    from unet3d_core.records import Manifest
+
+    manifest = Manifest(config_data_dir)
+    manifest.split(fold)
+    fingerprint = manifest.fingerprint()
+    recorded = (record or {}).get("data", {}).get("fingerprint")
+    if recorded and recorded != fingerprint:
+        text = "--data_dir {} is not the data set the run was trained on (fingerprint {} in run.json, {} here)".format(
+            config_data_dir, recorded[:12], fingerprint[:12])
+        if exec_mode in TRAINING_MODES:
+            raise ConfigError(text + "; resume with the original data or use a new --model_dir")
+        notes.append(text + "; fold {} of it may hold cases the network was trained on".format(fold))
+    return manifest, fingerprint
+
+
+def _check_folders(options, exec_mode: str) -> None:
+    from unet3d_core.checkpoints import check_folder_can_be_written
+
+    if os.path.exists(options.model_dir) and not os.path.isdir(options.model_dir):
+        raise ConfigError("--model_dir {}: exists and is not a directory".format(options.model_dir))
+    check_folder_can_be_written(options.model_dir, "--model_dir")
+    input_dir = getattr(options, "input_dir", None)
+    if input_dir and exec_mode != "predict":
+        raise ConfigError("--input_dir is for predict; to score a raw folder, predict it and run 'cli.py score'")
+    if exec_mode == "predict" and getattr(options, "output_dir", None):
+        check_folder_can_be_written(options.output_dir, "--output_dir")
+        output = os.path.realpath(options.output_dir)
+        for flag in ("input_dir", "data_dir"):
+            source = getattr(options, flag, None)
+            if source and (output + os.sep).startswith(os.path.realpath(source) + os.sep):
+                raise ConfigError("--output_dir {} is inside --{} {}: predictions are never written among the "
+                                  "inputs; choose another folder".format(options.output_dir, flag, source))
+    if not options.data_dir and not input_dir:
+        raise ConfigError("--data_dir is required (only 'predict --input_dir RAW_DIR' works without it)")
+
+
+def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = None) -> RunConfig:
+    """One fold's validated RunConfig; the resolved values are written back into ``options``.
+
+    Raises:
+        ConfigError / DataError: a bad flag, folder or data set, or a flag that conflicts with the run.
+    """
+    from unet3d_core.inference import InferenceSettings
+    from unet3d_core.run_folder import read_run
+
+    exec_mode = options.exec_mode
+    model_dir = model_dir or options.model_dir
+    options.model_dir = model_dir
+    _check_folders(options, exec_mode)
+    record = read_run(model_dir) if os.path.isdir(model_dir) else None
+    notes: List[str] = []
+    fold = _bound_value("fold", options.fold if fold is None else fold, record, "data", model_dir)
+    fold = DEFAULTS["fold"] if fold is None else int(fold)
+    network = _network(options, record, model_dir, exec_mode)
+    training = _training(options, record, exec_mode, notes)
+    for name, value in list(network.items()) + list(training.items()):
+        setattr(options, name, list(value) if name == "input_shape" else value)
+    options.fold = fold
+    model_config = ModelConfig(base_filters=network["base_filters"], max_filters=network["max_filters"],
+                               depth=network["depth"], norm=network["norm"])
+    model_config.validate()
+    input_shape = tuple(int(size) for size in network["input_shape"])
+    if any(size % model_config.divisor for size in input_shape):
+        raise ConfigError("--input_shape {}: every size must be a multiple of {} (2^(depth-1) for --depth {})".format(
+            _shown(input_shape), model_config.divisor, model_config.depth))
+    training_config = TrainingConfig(
+        log_every=options.log_every, checkpoint_every=options.checkpoint_every,
+        keep_checkpoints=options.keep_checkpoints, cache=bool(getattr(options, "cache", False)),
+        benchmark=bool(options.benchmark), warmup_steps=options.warmup_steps,
+        synthetic_input=bool(getattr(options, "synthetic_input", False)), **training)
+    if training_config.benchmark and training_config.max_steps <= training_config.warmup_steps:
+        raise ConfigError("--benchmark: --max_steps ({}) must be greater than --warmup_steps ({})".format(
+            training_config.max_steps, training_config.warmup_steps))
+    inference = InferenceSettings.from_options(options, model_config.divisor)
+    prediction = PredictionConfig(predict_on=getattr(options, "predict_on", "fold"),
+                                  output_dir=getattr(options, "output_dir", None),
+                                  overwrite=bool(getattr(options, "overwrite", False)),
+                                  input_dir=getattr(options, "input_dir", None),
+                                  save_probabilities=bool(getattr(options, "save_probabilities", False)))
+    fingerprint = None
+    if prediction.input_dir:
+        from unet3d_core.cases import detect_layout
+
+        detect_layout(prediction.input_dir)
+    else:
+        _, fingerprint = _check_data(options.data_dir, fold, record, exec_mode, notes)
+    if exec_mode in ("evaluate", "predict") and not has_checkpoints(model_dir):
+        raise ConfigError("--model_dir {}: no checkpoint to {} with; train first".format(model_dir, exec_mode))
+    return RunConfig(exec_mode=exec_mode, model_dir=model_dir, data_dir=options.data_dir, fold=fold,
+                     backend=options.backend, network=model_config, input_shape=input_shape,
+                     training=training_config, inference=inference, prediction=prediction, run_record=record,
+                     data_fingerprint=fingerprint, notes=tuple(notes))
+
+
+def fold_options(options, fold: int):
+    """A copy of ``options`` for fold ``fold`` of ``--fold all``, run in ``MODEL_DIR/fold-N``."""
+    copy = argparse.Namespace(**vars(options))
+    copy.fold = fold
+    copy.model_dir = os.path.join(options.model_dir, "fold-{}".format(fold))
+    return copy
+
+
+def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
+    """Every run the command performs, each validated: ``[(options, RunConfig)]``, one per fold.
+
+    ``--fold all`` gives one per fold of the data set, each in ``MODEL_DIR/fold-N``.
+    """
+    if str(options.fold) != "all":
+        return [(options, resolve(options))]
+    if getattr(options, "input_dir", None):
+        raise ConfigError("--fold all predicts each fold's held-out cases from the data set; to predict "
+                          "--input_dir, point --model_dir at one fold's run (e.g. {}/fold-0)".format(options.model_dir))
+    if options.exec_mode == "predict" and getattr(options, "predict_on", "fold") == "all":
+        raise ConfigError("--fold all with --predict_on all would predict every case five times; "
+                          "use --predict_on fold (each case once, by the fold that held it out)")
+    if not options.data_dir:
+        raise ConfigError("--data_dir is required with --fold all")
+    from unet3d_core.records import Manifest
+
+    runs = []
+    for fold in range(Manifest(options.data_dir).num_folds):
+        per_fold = fold_options(options, fold)
+        runs.append((per_fold, resolve(per_fold)))
+    return runs

@@ -1,0 +1,96 @@
+"""``MODEL_DIR/run.json``: the run folder remembers the network, the data and the options that made it.
+
+The first ``train`` in a folder writes it; ``evaluate``, ``predict``,
+``train_and_evaluate`` and every resumed ``train`` read it (nnU-Net keeps its
+plans in the model folder the same way), so no model flag is needed after the
+first command. The file holds:
+
+- ``network``: what builds the graph (widths, depth, norm, channels, classes)
+  and the training crop; a checkpoint only loads into this network;
+- ``data``: the data set's fingerprint (:meth:`Manifest.fingerprint`), its
+  folder and the fold held out;
+- ``training``: the optimisation flags of the latest training session;
+- ``backend`` and ``versions`` of the latest training session.
+
+Writes are atomic (a temporary file replaced in one step), so a killed run
+never leaves half a ``run.json``.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from typing import Dict, Optional
+
+from unet3d_core.errors import ConfigError
+
+RUN_FILE = "run.json"
+FORMAT_VERSION = 1
+
+
+def run_file_path(model_dir: str) -> str:
+    return os.path.join(model_dir, RUN_FILE)
+
+
+def read_run(model_dir: str) -> Optional[Dict]:
+    """The content of ``MODEL_DIR/run.json``, or None where the folder has none.
+
+    Raises:
+        ConfigError: the file exists but is not a run file of this format.
+    """
+    path = run_file_path(model_dir)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as handle:
+            content = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ConfigError("{}: unreadable run file ({}); restore it or start a new --model_dir".format(
+            path, error)) from None
+    if not isinstance(content, dict) or content.get("format_version") != FORMAT_VERSION:
+        raise ConfigError("{}: not a run file of format {} (found {!r}); start a new --model_dir".format(
+            path, FORMAT_VERSION, content.get("format_version") if isinstance(content, dict) else content))
+    for section in ("network", "data", "training"):
+        if not isinstance(content.get(section), dict):
+            raise ConfigError("{}: the '{}' section is missing; restore the file or start a new --model_dir".format(
+                path, section))
+    return content
+
+
+def network_record(model_config, input_shape) -> Dict:
+    """The ``network`` section: what builds the graph, and the training crop (None where unknown)."""
+    return dict(in_channels=model_config.in_channels, num_classes=model_config.num_classes,
+                base_filters=model_config.base_filters, max_filters=model_config.max_filters,
+                depth=model_config.depth, norm=model_config.norm, groups=model_config.groups,
+                input_shape=list(input_shape) if input_shape is not None else None)
+
+
+def versions() -> Dict[str, str]:
+    import tensorflow as tf
+
+    from unet3d_core import __version__
+
+    return {"unet3d": __version__, "tensorflow": tf.__version__, "python": platform.python_version()}
+
+
+def write_run(model_dir: str, *, network: Dict, data: Dict, training: Dict, backend: str,
+              previous: Optional[Dict] = None) -> Dict:
+    """Write ``run.json`` (atomically) and return its content; ``previous`` keeps the creation time."""
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    content = {
+        "format_version": FORMAT_VERSION,
+        "created": (previous or {}).get("created", now),
+        "updated": now,
+        "network": network,
+        "data": data,
+        "training": training,
+        "backend": backend,
+        "versions": versions(),
+    }
+    path = run_file_path(model_dir)
+    temporary = path + ".partial"
+    with open(temporary, "w") as handle:
+        json.dump(content, handle, indent=1, sort_keys=True)
+    os.replace(temporary, path)
+    return content

@@ -1,0 +1,115 @@
+"""Training one fold: resume or start, build the graph, run the loop with its listeners.
+
+Only the chief writes (checkpoints, TensorBoard, ``run.json``, log lines);
+with several processes the chief's checkpoint decides where everyone
+resumes, and its weights reach the others by the initial broadcast.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+from unet3d_core import listeners as listeners_lib
+from unet3d_core.checkpoints import check_run_folder, latest_checkpoint, restore_checkpoint
+from unet3d_core.distributed import steps_per_worker
+from unet3d_core.errors import ConfigError, DataError
+from unet3d_core.loop import run_training_loop
+from unet3d_core.records import Manifest, find_damaged_record
+from unet3d_core.run_folder import write_run
+from unet3d_core.stopping import StopRequest, TrainingStopped
+from unet3d_core.training_graph import build_training_graph
+
+
+def _start(config, strategy, logger):
+    """(checkpoint or None, step) to start from, agreed by every rank."""
+    checkpoint, start_step = (None, 0) if config.training.benchmark else latest_checkpoint(
+        config.model_dir, report=logger.message)
+    if strategy.size > 1:
+        # Other hosts may not see model_dir: the chief's step decides.
+        start_step = int(strategy.allreduce_sum(np.array([start_step if strategy.is_chief else 0]))[0])
+        if not strategy.is_chief:
+            checkpoint = None
+    return checkpoint, start_step
+
+
+def _data_loss(record_files):
+    def explain(error):
+        damaged = find_damaged_record(record_files) or "a training record ({})".format(
+            " ".join(error.message.split())[:200])
+        return DataError("{}; the record is damaged, run 'python cli.py preprocess' again".format(damaged))
+    return explain
+
+
+def train(config, *, options, backend, strategy, session_config, layer_ops, logger) -> Dict:
+    """Train ``config``'s fold to ``--max_steps`` (shared out over the workers); returns {"step": ...}
+    and, with ``--benchmark``, the throughput report.
+
+    Raises:
+        TrainingStopped: SIGTERM/SIGINT on any rank; a checkpoint was saved.
+        TrainingError: a NaN loss, or no step applied for a long time.
+    """
+    import tensorflow as tf
+
+    training = config.training
+    total_steps = steps_per_worker(training.max_steps, strategy.size)
+    checkpoint, start_step = _start(config, strategy, logger)
+    if start_step >= total_steps:
+        logger.message("Training already finished: {} has step {} of {}".format(
+            checkpoint, start_step, total_steps))
+        return {"step": start_step}
+    manifest = Manifest(config.data_dir)
+    training_cases, _ = manifest.split(config.fold)
+    shard = strategy.shard(training_cases)
+    if not shard:
+        raise ConfigError("fold {} leaves {} training cases for {} workers; every worker needs one".format(
+            config.fold, len(training_cases), strategy.size))
+    graph = build_training_graph(config, record_files=[manifest.record_path(case) for case in shard],
+                                 start_step=start_step, total_steps=total_steps, backend=backend,
+                                 strategy=strategy, options=options, layer_ops=layer_ops)
+    write = strategy.is_chief and not training.benchmark
+    if write:  # a full disk or read-only folder is found now, not after hours of training
+        check_run_folder(config.model_dir, graph.checkpoint_bytes, training.keep_checkpoints)
+        write_run(config.model_dir, network=config.network_record(), data=config.data_record(),
+                  training=config.training_record(), backend=config.backend, previous=config.run_record)
+    logger.message("Training on {} case(s) of fold {} ({} on this worker), {} parameters, {}, "
+                   "steps {}..{} of {} per worker, batch {} x {} worker(s)".format(
+                       len(training_cases), config.fold, len(shard), graph.parameters, layer_ops.describe(),
+                       start_step + 1, total_steps, total_steps, training.batch_size, strategy.size))
+    guard = listeners_lib.StepGuard()
+    timer = listeners_lib.BenchmarkTimer()
+    listeners = [guard, listeners_lib.ProgressLog(logger, total_steps=total_steps, log_every=training.log_every,
+                                                  volumes_per_step=training.batch_size * strategy.size), timer]
+    with tf.compat.v1.Session(graph=graph.graph, config=session_config) as session, StopRequest() as stop:
+        if checkpoint:
+            restore_checkpoint(graph.saver, session, checkpoint)
+            logger.message("Resuming from {} at step {} (learning rate {:.3g})".format(
+                checkpoint, start_step, session.run(graph.learning_rate)))
+        else:
+            session.run(graph.initializer)
+        session.run(graph.input_initializer)
+        if graph.broadcast is not None:
+            session.run(graph.broadcast)
+        run_op, steps_per_run = backend.training_loop(session, graph.train_op, options)
+        graph.bind_run_op(run_op)
+        if write:
+            listeners += [listeners_lib.TensorBoardWriter(config.model_dir, graph.graph, training.log_every),
+                          listeners_lib.CheckpointSaver(graph.saver, config.model_dir, every=training.checkpoint_every,
+                                                        keep=training.keep_checkpoints, total_steps=total_steps,
+                                                        guard=guard)]
+        if graph.fingerprint is not None:
+            listeners.append(listeners_lib.RankAgreement(strategy, graph.fingerprint, logger))
+        graph.graph.finalize()
+        step, stopped = run_training_loop(session, graph, listeners, start_step=start_step,
+                                          total_steps=total_steps, steps_per_run=steps_per_run, stop=stop,
+                                          explain_data_loss=_data_loss(graph.record_files))
+    if stopped:
+        raise TrainingStopped("Stopped by {} after step {} of {}{}. Run the same command again to resume.".format(
+            stop.signal_name or "another rank", step, total_steps,
+            "; checkpoint saved in {}".format(config.model_dir) if write else ""))
+    result = {"step": step}
+    if training.benchmark:
+        result.update(listeners_lib.benchmark_report(
+            timer.step_times, "train", warmup_steps=training.warmup_steps, max_steps=training.max_steps,
+            logger=logger, volumes_per_step=training.batch_size * strategy.size))
+    return result

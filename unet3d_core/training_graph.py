@@ -1,0 +1,194 @@
+"""The training graph: data -> model -> loss -> learning rate -> optimizer, with the backend's hooks in between.
+
+:func:`build_training_graph` returns a :class:`TrainingGraph`; the session
+loop (:mod:`unet3d_core.loop`) runs it. Input arrives through an
+initializable iterator (never a one-shot one, which a device that runs
+several steps per ``session.run`` refuses), initialised once per session.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from unet3d_core.config import ModelConfig
+
+
+def learning_rate_at(step, *, base: float, warmup_steps: int, total_steps: int, schedule: str):
+    """Learning rate as a graph op of the global step.
+
+    Linear warm-up from base/warmup to ``base`` over ``warmup_steps``, then
+    ``constant`` (the default: the reference's intended schedule, without
+    its piecewise bug) or ``cosine`` decay to zero at ``total_steps``.
+    Being a pure function of the step, it is exact after a resume.
+    """
+    import tensorflow as tf
+
+    step = tf.cast(step, tf.float32)
+    rate = tf.constant(base, tf.float32)
+    if schedule == "cosine":
+        decay_steps = float(max(total_steps - warmup_steps, 1))
+        progress = tf.clip_by_value((step - warmup_steps) / decay_steps, 0.0, 1.0)
+        rate = base * 0.5 * (1.0 + tf.cos(math.pi * progress))
+    if warmup_steps > 0:
+        rate = tf.where(step < warmup_steps, base * (step + 1.0) / float(warmup_steps), rate)
+    return rate
+
+
+def synthetic_training_dataset(*, batch_size: int, crop_shape, model_config: ModelConfig, seed: int):
+    """``--synthetic_input``: one random batch, made once and kept in memory, repeated forever.
+
+    The images are standard normal (what z-scored inputs look like), the
+    labels uniform over the classes; both depend only on ``seed``. Nothing is
+    read from disk and nothing is computed per step, so a benchmark times the
+    training step alone.
+    """
+    import tensorflow as tf
+
+    shape = [batch_size] + [int(size) for size in crop_shape]
+
+    def make_batch(_):
+        image = tf.random.stateless_normal(shape + [model_config.in_channels], seed=[seed, 1], dtype=tf.float32)
+        label = tf.random.stateless_uniform(shape, seed=[seed, 2], minval=0, maxval=model_config.num_classes,
+                                            dtype=tf.int32)
+        return image, label
+
+    return tf.data.Dataset.range(1).map(make_batch).cache().repeat()
+
+
+def variables_bytes(variables) -> int:
+    """Bytes the values of ``variables`` take (a checkpoint's size, near enough)."""
+    total = 0
+    for variable in variables:
+        count = 1
+        for size in variable.shape.as_list():
+            count *= size or 1
+        total += count * variable.dtype.base_dtype.size
+    return total
+
+
+def weights_fingerprint(variables):
+    """Graph op: per variable, the sum and the sum of squares of its values (float64)."""
+    import tensorflow as tf
+
+    parts = []
+    for variable in variables:
+        values = tf.cast(variable, tf.float64)
+        parts.append(tf.stack([tf.reduce_sum(values), tf.reduce_sum(tf.square(values))]))
+    return tf.concat(parts, axis=0)
+
+
+@dataclass
+class TrainingGraph:
+    """The ops and tensors of one training process's graph."""
+
+    graph: object
+    global_step: object
+    loss: object
+    learning_rate: object
+    train_op: object
+    input_initializer: object
+    initializer: object
+    saver: object
+    summaries: object
+    broadcast: Optional[object]
+    fingerprint: Optional[object]
+    stop_request: Optional[object]  # placeholder: 1.0 when this rank wants to stop
+    stop_votes: Optional[object]  # the ranks' requests summed inside the step
+    step_metrics: Dict[str, object] = field(default_factory=dict)
+    parameters: int = 0
+    checkpoint_bytes: int = 0
+    record_files: List[str] = field(default_factory=list)
+
+    run_op: Optional[object] = None  # set by bind_run_op: what one session.run executes
+    step_after: Optional[object] = None  # the global step after run_op
+
+    def bind_run_op(self, run_op) -> None:
+        """Set what one run executes (the backend's loop, or train_op) and read the global step after it:
+        a plain fetch beside the op could see the value from before the increment."""
+        import tensorflow as tf
+
+        if run_op is self.run_op:
+            return
+        self.run_op = run_op
+        with self.graph.as_default(), tf.control_dependencies([run_op]):
+            self.step_after = tf.identity(self.global_step)
+
+    def step_fetches(self, with_summary: bool) -> Dict:
+        """What one training ``session.run`` fetches: one list without summaries, one with."""
+        fetches = {"run": self.run_op, "loss": self.loss, "step": self.step_after,
+                   "learning_rate": self.learning_rate, "metrics": self.step_metrics}
+        if self.stop_votes is not None:
+            fetches["stop_votes"] = self.stop_votes
+        if with_summary:
+            fetches["summary"] = self.summaries
+        return fetches
+
+
+def build_training_graph(config, *, record_files: List[str], start_step: int, total_steps: int, backend,
+                         strategy, options, layer_ops) -> TrainingGraph:
+    """Build one process's training graph.
+
+    Args:
+        config: the fold's :class:`unet3d_core.run_config.RunConfig`.
+        record_files: this rank's shard of the training records.
+        start_step: the step the run resumes from (the input continues its sample sequence there).
+        total_steps: steps per worker (the learning-rate schedule's end).
+        backend, strategy, options: the selected backend, its strategy, the parsed options (for hooks).
+        layer_ops: the backend's :class:`unet3d_core.layers.LayerOps`.
+    """
+    import tensorflow as tf
+
+    from unet3d_core.input_pipeline import training_dataset
+    from unet3d_core.losses import segmentation_loss
+    from unet3d_core.model import build_unet3d, count_parameters
+
+    tf1 = tf.compat.v1
+    training, network = config.training, config.network
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(training.seed)
+        global_step = tf1.train.get_or_create_global_step()
+        seed = training.seed + 7919 * strategy.rank
+        if training.synthetic_input:
+            dataset = synthetic_training_dataset(batch_size=training.batch_size, crop_shape=config.input_shape,
+                                                 model_config=network, seed=seed)
+        else:
+            dataset = training_dataset(record_files, batch_size=training.batch_size, crop_shape=config.input_shape,
+                                       augment=training.augment, seed=seed,
+                                       first_sample=start_step * training.batch_size, cache=training.cache)
+        iterator = tf1.data.make_initializable_iterator(dataset)
+        images, labels = iterator.get_next()
+        logits = build_unet3d(images, network, training=True, ops=layer_ops)
+        loss = segmentation_loss(logits, labels, network.num_classes, training.loss)
+        base_rate = training.learning_rate * (strategy.size if training.lr_scaling == "linear" else 1)
+        learning_rate = learning_rate_at(global_step, base=base_rate, warmup_steps=training.lr_warmup_steps,
+                                         total_steps=total_steps, schedule=training.lr_schedule)
+        optimizer = tf1.train.AdamOptimizer(learning_rate)
+        optimizer = backend.mixed_precision(optimizer, options, strategy)
+        if not getattr(optimizer, "unet3d_distributed", False):
+            optimizer = strategy.wrap_optimizer(optimizer)
+        with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
+            train_op = optimizer.minimize(loss, global_step=global_step)
+        step_metrics = optimizer.unet3d_step_metrics() if hasattr(optimizer, "unet3d_step_metrics") else {}
+        stop_request = stop_votes = fingerprint = None
+        if strategy.size > 1:
+            # Stop agreement rides on the step's own run: each rank feeds its request,
+            # the sum comes back with the loss; no extra round trip.
+            stop_request = tf1.placeholder_with_default(tf.constant(0.0, tf.float32), [], name="stop_request")
+            stop_votes = strategy.allreduce_sum_tensor(stop_request)
+            fingerprint = weights_fingerprint(tf1.trainable_variables())
+        summaries = tf1.summary.merge([tf1.summary.scalar("loss", loss),
+                                       tf1.summary.scalar("learning_rate", learning_rate)])
+        built = TrainingGraph(
+            graph=graph, global_step=global_step, loss=loss, learning_rate=learning_rate, train_op=train_op,
+            input_initializer=iterator.initializer, initializer=tf1.global_variables_initializer(),
+            saver=tf1.train.Saver(max_to_keep=training.keep_checkpoints), summaries=summaries,
+            broadcast=strategy.broadcast_initial_variables_op(), fingerprint=fingerprint,
+            stop_request=stop_request, stop_votes=stop_votes, step_metrics=step_metrics,
+            parameters=count_parameters(tf1.trainable_variables()),
+            checkpoint_bytes=variables_bytes(tf1.global_variables()), record_files=list(record_files))
+        # The usual run op, bound before any session touches the graph; a backend that
+        # loops on the device binds its own op later (bind_run_op).
+        built.bind_run_op(train_op)
+    return built
