@@ -184,7 +184,7 @@ def build_parser(registry) -> argparse.ArgumentParser:
                        help="volume shape (default 64 64 48; BraTS is 240 240 155)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
-    from unet3d_core.cases import LAYOUT_NAMES
+    from unet3d_core.layouts import LAYOUT_NAMES
 
     layout_choices = ("auto",) + LAYOUT_NAMES
     prep = commands.add_parser("preprocess", help="raw NIfTI (BraTS 2018-2023+, MSD) -> records + manifest",
@@ -264,6 +264,22 @@ def command_backends(registry) -> int:
     return 0
 
 
+def command_score(options) -> int:
+    """Score the predictions, then print the metrics table, the unscored truth cases and the files written."""
+    from unet3d_core.metrics import format_table
+    from unet3d_core.score import run_score
+
+    result = run_score(options.pred, options.truth, out_csv=options.out, labels=options.labels,
+                       require_all=options.require_all)
+    print(format_table(result.statistics, result.cases))
+    if result.unpredicted:
+        print("note: {} truth case(s) have no prediction and were not scored (--require_all makes this an "
+              "error): {}{}".format(len(result.unpredicted), ", ".join(result.unpredicted[:5]),
+                                    " ..." if len(result.unpredicted) > 5 else ""))
+    print("wrote {} and {}".format(result.csv_path, result.summary_path))
+    return 0
+
+
 def command_demo(options) -> int:
     """Run the README's demo: each stage is the same command a user would type."""
     workdir = os.path.abspath(options.workdir)
@@ -273,13 +289,14 @@ def command_demo(options) -> int:
         stages.append(["synth", "--out", raw, "--cases", "20", "--shape", "64", "64", "48", "--seed", "0"])
     if not os.path.isdir(records):
         stages.append(["preprocess", "-i", raw, "-o", records, "--folds", "5", "--seed", "0"])
-    common = ["--data_dir", records, "--model_dir", run_dir, "--backend", "cpu", "--fold", "0",
-              "--input_shape", "48", "48", "32", "--base_filters", "8", "--max_filters", "64", "--depth", "4",
-              "--seed", "1"]
+    folders = ["--data_dir", records, "--model_dir", run_dir, "--backend", "cpu"]
     stages.append(["train", "--exec_mode", "train_and_evaluate", "--max_steps", str(options.max_steps),
                    "--batch_size", "2", "--augment", "--cache", "--learning_rate", "0.002", "--lr_schedule", "cosine",
-                   "--lr_warmup_steps", "20", "--log_every", "25", "--checkpoint_every", "100"] + common)
-    stages.append(["predict", "--overwrite"] + common)
+                   "--lr_warmup_steps", "20", "--log_every", "25", "--checkpoint_every", "100", "--fold", "0",
+                   "--input_shape", "48", "48", "32", "--base_filters", "8", "--max_filters", "64", "--depth", "4",
+                   "--seed", "1"] + folders)
+    # The run folder remembers the network and the fold (run.json): the folders are enough.
+    stages.append(["predict", "--overwrite"] + folders)
     for number, stage in enumerate(stages, start=1):
         print("\n[demo {}/{}] python cli.py {}".format(number, len(stages), " ".join(stage)), flush=True)
         code = main(stage)
@@ -299,11 +316,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if options.command == "backends":
             return command_backends(registry)
         if options.command == "score":
-            from unet3d_core.score import run_score
-
-            run_score(options.pred, options.truth, out_csv=options.out, labels=options.labels,
-                      require_all=options.require_all)
-            return 0
+            return command_score(options)
         if options.command == "report":
             from unet3d_core.report import build_report
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from unet3d_core import inference
+from unet3d_core import inference, volumes
 from unet3d_core.config import ModelConfig
 
 TINY_CONFIG = ModelConfig(base_filters=4, max_filters=16, depth=3)
@@ -114,7 +114,7 @@ def test_numpy_normalisation_matches_the_record_pipeline():
         tensor = normalize(tf.cast(tf.constant(image), tf.float32), tf.constant(mean), tf.constant(std))
         with tf.compat.v1.Session(graph=graph) as session:
             expected = session.run(tensor)
-    np.testing.assert_allclose(inference.normalize(image, mean, std), expected, rtol=1e-6)
+    np.testing.assert_allclose(volumes.normalize(image, mean, std), expected, rtol=1e-6)
 
 
 # ------------------------------------------------------------------ round trips through predict
@@ -178,10 +178,10 @@ def test_raw_case_round_trip_keeps_shape_affine_dtype_and_labels(tiny_checkpoint
 
 
 def test_label_maps_are_written_in_the_source_convention(tmp_path):
-    geometry = inference.OutputGeometry((4, 1, 1), np.diag([2.0, 2.0, 2.0, 1.0]), [2.0, 2.0, 2.0])
-    case = inference.InferenceCase("c", None, None, geometry, {0: 0, 1: 1, 2: 2, 3: 4})
+    geometry = volumes.OutputGeometry((4, 1, 1), np.diag([2.0, 2.0, 2.0, 1.0]), [2.0, 2.0, 2.0])
+    case = volumes.InferenceCase("c", None, None, geometry, {0: 0, 1: 1, 2: 2, 3: 4})
     path = str(tmp_path / "c.nii.gz")
-    inference.write_label_map(path, np.array([0, 1, 2, 3], np.uint8).reshape(4, 1, 1), case)
+    volumes.write_label_map(path, np.array([0, 1, 2, 3], np.uint8).reshape(4, 1, 1), case)
     written = nibabel.load(path)
     assert np.asanyarray(written.dataobj).ravel().tolist() == [0, 1, 2, 4]
     assert written.header.get_data_dtype() == np.uint8 and written.header.get_zooms() == (2.0, 2.0, 2.0)

@@ -7,8 +7,10 @@ import nibabel
 import numpy as np
 import pytest
 
-from unet3d_core.cases import discover_cases, load_case, map_labels
+from unet3d_core.case_scan import discover_cases
+from unet3d_core.cases import load_case
 from unet3d_core.errors import DataError
+from unet3d_core.layouts import map_labels
 from unet3d_core.preprocess import assign_folds, foreground_statistics, preprocess, scale_intensities
 from unet3d_core.records import Manifest
 

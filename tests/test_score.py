@@ -66,7 +66,7 @@ def test_score_writes_hand_checkable_csv_and_json_summary(tmp_path, capsys):
 
 
 def test_score_reads_a_raw_brats_truth_folder(raw_dataset, tmp_path):
-    from unet3d_core.cases import discover_cases
+    from unet3d_core.case_scan import discover_cases
 
     pred_dir = tmp_path / "pred"
     pred_dir.mkdir()

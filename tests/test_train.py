@@ -69,7 +69,7 @@ def test_resume_continues_at_saved_step(trained, records, capsys, tmp_path):
     assert "Resuming from" in output and "at step 6" in output
     steps = [r["step"] for r in _log_records(resumed) if r["type"] == "LOG" and isinstance(r["step"], int)]
     assert steps[-2:] == [7, 8]
-    assert _checkpoint_steps(resumed) == [6, 8]
+    assert _checkpoint_steps(resumed) == [3, 6, 8]  # --keep_checkpoints 3 (the default)
     # Re-running a finished run does no work and says so.
     run_cli(train_args(records, resumed, "--max_steps", "8"))
     assert "already finished" in capsys.readouterr().out

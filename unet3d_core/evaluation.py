@@ -66,7 +66,7 @@ def _case_line(case_id: str, values: Dict) -> str:
 
 def evaluate(config, *, strategy, session_config, layer_ops, logger) -> Dict:
     """Score the fold's validation cases with the newest checkpoint; returns the mean metrics."""
-    from unet3d_core import inference
+    from unet3d_core import volumes
     from unet3d_core.records import Manifest
 
     manifest = Manifest(config.data_dir)
@@ -78,7 +78,7 @@ def evaluate(config, *, strategy, session_config, layer_ops, logger) -> Dict:
     table = np.zeros((len(cases), len(names) + 1), dtype=np.float64)
     started = time.time()
     runner, step = restore_network(config, session_config, layer_ops, logger)
-    source = inference.record_cases(manifest, strategy.shard(cases), session_config)
+    source = volumes.record_cases(manifest, strategy.shard(cases), session_config)
     for case, prediction, _ in segment_all(source, runner, config.inference):
         values = metrics_lib.case_metrics(prediction, case.label, case.geometry.spacing)
         row = positions[case.case_id]

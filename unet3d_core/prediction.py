@@ -48,13 +48,13 @@ def predict_cases(config, case_ids: List[str], load_cases: Callable[[], Iterator
 
     Existing outputs are refused up front (before any work) unless ``--overwrite``.
     """
-    from unet3d_core import inference
+    from unet3d_core import volumes
 
     prediction = config.prediction
     output_dir = prediction.output_dir or os.path.join(config.model_dir, "predictions")
     if not prediction.overwrite:
         for case_id in case_ids:
-            for path in inference.output_paths(output_dir, case_id, prediction.save_probabilities):
+            for path in volumes.output_paths(output_dir, case_id, prediction.save_probabilities):
                 if os.path.exists(path):
                     raise ConfigError("{}: exists; pass --overwrite to replace predictions".format(path))
     runner, _ = restore_network(config, session_config, layer_ops, logger)
@@ -63,10 +63,10 @@ def predict_cases(config, case_ids: List[str], load_cases: Callable[[], Iterator
     started = time.time()
     for case, labels, probabilities in segment_all(load_cases(), runner, config.inference,
                                                    prediction.save_probabilities):
-        paths = inference.output_paths(output_dir, case.case_id, prediction.save_probabilities)
-        inference.write_label_map(paths[0], labels, case)
+        paths = volumes.output_paths(output_dir, case.case_id, prediction.save_probabilities)
+        volumes.write_label_map(paths[0], labels, case)
         if probabilities is not None:
-            inference.write_probabilities(paths[1], probabilities, case)
+            volumes.write_probabilities(paths[1], probabilities, case)
         written.append(paths[0])
         logger.message("  wrote {}".format(", ".join(paths)))
     logger.metrics("predict", {"cases": len(written), "output_dir": output_dir,
@@ -115,14 +115,14 @@ def benchmark_prediction(config, load_cases: Callable[[], Iterator], *, session_
 def predict(config, *, strategy, session_config, layer_ops, logger):
     """``predict``: a raw folder (``--input_dir``) or the data set's cases (``--predict_on``), sharded over
     ranks; with ``--benchmark`` timed and not written."""
-    from unet3d_core import inference
+    from unet3d_core import volumes
     from unet3d_core.records import Manifest
 
     if config.prediction.input_dir:
         def load():
-            return inference.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard)[1]
+            return volumes.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard)[1]
 
-        case_ids = inference.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard)[0]
+        case_ids = volumes.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard)[0]
     else:
         manifest = Manifest(config.data_dir)
         cases = [case for case in manifest.cases
@@ -131,7 +131,7 @@ def predict(config, *, strategy, session_config, layer_ops, logger):
         case_ids = [case["id"] for case in cases]
 
         def load():
-            return inference.record_cases(manifest, cases, session_config)
+            return volumes.record_cases(manifest, cases, session_config)
     if config.training.benchmark:
         return benchmark_prediction(config, load, session_config=session_config, layer_ops=layer_ops,
                                     logger=logger, workers=strategy.size)

@@ -26,18 +26,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence
 import numpy as np
 
 from unet3d_core import __version__
-from unet3d_core.cases import (
-    AUTO,
-    CHANNELS,
-    LAYOUTS,
-    CaseProblem,
-    InvalidCaseError,
-    LoadedCase,
-    RawCase,
-    load_case,
-    scan_cases,
-)
+from unet3d_core.case_scan import scan_cases
+from unet3d_core.cases import CaseProblem, InvalidCaseError, LoadedCase, RawCase, load_case
 from unet3d_core.errors import ConfigError, DataError
+from unet3d_core.layouts import AUTO, CHANNELS, LAYOUTS
 from unet3d_core.progress import Progress
 from unet3d_core.records import FORMAT_VERSION, RECORD_SUFFIX, assemble_record, encode_case_features, write_manifest
 
@@ -177,10 +169,10 @@ INVALID_HINT = "'python cli.py validate -i {}' lists every invalid case; --skip-
 # ------------------------------------------------------------------ preprocess
 def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0, workers: int = 1,
                show_progress: bool = True, layout: str = AUTO, skip_invalid: bool = False) -> Dict:
-    """Convert a raw folder (any layout of ``unet3d_core.cases``) into records and a manifest.
+    """Convert a raw folder (any layout of ``unet3d_core.layouts``) into records and a manifest.
 
     Args:
-        layout: ``auto`` or a name from ``unet3d_core.cases.LAYOUTS``.
+        layout: ``auto`` or a name from ``unet3d_core.layouts.LAYOUTS``.
         skip_invalid: leave invalid cases out (listed under ``skipped`` in
             the manifest) instead of stopping at the first.
     Returns:

@@ -194,8 +194,9 @@ def _case_sources(parameters: Dict, images_dir: Optional[str]) -> Dict[str, Tupl
     From ``images_dir``, else wherever the run read its data (``--input_dir``
     or the ``--data_dir`` manifest's source paths).
     """
-    from unet3d_core.cases import LABEL_MAPS, detect_layout, discover_cases
-    from unet3d_core.inference import segmentation_beside
+    from unet3d_core.case_scan import discover_cases
+    from unet3d_core.layouts import LABEL_MAPS, detect_layout
+    from unet3d_core.volumes import segmentation_beside
 
     raw_dir = images_dir or parameters.get("input_dir")
     if raw_dir:
@@ -238,7 +239,7 @@ def _load_volume(path: str, volume: Optional[int] = None) -> np.ndarray:
 
 def _internal(path: str, label_map: Dict[int, int]) -> np.ndarray:
     """A label-map file in internal labels (its values mapped through the data set's ``label_map``)."""
-    from unet3d_core.cases import map_labels
+    from unet3d_core.layouts import map_labels
 
     return map_labels(_load_volume(path), label_map, path)
 

@@ -139,14 +139,14 @@ def _bound_value(name: str, given, record: Optional[Dict], section: str, model_d
 
 def _network(options, record, model_dir: str, exec_mode: str) -> Dict:
     if record is None and has_checkpoints(model_dir):
-        missing = ["--" + name for name, _ in NETWORK_FLAGS if getattr(options, name, None) is None]
+        missing = ["--" + name for name, _ in NETWORK_FLAGS if getattr(options, name) is None]
         if missing:
             raise ConfigError("--model_dir {} has checkpoints but no run.json (a run made before run folders "
                               "remembered their network): pass the flags it was trained with: {}".format(
                                   model_dir, ", ".join(missing)))
     values = {}
     for name, default in NETWORK_FLAGS:
-        value = _bound_value(name, getattr(options, name, None), record, "network", model_dir)
+        value = _bound_value(name, getattr(options, name), record, "network", model_dir)
         values[name] = default if value is None else value
     return values
 
@@ -155,7 +155,7 @@ def _training(options, record, exec_mode: str, notes: List[str]) -> Dict:
     values = {}
     inherit = record is not None and exec_mode in TRAINING_MODES
     for name, default in TRAINING_FLAGS:
-        given = getattr(options, name, None)
+        given = getattr(options, name)
         recorded = record["training"].get(name) if inherit else None
         if given is not None and recorded is not None and not _same(given, recorded):
             notes.append("--{} {} (the run used {} so far)".format(name, _shown(given), _shown(recorded)))
@@ -187,10 +187,10 @@ def _check_folders(options, exec_mode: str) -> None:
     if os.path.exists(options.model_dir) and not os.path.isdir(options.model_dir):
         raise ConfigError("--model_dir {}: exists and is not a directory".format(options.model_dir))
     check_folder_can_be_written(options.model_dir, "--model_dir")
-    input_dir = getattr(options, "input_dir", None)
+    input_dir = options.input_dir
     if input_dir and exec_mode != "predict":
         raise ConfigError("--input_dir is for predict; to score a raw folder, predict it and run 'cli.py score'")
-    if exec_mode == "predict" and getattr(options, "output_dir", None):
+    if exec_mode == "predict" and options.output_dir:
         check_folder_can_be_written(options.output_dir, "--output_dir")
         output = os.path.realpath(options.output_dir)
         for flag in ("input_dir", "data_dir"):
@@ -233,21 +233,26 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
             _shown(input_shape), model_config.divisor, model_config.depth))
     training_config = TrainingConfig(
         log_every=options.log_every, checkpoint_every=options.checkpoint_every,
-        keep_checkpoints=options.keep_checkpoints, cache=bool(getattr(options, "cache", False)),
+        keep_checkpoints=options.keep_checkpoints, cache=bool(options.cache),
         benchmark=bool(options.benchmark), warmup_steps=options.warmup_steps,
-        synthetic_input=bool(getattr(options, "synthetic_input", False)), **training)
+        synthetic_input=bool(options.synthetic_input), **training)
     if training_config.benchmark and training_config.max_steps <= training_config.warmup_steps:
         raise ConfigError("--benchmark: --max_steps ({}) must be greater than --warmup_steps ({})".format(
             training_config.max_steps, training_config.warmup_steps))
-    inference = InferenceSettings.from_options(options, model_config.divisor)
-    prediction = PredictionConfig(predict_on=getattr(options, "predict_on", "fold"),
-                                  output_dir=getattr(options, "output_dir", None),
-                                  overwrite=bool(getattr(options, "overwrite", False)),
-                                  input_dir=getattr(options, "input_dir", None),
-                                  save_probabilities=bool(getattr(options, "save_probabilities", False)))
+    inference = InferenceSettings(
+        mode=options.inference_mode, window_shape=tuple(options.window_shape or input_shape),
+        overlap=float(options.overlap), blend=options.blend, mirror=bool(options.tta),
+        batch_size=options.inference_batch_size, eval_crop=tuple(options.eval_crop), divisor=model_config.divisor,
+        min_et_component_voxels=options.min_et_component_voxels)
+    inference.validate()
+    prediction = PredictionConfig(predict_on=options.predict_on,
+                                  output_dir=options.output_dir,
+                                  overwrite=bool(options.overwrite),
+                                  input_dir=options.input_dir,
+                                  save_probabilities=bool(options.save_probabilities))
     fingerprint = None
     if prediction.input_dir:
-        from unet3d_core.cases import detect_layout
+        from unet3d_core.layouts import detect_layout
 
         detect_layout(prediction.input_dir)
     else:
@@ -275,10 +280,10 @@ def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
     """
     if str(options.fold) != "all":
         return [(options, resolve(options))]
-    if getattr(options, "input_dir", None):
+    if options.input_dir:
         raise ConfigError("--fold all predicts each fold's held-out cases from the data set; to predict "
                           "--input_dir, point --model_dir at one fold's run (e.g. {}/fold-0)".format(options.model_dir))
-    if options.exec_mode == "predict" and getattr(options, "predict_on", "fold") == "all":
+    if options.exec_mode == "predict" and options.predict_on == "all":
         raise ConfigError("--fold all with --predict_on all would predict every case five times; "
                           "use --predict_on fold (each case once, by the fold that held it out)")
     if not options.data_dir:

@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from unet3d_core import metrics as metrics_lib
-from unet3d_core.cases import LABEL_MAPS, NIFTI_SUFFIXES, map_labels
 from unet3d_core.errors import DataError
-from unet3d_core.inference import PROBABILITIES_SUFFIX
+from unet3d_core.layouts import LABEL_MAPS, NIFTI_SUFFIXES, map_labels
+from unet3d_core.volumes import PROBABILITIES_SUFFIX
 
 AFFINE_TOLERANCE = 1e-3  # mm / direction-cosine units; other tools round headers to float32
 
@@ -176,9 +177,23 @@ def write_score_outputs(out_csv: str, per_case: Dict[str, Dict[str, float]], det
     return summary_path
 
 
+@dataclass(frozen=True)
+class ScoreResult:
+    """What :func:`run_score` computed and wrote."""
+
+    statistics: Dict  # metric name -> summary over the cases, as metrics.describe returns
+    cases: int  # how many predictions were scored
+    unpredicted: List[str]  # truth case ids without a prediction, not scored
+    csv_path: str  # the per-case table
+    summary_path: str  # the JSON summary beside it
+
+
 def run_score(pred_dir: str, truth_dir: str, *, out_csv: Optional[str] = None, labels: str = "brats2019",
-              require_all: bool = False, show_progress: bool = True) -> Dict:
-    """The ``score`` command: score, print the table, write CSV + JSON. Returns the per-metric statistics."""
+              require_all: bool = False, show_progress: bool = True) -> ScoreResult:
+    """The ``score`` command: score every prediction, write the CSV + JSON, return what was computed and written.
+
+    ``out_csv`` defaults to ``metrics.csv`` in ``pred_dir``. Raises DataError as :func:`score_folders`.
+    """
     from unet3d_core.progress import Progress
 
     out_csv = out_csv or os.path.join(pred_dir, "metrics.csv")
@@ -195,11 +210,5 @@ def run_score(pred_dir: str, truth_dir: str, *, out_csv: Optional[str] = None, l
     summary_path = write_score_outputs(out_csv, per_case, OrderedDict([
         ("pred_dir", os.path.abspath(pred_dir)), ("truth_dir", os.path.abspath(truth_dir)), ("labels", labels),
         ("truth_cases_without_prediction", unpredicted)]))
-    statistics = metrics_lib.describe(list(per_case.values()))
-    print(metrics_lib.format_table(statistics, len(per_case)))
-    if unpredicted:
-        print("note: {} truth case(s) have no prediction and were not scored (--require_all makes this an "
-              "error): {}{}".format(len(unpredicted), ", ".join(unpredicted[:5]),
-                                    " ..." if len(unpredicted) > 5 else ""))
-    print("wrote {} and {}".format(out_csv, summary_path))
-    return statistics
+    return ScoreResult(metrics_lib.describe(list(per_case.values())), len(per_case), unpredicted, out_csv,
+                       summary_path)

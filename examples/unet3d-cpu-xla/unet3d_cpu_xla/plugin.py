@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from backends.cpu.native import cpu_flags  # the cpu backend's reader of /proc/cpuinfo (no TensorFlow import)
 from unet3d_core import BackendInfo, hookimpl
 from unet3d_core.errors import ConfigError
 
@@ -43,6 +43,20 @@ BFLOAT16_REWRITE = "auto_mixed_precision_onednn_bfloat16"
 NATIVE_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
 XLA_CPU_FLAG = "--tf_xla_cpu_global_jit"
 XLA_FUSIBLE_FLAG = "--tf_xla_ops_to_cluster=FUSIBLE"
+
+
+def cpu_flags():
+    """The CPU's feature flags from /proc/cpuinfo (a set), or None where there is no such file (not Linux).
+
+    Read here rather than imported from the built-in cpu backend: a third-party plugin relies only on
+    unet3d's public names.
+    """
+    try:
+        with open("/proc/cpuinfo") as handle:
+            found = re.search(r"^flags\s*:(.*)$", handle.read(), re.M)
+    except OSError:
+        return None
+    return set(found.group(1).split()) if found else None
 
 
 @dataclass(frozen=True)
