@@ -58,3 +58,50 @@ def test_training_input_is_never_a_one_shot_iterator(records, tmp_path, monkeypa
     model_dir = str(tmp_path / "run")
     run_cli(train_args(records, model_dir, "--max_steps", "2", "--exec_mode", "train_and_evaluate"))
     assert os.path.isfile(os.path.join(model_dir, "eval_results.json"))
+
+
+class _Logger:
+    def __init__(self):
+        self.records, self.lines = [], []
+
+    def metrics(self, step, values, echo=True):
+        self.records.append((step, dict(values)))
+
+    def message(self, text):
+        self.lines.append(text)
+
+
+class _Stop:
+    requested = False
+
+
+def test_steps_a_run_did_not_apply_are_counted_as_skipped():
+    """Runs of 2 steps whose global step falls short (an overflow skips the update) count the shortfall."""
+    from unet3d_core.listeners import ProgressLog, StepGuard
+    from unet3d_core.loop import run_training_loop
+
+    advances = iter([2, 1, 2, 0, 2, 2, 1])  # 4 of 14 steps skipped in 7 runs of 2
+
+    class Graph:
+        stop_request = None
+
+        def step_fetches(self, with_summary):
+            return {"with_summary": with_summary}
+
+    class Session:
+        step = 0
+
+        def run(self, fetches, feed_dict=None):
+            Session.step += next(advances)
+            return {"run": None, "loss": 0.5, "step": Session.step, "learning_rate": 1e-3,
+                    "metrics": {"loss_scale": 1024.0}}
+
+    logger = _Logger()
+    progress = ProgressLog(logger, total_steps=10, log_every=4, volumes_per_step=2)
+    step, stopped = run_training_loop(Session(), Graph(), [StepGuard(), progress], start_step=0, total_steps=10,
+                                      steps_per_run=2, stop=_Stop(), explain_data_loss=None)
+    assert (step, stopped) == (10, False)
+    assert [(at, values["skipped_steps"]) for at, values in logger.records] == [(5, 1), (9, 3), (10, 4)]
+    assert logger.records[-1][1]["loss_scale"] == 1024.0
+    assert logger.lines[-1].startswith("step 10/10  loss 0.5000  lr 0.001")
+    assert logger.lines[-1].endswith("loss_scale 1024  skipped_steps 4")

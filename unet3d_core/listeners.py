@@ -35,6 +35,7 @@ class StepResult:
     metrics: Dict[str, float] = field(default_factory=dict)
     summary: Optional[bytes] = None
     stopping: bool = False  # the ranks agreed to stop after this run
+    skipped: int = 0  # steps the run was to perform but did not apply (a loss-scaling overflow skips the step)
 
     @property
     def steps(self) -> int:
@@ -100,6 +101,7 @@ class ProgressLog(StepListener):
         self.log_every = log_every
         self.volumes_per_step = volumes_per_step
         self._losses: List[float] = []
+        self.skipped_steps = 0
 
     def begin(self, session, step: int) -> None:
         self._started = self._window_start = time.time()
@@ -107,6 +109,7 @@ class ProgressLog(StepListener):
 
     def after_step(self, result: StepResult) -> None:
         self._losses.append(result.loss)
+        self.skipped_steps += result.skipped
         if not (crosses(result.step_before, result.step, self.log_every) or result.step >= self.total_steps
                 or result.stopping):
             return
@@ -116,9 +119,12 @@ class ProgressLog(StepListener):
         values = {"loss": float(np.mean(self._losses)), "learning_rate": result.learning_rate,
                   "volumes_per_second": window_steps * self.volumes_per_step / window_seconds}
         values.update(result.metrics)
+        values["skipped_steps"] = self.skipped_steps
         self.logger.metrics(result.step, values, echo=False)
         remaining = (self.total_steps - result.step) * window_seconds / max(window_steps, 1)
         extra = "".join("  {} {:.4g}".format(name, value) for name, value in sorted(result.metrics.items()))
+        if self.skipped_steps or result.metrics:  # skipped steps matter where a backend scales the loss
+            extra += "  skipped_steps {}".format(self.skipped_steps)
         self.logger.message("step {}/{}  loss {:.4f}  lr {:.3g}  {:.2f} vol/s  elapsed {}  ETA {}{}".format(
             result.step, self.total_steps, values["loss"], result.learning_rate, values["volumes_per_second"],
             _clock(now - self._started), _clock(remaining), extra))

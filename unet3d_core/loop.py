@@ -44,10 +44,14 @@ def run_training_loop(session, graph, listeners: List[StepListener], *, start_st
         except tf.errors.DataLossError as error:
             raise explain_data_loss(error) from None
         stopping = float(values["stop_votes"]) > 0 if "stop_votes" in values else stop.requested
-        result = StepResult(step_before=step, step=int(values["step"]), loss=float(values["loss"]),
+        after = int(values["step"])
+        # A loss-scaling optimizer that finds an overflow applies no update and leaves the
+        # global step alone: the shortfall against the run's steps is what it skipped.
+        result = StepResult(step_before=step, step=after, loss=float(values["loss"]),
                             learning_rate=float(values["learning_rate"]), seconds=time.time() - began,
                             metrics={name: float(value) for name, value in values["metrics"].items()},
-                            summary=values.get("summary"), stopping=stopping)
+                            summary=values.get("summary"), stopping=stopping,
+                            skipped=max(steps_per_run - (after - step), 0))
         for listener in listeners:
             listener.after_step(result)
         step = result.step
