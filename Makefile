@@ -1,6 +1,6 @@
 # The two commands of the README: `make demo` and `make test`. Each builds the
 # virtual environments it needs on first use (tools/make_venv.sh).
-.PHONY: demo test test-tf1 test-tf2 venvs lint bench clean
+.PHONY: demo test test-tf1 test-tf2 test-tf26 venvs lint bench clean
 
 demo:
 	@tools/make_venv.sh tf2
@@ -15,9 +15,13 @@ test-tf2:
 test-tf1:
 	@tools/run_tests.sh tf1
 
+test-tf26:
+	@tools/run_tests.sh tf26
+
 venvs:
 	tools/make_venv.sh tf2
 	tools/make_venv.sh tf1
+	tools/make_venv.sh tf26
 
 lint:
 	@tools/make_venv.sh tf2
@@ -33,4 +37,4 @@ bench:
 	.venv-tf2/bin/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
-	rm -rf .venv-tf1 .venv-tf2 .venv-bench demo *.egg-info
+	rm -rf .venv-tf1 .venv-tf2 .venv-tf26 .venv-bench demo *.egg-info

@@ -57,3 +57,20 @@ def fake_npu_importable():
         _drop(fake_modules())
         sys.modules.update(saved_modules)
         importlib.invalidate_caches()
+
+
+def adapter_fake() -> str:
+    """The fake adapter folder for this TensorFlow: tests/fake_npu (``npu_bridge``, TF Adapter 1.x), or under
+    TensorFlow 2.6 (what TF Adapter 2.x is built for) the ``npu_device`` fake built from it
+    (tests/fake_npu_tf2/build.py). Either holds ``hccl`` and ``bin`` (npu-smi, hccn_tool) too."""
+    import tensorflow as tf
+
+    if not tf.__version__.startswith("2.6."):
+        return FAKE
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fake_npu_tf2_build", os.path.join(
+        os.path.dirname(FAKE), "fake_npu_tf2", "build.py"))
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    return builder.build()

@@ -1,5 +1,7 @@
-"""The NPU backend against the fake adapter in tests/fake_npu (session config, loss scaling,
-optimizer chain, rank tables, launcher environment, sync_mode patch)."""
+"""The NPU backend against the fake adapter in tests/fake_npu (adapter loading, session config and its
+typed options, loss scaling, optimizer chain, defaults, timeouts, rank tables, launcher environment,
+sync_mode patch)."""
+import argparse
 import json
 import os
 import subprocess
@@ -28,12 +30,26 @@ def npu(fake_npu):
     yield plugin
 
 
+@pytest.fixture
+def saved_environment():
+    """os.environ as it was before the test, put back afterwards (the backend sets device variables)."""
+    saved = dict(os.environ)
+    for name in ("UNET3D_NPU_WORKER", "RANK_SIZE", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT"):
+        os.environ.pop(name, None)
+    yield os.environ
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def _options(**overrides):
     values = dict(backend="npu", npus=1, device_ids=None, rank_table=None, hccn_conf="/etc/hccn.conf",
-                  server_id=None, job_id=None, hccl_connect_timeout=None, precision_mode="allow_fp32_to_fp16",
-                  iterations_per_loop=1, hcom_parallel=False, enable_data_pre_proc=False,
-                  mix_compile_mode=False, npu_option=[], npu_loss_scale=1.0, no_sync_mode_patch=True,
-                  max_steps=16, model_dir="/tmp/unused")
+                  server_id=None, job_id=None, hccl_connect_timeout=None, hccl_exec_timeout=None,
+                  precision_mode=None, precision_mode_v2=None, iterations_per_loop=1, hcom_parallel=True,
+                  enable_data_pre_proc=False, mix_compile_mode=False, npu_option=[], npu_loss_scale=1.0,
+                  no_sync_mode_patch=True, max_steps=16, model_dir="/tmp/unused", exec_mode="train",
+                  benchmark=False, warmup_steps=200, npu_chip="auto", npu_profiling=None,
+                  npu_profiling_options=None, npu_dump=None, npu_dump_step=None, npu_dump_mode="output",
+                  npu_overflow_dump=None, npu_op_cache=None)
     values.update(overrides)
     return types.SimpleNamespace(**values)
 
@@ -47,18 +63,62 @@ class _Ranks(DistributedStrategy):
         return self._size
 
 
-def _parameters(config):
+def _parameters(config, fields=False):
+    """The NpuOptimizer parameter map as {key: value}, or {key: the AttrValue field set} with ``fields``."""
     (entry,) = [e for e in config.graph_options.rewrite_options.custom_optimizers if e.name == "NpuOptimizer"]
     values = {}
     for key, value in entry.parameter_map.items():
-        values[key] = getattr(value, value.WhichOneof("value"))
+        values[key] = value.WhichOneof("value") if fields else getattr(value, value.WhichOneof("value"))
     return values
+
+
+def _parse(plugin, *argv):
+    parser = argparse.ArgumentParser()
+    plugin.unet3d_add_options(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_every_process_that_builds_a_graph_loads_the_adapter(npu, saved_environment, capsys):
+    """Without npu_bridge.npu_init, _tf_adapter.so never loads and TensorFlow ignores the NpuOptimizer:
+    one device without loss scaling, evaluate and predict ran on the host. Launched workers too."""
+    for worker in (False, True):
+        sys.modules.pop("npu_bridge.npu_init", None)
+        saved_environment.pop("UNET3D_NPU_WORKER", None)
+        if worker:
+            saved_environment["UNET3D_NPU_WORKER"] = "1"
+        for exec_mode in ("train", "evaluate", "predict"):
+            sys.modules.pop("npu_bridge.npu_init", None)
+            npu.unet3d_prepare_environment(_options(npu_loss_scale=0, exec_mode=exec_mode))
+            assert "npu_bridge.npu_init" in sys.modules, (worker, exec_mode)
+    out = capsys.readouterr().out
+    assert out.count("[npu] adapter: npu_bridge ") == 6 and os.path.join("fake_npu", "npu_bridge") in out
+    assert "[npu] precision_mode allow_fp32_to_fp16 (default" in out
+
+
+def test_one_device_gets_its_logical_id_among_the_visible_devices(npu, saved_environment):
+    """Defect 5 for one device: in a container holding davinci4-7, physical device 5 is ASCEND_DEVICE_ID 1."""
+    saved_environment.pop("ASCEND_DEVICE_ID", None)
+    saved_environment["ASCEND_VISIBLE_DEVICES"] = "4-7"
+    npu.unet3d_prepare_environment(_options(device_ids="5"))
+    assert os.environ["ASCEND_DEVICE_ID"] == "1"
+    os.environ.pop("ASCEND_DEVICE_ID")
+    with pytest.raises(ConfigError, match=r"--device_ids 2: device 2 is not visible here: this process sees "
+                                          r"physical device\(s\) 4,5,6,7 \(ASCEND_VISIBLE_DEVICES=4-7\)"):
+        npu.unet3d_validate_options(_options(device_ids="2"))
+    assert "ASCEND_DEVICE_ID" not in os.environ
+
+
+def test_an_adapter_that_fails_to_import_is_a_one_line_error(npu, saved_environment, monkeypatch):
+    monkeypatch.setitem(sys.modules, "npu_bridge.npu_init", None)  # what `import` does with a broken module
+    with pytest.raises(BackendError, match="importing npu_bridge.npu_init failed") as failure:
+        npu.unet3d_prepare_environment(_options())
+    assert "\n" not in str(failure.value) and "set_env.sh" in str(failure.value)
 
 
 def test_session_config_has_the_npu_optimizer_and_adapter_rules(npu):
     from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
 
-    extra = ["op_debug_level=2", "enable_small_channel=true", "op_select_implmode=high_precision"]
+    extra = ["op_debug_level=2", "enable_small_channel=1", "op_select_implmode=high_precision"]
     options = _options(iterations_per_loop=10, hcom_parallel=True, npu_option=extra)
     config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy())
     parameters = _parameters(config)
@@ -67,13 +127,193 @@ def test_session_config_has_the_npu_optimizer_and_adapter_rules(npu):
     assert parameters["iterations_per_loop"] == 10
     assert parameters["enable_data_pre_proc"] is True  # required by the device loop
     assert parameters["hcom_parallel"] is True and parameters["mix_compile_mode"] is False
-    assert parameters["op_debug_level"] == 2 and parameters["enable_small_channel"] is True
+    assert parameters["op_debug_level"] == 2 and parameters["enable_small_channel"] == 1
     assert parameters["op_select_implmode"] == b"high_precision"
     assert config.graph_options.rewrite_options.remapping == RewriterConfig.OFF
     assert config.graph_options.rewrite_options.memory_optimization == RewriterConfig.OFF
     # Applying twice keeps one NpuOptimizer entry.
     again = npu.unet3d_session_config(config, _options(precision_mode="force_fp32"), DistributedStrategy())
     assert _parameters(again)["precision_mode"] == b"force_fp32"
+
+
+def test_npu_options_are_typed_as_the_adapter_reads_each_key(npu, tmp_path):
+    """npu_attrs.cc reads each key with one accessor; a value in another field reads as false, 0 or ""."""
+    from backends.npu import config as npu_config
+
+    extra = ["graph_memory_max_size=21474836480", "variable_memory_max_size=10737418240", "aoe_mode=2",
+             "jit_compile=false", "enable_small_channel=1", "hcom_multi_mode=True", "stream_sync_timeout=-1",
+             "HCCL_algorithm=level0:NA"]
+    # enable_dump, dump_path, dump_step come from --npu_dump and --npu_dump_step.
+    options = _options(npu_option=extra, npu_dump=str(tmp_path), npu_dump_step="0|5|10-20")
+    npu.unet3d_validate_options(options)
+    config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy())
+    fields, values = _parameters(config, fields=True), _parameters(config)
+    assert {key: fields[key] for key in ("graph_memory_max_size", "variable_memory_max_size", "dump_step",
+                                         "aoe_mode", "jit_compile", "enable_small_channel", "enable_dump",
+                                         "hcom_multi_mode", "stream_sync_timeout", "HCCL_algorithm")} == {
+        "graph_memory_max_size": "s", "variable_memory_max_size": "s", "dump_step": "s", "aoe_mode": "s",
+        "jit_compile": "s", "enable_small_channel": "i", "enable_dump": "b", "hcom_multi_mode": "b",
+        "stream_sync_timeout": "i", "HCCL_algorithm": "s"}
+    assert values["graph_memory_max_size"] == b"21474836480" and values["aoe_mode"] == b"2"
+    assert values["dump_step"] == b"0|5|10-20" and values["dump_path"] == str(tmp_path).encode()
+    assert values["hcom_multi_mode"] is True and values["stream_sync_timeout"] == -1
+    assert "f" not in fields.values()
+    assert set(fields) <= set(npu_config.ADAPTER_KEYS)
+    assert all(fields[key] == npu_config.ADAPTER_KEYS[key] for key in fields)
+    with pytest.raises(TypeError, match="reads it with .i()"):
+        npu_config.apply_session_config(tf1.ConfigProto(), {"enable_small_channel": True})
+    with pytest.raises(TypeError, match="is a float"):
+        npu_config.apply_session_config(tf1.ConfigProto(), {"some_key": 0.5})
+
+
+@pytest.mark.parametrize("pairs, message", [
+    (["enable_smal_channel=1"], "not a key the adapter reads (did you mean enable_small_channel?); known keys: "),
+    (["precision_mode=force_fp16"], "set by this backend; use --precision_mode"),
+    (["precision_mode_v2=fp16"], "use --precision_mode_v2"),
+    (["iterations_per_loop=10"], "use --iterations_per_loop"),
+    (["use_off_line=false"], "false runs the whole graph in the host"),
+    (["enable_small_channel=true"], "reads enable_small_channel as an integer"),
+    (["hcom_multi_mode=yes"], "reads hcom_multi_mode as a bool: true, false, 1 or 0"),
+    ({"npu_dump": "/tmp", "npu_dump_step": "5-3"}, "--npu_dump_step 5-3: range 5-3: the first step must be below"),
+    ({"npu_dump": "/tmp", "npu_dump_step": "1,2"}, "expected steps and ranges joined by '|'"),
+    ({"npu_dump": "/tmp", "npu_dump_step": "|".join(str(step) for step in range(101))}, "at most 100 sets"),
+    ({"npu_dump_step": "5"}, "--npu_dump_step needs --npu_dump DIR"),
+    ({"npu_dump": "/no/such/a", "npu_overflow_dump": "/no/such/b"}, "the adapter has one dump_path"),
+    ({"npu_profiling": "/tmp/p", "npu_profiling_options": "{aic"}, "--npu_profiling_options: not valid JSON"),
+    ({"npu_profiling_options": "{}"}, "--npu_profiling_options needs --npu_profiling DIR"),
+    (["dump_step=0"], "set by this backend; use --npu_dump_step"),
+    (["aoe_mode=3"], "must be one of 1, 2, 4"),
+    (["jit_compile=1"], "must be one of true, false, auto"),
+    (["op_select_implmode=fast"], "must be one of high_precision, high_performance"),
+    (["graph_run_mode=2"], "graph_run_mode=2: must be one of 0, 1"),
+    (["local_device_list=0;1"], "expected e.g. 1,2,3"),
+    (["work_path=/no/such/folder"], "must be an existing folder with read and write access"),
+    (["modify_mixlist=/ops.json"], "modify_mixlist needs --precision_mode allow_mix_precision"),
+    (["enable_dump=true"], "set by this backend; use --npu_dump"),
+    (["in_out_pair=x"], "in_out_pair needs --mix_compile_mode"),
+    (["input_shape=data:1,2"], "input_shape, dynamic_dims and dynamic_node_type go together"),
+])
+def test_npu_options_the_adapter_would_refuse_are_one_line_errors(npu, pairs, message):
+    """``pairs``: --npu_option values, or other flags (a dict)."""
+    with pytest.raises(ConfigError) as failure:
+        npu.unet3d_validate_options(_options(**pairs) if isinstance(pairs, dict) else _options(npu_option=pairs))
+    assert message in str(failure.value) and "\n" not in str(failure.value)
+
+
+def test_profiling_dump_and_op_cache_flags_reach_an_npu_session(npu, saved_environment, tmp_path, capsys):
+    """--npu_profiling, --npu_overflow_dump and --npu_op_cache become the adapter's keys; the folders exist
+    before the session (the adapter refuses a missing dump_path), and the strict fake takes the session."""
+    import npu_bridge
+
+    options = _parse(npu, "--iterations_per_loop", "1", "--npu_profiling", str(tmp_path / "prof"),
+                     "--npu_profiling_options", '{"aic_metrics": "PipeUtilization"}',
+                     "--npu_overflow_dump", str(tmp_path / "dump"), "--npu_op_cache", str(tmp_path / "cache"))
+    options.__dict__.update(backend="npu", max_steps=16, exec_mode="train", no_sync_mode_patch=True)
+    npu.unet3d_validate_options(options)
+    npu.unet3d_prepare_environment(options)
+    assert all((tmp_path / name).is_dir() for name in ("prof", "dump", "cache"))
+    assert "--npu_overflow_dump into {}".format(tmp_path / "dump") in capsys.readouterr().out
+    config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy())
+    values = _parameters(config)
+    assert values["profiling_mode"] is True and values["enable_dump_debug"] is True
+    assert json.loads(values["profiling_options"].decode()) == {
+        "output": str(tmp_path / "prof"), "training_trace": "on", "task_trace": "on", "aicpu": "on",
+        "fp_point": "", "bp_point": "", "aic_metrics": "PipeUtilization"}
+    assert values["dump_path"] == str(tmp_path / "dump").encode() and values["dump_debug_mode"] == b"all"
+    assert values["op_compiler_cache_mode"] == b"enable"
+    assert values["op_compiler_cache_dir"] == str(tmp_path / "cache").encode()
+    assert "enable_dump" not in values
+    with tf.Graph().as_default():
+        tf1.Session(config=config).close()
+    (session,) = [call for call in npu_bridge.calls if call["call"] == "session"]
+    assert session["parameters"]["dump_debug_mode"] == "all"
+
+
+@pytest.mark.parametrize("mode", ["force_fp32", "allow_fp32_to_fp16", "force_fp16", "must_keep_origin_dtype",
+                                  "allow_mix_precision", "cube_fp16in_fp32out", "allow_mix_precision_fp16",
+                                  "allow_mix_precision_bf16", "allow_fp32_to_bf16"])
+def test_every_precision_mode_of_the_adapter_is_accepted(npu, mode):
+    options = _parse(npu, "--precision_mode", mode, "--iterations_per_loop", "1")
+    config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy())
+    assert _parameters(config)["precision_mode"] == mode.encode()
+
+
+def test_precision_mode_v2_replaces_precision_mode_and_is_logged(npu, saved_environment, capsys):
+    options = _parse(npu, "--precision_mode_v2", "mixed_bfloat16", "--iterations_per_loop", "1",
+                     "--npu_option", "modify_mixlist=/ops.json")
+    options.__dict__.update(backend="npu", max_steps=16, exec_mode="train", no_sync_mode_patch=True)
+    npu.unet3d_validate_options(options)
+    parameters = _parameters(npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy()))
+    assert parameters["precision_mode_v2"] == b"mixed_bfloat16" and "precision_mode" not in parameters
+    npu.unet3d_prepare_environment(options)
+    assert "[npu] precision_mode_v2 mixed_bfloat16; iterations_per_loop 1; hcom_parallel on" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="the adapter takes one of them, not both"):
+        npu.unet3d_validate_options(_options(precision_mode="force_fp32", precision_mode_v2="fp16"))
+    with pytest.raises(SystemExit):
+        _parse(npu, "--precision_mode_v2", "allow_fp32_to_fp16")
+
+
+def test_defaults_follow_the_seeds_run_config(npu, saved_environment, capsys):
+    """hcom_parallel on; iterations_per_loop 100 (10 with --benchmark), or the largest divisor of the steps
+    per device below that, so that every run performs whole loops."""
+    parsed = _parse(npu)
+    assert parsed.hcom_parallel is True and parsed.iterations_per_loop is None
+    assert _parse(npu, "--no_hcom_parallel").hcom_parallel is False
+    assert _parse(npu, "--iterations_per_loop", "auto").iterations_per_loop is None
+    with pytest.raises(SystemExit):
+        _parse(npu, "--iterations_per_loop", "0")
+
+    def resolved(**overrides):
+        options = _options(iterations_per_loop=None, **overrides)
+        npu.unet3d_validate_options(options)
+        return options.iterations_per_loop
+
+    assert resolved(max_steps=16000) == 100
+    assert resolved(max_steps=250) == 50
+    assert resolved(max_steps=7) == 7
+    assert resolved(max_steps=101) == 1
+    assert resolved(max_steps=16000, mix_compile_mode=True) == 1
+    assert resolved(max_steps=16000, exec_mode="evaluate") == 1
+    assert resolved(max_steps=1000, benchmark=True, warmup_steps=200) == 10
+    assert resolved(max_steps=7, benchmark=True, warmup_steps=2) == 1  # no warm-up step in a timed run
+    saved_environment.update(UNET3D_NPU_WORKER="1", RANK_SIZE="8")
+    assert resolved(max_steps=16000) == 100  # 2000 per device
+    assert resolved(max_steps=1000) == 25  # 125 per device
+    options = _options(iterations_per_loop=None, max_steps=1000)
+    npu.unet3d_validate_options(options)
+    parameters = _parameters(npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy()))
+    assert parameters["iterations_per_loop"] == 25 and parameters["hcom_parallel"] is True
+    assert parameters["enable_data_pre_proc"] is True
+    npu.unet3d_prepare_environment(options)
+    assert ("iterations_per_loop 25 (auto: the seed's 100, lowered to the largest divisor of the 125 steps per "
+            "device; with a multiple of 100 there it would be 100)") in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"hccl_connect_timeout": 60}, "--hccl_connect_timeout 60: HCCL_CONNECT_TIMEOUT must be within 120..7200"),
+    ({"hccl_connect_timeout": 7201}, "HCCL_CONNECT_TIMEOUT must be within 120..7200"),
+    ({"hccl_exec_timeout": 0}, "--hccl_exec_timeout 0: HCCL_EXEC_TIMEOUT must be within 1..17340"),
+    ({"hccl_exec_timeout": 17341}, "HCCL_EXEC_TIMEOUT must be within 1..17340"),
+])
+def test_hccl_timeouts_outside_hccls_ranges_are_refused(npu, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        npu.unet3d_validate_options(_options(**overrides))
+
+
+def test_hccl_timeouts_reach_every_worker(npu, saved_environment, monkeypatch, tmp_path, capsys):
+    from backends.npu import launcher
+
+    conf = tmp_path / "hccn.conf"
+    conf.write_text("address_0=192.168.100.101\naddress_1=192.168.101.101\n")
+    started = []
+    monkeypatch.setattr(launcher, "run_workers", lambda workers, command, stream: started.extend(workers) or 0)
+    options = _options(npus=2, hccn_conf=str(conf), server_id="127.0.0.1", model_dir=str(tmp_path / "run"),
+                       hccl_connect_timeout=300, hccl_exec_timeout=600)
+    npu.unet3d_validate_options(options)
+    assert npu.unet3d_launch(options, ["python", "cli.py", "train"]) == 0
+    assert [(w.environment["HCCL_CONNECT_TIMEOUT"], w.environment["HCCL_EXEC_TIMEOUT"]) for w in started] == [
+        ("300", "600")] * 2
+    assert "HCCL_EXEC_TIMEOUT 600 s (HCCL on the Atlas training series applies 544 s)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -118,7 +358,9 @@ def test_distributed_chain_is_loss_scaling_around_the_distributed_optimizer(npu)
     assert names[1][1]["opt"] == "NPUDistributedOptimizer" and names[1][1]["is_distributed"] is True
 
 
-def test_overflow_steps_are_skipped_and_counted(npu):
+def test_overflow_steps_are_skipped_and_only_the_loss_scale_is_reported(npu):
+    """The real NPULossScaleOptimizer has no _is_overall_finite: the core counts skipped steps from the
+    global step, which the adapter leaves alone on overflow; the backend reports the loss scale only."""
     graph = tf.Graph()
     with graph.as_default():
         step = tf1.train.get_or_create_global_step()
@@ -129,13 +371,14 @@ def test_overflow_steps_are_skipped_and_counted(npu):
         overflowing = optimizer.minimize(tf.reduce_sum(weight * weight), global_step=step)
         metrics = optimizer.unet3d_step_metrics()
         init = tf1.global_variables_initializer()
+        assert sorted(metrics) == ["loss_scale"]
+        assert not [v for v in tf1.global_variables() if "overflow" in v.op.name]
     with tf1.Session(graph=graph) as session:
         session.run(init)
         session.run(overflowing)
         session.run(overflowing)
         values = session.run({"step": step, "weight": weight, **metrics})
-    assert values["overflow_steps"] == 2
-    assert values["step"] == 0  # skipped steps do not count
+    assert values["step"] == 0  # skipped steps do not count: what the core's count relies on
     assert values["weight"].tolist() == pytest.approx([1e30, 2e30])
     assert values["loss_scale"] == 2.0 ** 31  # halved after two overflows
 
@@ -158,18 +401,19 @@ def test_iterations_per_loop_goes_through_the_adapter_loop(npu):
 def test_backends_lists_npu_as_usable_with_the_adapter_and_says_why_not_without():
     with_fake = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "backends"], universal_newlines=True,
                                stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=FAKE), cwd=ROOT)
-    assert [line for line in with_fake.stdout.splitlines() if line.startswith("npu ")][0].split()[1] == "yes"
+    line = [line for line in with_fake.stdout.splitlines() if line.startswith("npu ")][0]
+    assert line.split()[1] == "yes" and "npu_bridge, TF 1.15" in line  # which adapter it would use
     without = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "backends"], universal_newlines=True,
                              stdout=subprocess.PIPE, cwd=ROOT)
     line = [line for line in without.stdout.splitlines() if line.startswith("npu ")][0]
-    assert " no " in line and "npu_bridge not importable" in line
+    assert " no " in line and "neither npu_bridge nor npu_device importable" in line
 
 
 def test_without_the_adapter_preparing_the_environment_fails_clearly(monkeypatch):
     from backends.npu import plugin
 
     monkeypatch.setattr(plugin, "_adapter_present", lambda: False)
-    with pytest.raises(BackendError, match="npu_bridge not importable"):
+    with pytest.raises(BackendError, match="neither npu_bridge nor npu_device importable"):
         plugin.unet3d_prepare_environment(_options())
 
 
@@ -281,15 +525,15 @@ def test_sync_mode_patch_is_idempotent_keeps_a_backup_and_unpatches(tmp_path):
 
     path = _cce_build(tmp_path)
     assert sync_mode.find_cce_build([str(tmp_path / "elsewhere"), str(tmp_path / "site")]) == path
-    assert sync_mode.patch(path) == "patched"
+    assert sync_mode.patch(path) == sync_mode.PATCHED.format(path + sync_mode.BACKUP_SUFFIX)
     assert "sync_mode=0" in open(path).read() and "sync_mode=2" not in open(path).read()
-    assert sync_mode.patch(path) == "already patched"
+    assert sync_mode.patch(path) == sync_mode.ALREADY_PATCHED
     assert "sync_mode=2" in open(path + sync_mode.BACKUP_SUFFIX).read()
     assert sync_mode.unpatch(path) == "restored"
     assert "sync_mode=2" in open(path).read()
     assert sync_mode.unpatch(path) == "no backup"
     other = _cce_build(tmp_path / "clean", "SYNC = 0\n")
-    assert sync_mode.patch(other) == "not affected"
+    assert sync_mode.patch(other) == sync_mode.NOT_AFFECTED
 
 
 def test_eight_processes_patching_at_once_patch_once(tmp_path):
@@ -301,7 +545,7 @@ def test_eight_processes_patching_at_once_patch_once(tmp_path):
     processes = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, universal_newlines=True)
                  for _ in range(8)]
     results = sorted(process.communicate()[0].strip() for process in processes)
-    assert results == ["already patched"] * 7 + ["patched"]
+    assert results == [sync_mode.ALREADY_PATCHED] * 7 + [sync_mode.PATCHED.format(path + sync_mode.BACKUP_SUFFIX)]
     assert open(path).read().count("sync_mode=0") == 1
     assert "sync_mode=2" in open(path + sync_mode.BACKUP_SUFFIX).read()
 
@@ -317,7 +561,7 @@ def test_unwritable_cce_build_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_npu_unpatch_command(tmp_path):
     path = _cce_build(tmp_path)
-    for tool, expected in (("patch", "patched"), ("unpatch", "restored")):
+    for tool, expected in (("patch", "patched (backup at {}.unet3d-orig)".format(path)), ("unpatch", "restored")):
         result = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "npu", tool, "--path", path],
                                 stdout=subprocess.PIPE, universal_newlines=True, cwd=ROOT)
         assert result.returncode == 0 and result.stdout.strip().endswith(expected)

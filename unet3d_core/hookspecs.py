@@ -178,8 +178,10 @@ def unet3d_mixed_precision(optimizer, options, strategy):
     reduction may set ``optimizer.unet3d_distributed = True`` so that the
     strategy does not wrap it again, and may define
     ``optimizer.unet3d_step_metrics()`` returning a dict of scalar tensors
-    (e.g. the loss scale, the number of overflow steps skipped); the core
-    calls it after ``minimize`` and logs the values with each log line.
+    (e.g. the loss scale); the core calls it after ``minimize`` and logs the
+    values with each log line. Steps a loss-scaling optimizer skips (no
+    update after an overflow) need no metric: the core counts them from the
+    global step (``skipped_steps``).
 
     Args:
         optimizer: a ``tf.compat.v1.train.Optimizer``.

@@ -2,14 +2,24 @@
 
 Each worker runs the same command with the adapter's environment:
 ``RANK_TABLE_FILE``, ``RANK_SIZE``, ``RANK_ID``, ``ASCEND_DEVICE_ID``,
-``JOB_ID`` (and ``HCCL_CONNECT_TIMEOUT`` when given). Its output goes to
-``<model_dir>/Device-<i>/train.log``; rank 0's is streamed. If any worker
-exits non-zero, the others are stopped and the launcher returns non-zero
-after printing that rank's last lines.
+``JOB_ID`` (and ``HCCL_CONNECT_TIMEOUT`` when given, plus any extra variables
+the caller passes). Its output goes to ``<model_dir>/Device-<i>/train.log``
+(``i`` the physical device); rank 0's is streamed. If any worker exits
+non-zero, the others are stopped and the launcher returns non-zero after
+printing that rank's last lines.
+
+``ASCEND_DEVICE_ID`` is logical: the index of the device among those this
+process sees, while the rank table's ``device_id`` is physical. In a
+container holding davinci4-7, physical device 5 is ``ASCEND_DEVICE_ID=1``.
+What a process sees: the physical devices mounted into the container
+(``ASCEND_VISIBLE_DEVICES`` of the Ascend Docker Runtime, else the
+``/dev/davinciN`` files, else all are assumed), narrowed by
+``ASCEND_RT_VISIBLE_DEVICES``, whose entries are logical ids among those.
 """
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
+from backends.npu.rank_table import MAX_DEVICES_PER_SERVER
 from unet3d_core.distributed import die_with_parent
 from unet3d_core.errors import ConfigError
 
@@ -27,15 +38,33 @@ CLUSTER_MANAGER_PREFIX = "CM_"
 FAILURE_GRACE_SECONDS = 10
 # On SIGINT/SIGTERM the ranks finish their step and save a checkpoint first.
 INTERRUPT_GRACE_SECONDS = 120
+# Ascend Docker Runtime: the physical devices mounted into the container, e.g. "0-3,5" or "Ascend910-4".
+MOUNTED_DEVICES_VARIABLE = "ASCEND_VISIBLE_DEVICES"
+# CANN runtime: the devices this process may use, as ascending logical ids among the mounted ones.
+RUNTIME_DEVICES_VARIABLE = "ASCEND_RT_VISIBLE_DEVICES"
+DEVICE_FOLDER = "/dev"
+_DEVICE_FILE = re.compile(r"^davinci(\d+)$")
+_MOUNTED_ENTRY = re.compile(r"^(?:(\d+)|(\d+)-(\d+)|[A-Za-z][A-Za-z0-9]*-(\d+))$")
+# The variables every worker gets from the launcher; extra_environment may not set them.
+_LAUNCHER_VARIABLES = ("RANK_TABLE_FILE", "RANK_SIZE", "RANK_ID", "ASCEND_DEVICE_ID", "JOB_ID", WORKER_VARIABLE)
 
 
 @dataclass
 class Worker:
     rank: int
-    device_id: int
+    device_id: int  # physical, as in the rank table
     environment: Dict[str, str]
     log_path: str
     process: Optional[subprocess.Popen] = None
+    logical_device_id: Optional[int] = None  # its ASCEND_DEVICE_ID
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """The physical devices a process sees; a device's logical id is its position here."""
+    physical: List[int]
+    source: str  # where that came from, for messages
+    assumed: bool = False  # nothing said which: all devices assumed, logical = physical
 
 
 def refuse_mixed_environment(environment: Dict[str, str]) -> None:
@@ -45,25 +74,129 @@ def refuse_mixed_environment(environment: Dict[str, str]) -> None:
                           "mixed with RANK_TABLE_FILE/RANK_ID; unset them".format(", ".join(names)))
 
 
+def _mounted_devices(value: str) -> List[int]:
+    devices = set()
+    for entry in value.split(","):
+        match = _MOUNTED_ENTRY.match(entry.strip())
+        if not match:
+            raise ConfigError("{}={}: '{}' is not a device id, range (0-3) or name (Ascend910-4)".format(
+                MOUNTED_DEVICES_VARIABLE, value, entry.strip()))
+        single, first, last, named = match.groups()
+        if first is not None:
+            devices.update(range(int(first), int(last) + 1))
+        else:
+            devices.add(int(single if single is not None else named))
+    return sorted(devices)
+
+
+def _device_files(device_folder: str) -> List[int]:
+    try:
+        names = os.listdir(device_folder)
+    except OSError:
+        return []
+    return sorted(int(match.group(1)) for match in map(_DEVICE_FILE.match, names) if match)
+
+
+def visible_devices(environment: Dict[str, str], device_folder: str = DEVICE_FOLDER) -> Visibility:
+    """The physical devices a process started with ``environment`` sees, in logical order.
+
+    Raises:
+        ConfigError: ``ASCEND_VISIBLE_DEVICES`` or ``ASCEND_RT_VISIBLE_DEVICES`` is malformed.
+    """
+    mounted_value = environment.get(MOUNTED_DEVICES_VARIABLE, "").strip()
+    if mounted_value and mounted_value != "void":
+        visibility = Visibility(_mounted_devices(mounted_value), "{}={}".format(MOUNTED_DEVICES_VARIABLE,
+                                                                                 mounted_value))
+    elif mounted_value == "void":  # the runtime's "no device"
+        visibility = Visibility([], "{}=void".format(MOUNTED_DEVICES_VARIABLE))
+    else:
+        files = _device_files(device_folder)
+        if files:
+            visibility = Visibility(files, "{}/davinci*".format(device_folder.rstrip("/")))
+        else:
+            visibility = Visibility(list(range(MAX_DEVICES_PER_SERVER)), "no {} and no {}/davinciN".format(
+                MOUNTED_DEVICES_VARIABLE, device_folder.rstrip("/")), assumed=True)
+    runtime_value = environment.get(RUNTIME_DEVICES_VARIABLE)
+    if runtime_value is None:
+        return visibility
+    where = "{}={}".format(RUNTIME_DEVICES_VARIABLE, runtime_value)
+    entries = runtime_value.split(",")
+    if not all(entry.isdigit() for entry in entries):
+        raise ConfigError("{}: expected ascending logical device ids separated by commas, without spaces, "
+                          "e.g. 0,1,2,3".format(where))
+    logical = [int(entry) for entry in entries]
+    if logical != sorted(set(logical)):
+        raise ConfigError("{}: CANN takes these ids in ascending order only, each once".format(where))
+    if logical[-1] >= len(visibility.physical):
+        raise ConfigError("{}: logical id {} does not exist; this process sees {} device(s) ({})".format(
+            where, logical[-1], len(visibility.physical), visibility.source))
+    return Visibility([visibility.physical[index] for index in logical], "{} of {}".format(where, visibility.source),
+                      visibility.assumed)
+
+
+def logical_device_id(physical_device: int, visibility: Visibility) -> int:
+    """``ASCEND_DEVICE_ID`` for a physical device: its position among the visible ones.
+
+    Raises:
+        ConfigError: the device is not visible to the process.
+    """
+    if physical_device not in visibility.physical:
+        raise ConfigError("device {} is not visible here: this process sees physical device(s) {} ({}); use "
+                          "those in --device_ids / the rank table, or give the container that device".format(
+                              physical_device, ",".join(map(str, visibility.physical)) or "none",
+                              visibility.source))
+    return visibility.physical.index(physical_device)
+
+
 def worker_environments(*, table, server_id: str, table_path: str, job_id: str, model_dir: str,
-                        base: Dict[str, str], hccl_connect_timeout: Optional[int] = None) -> List[Worker]:
-    """The workers this server starts: one per device of ``server_id`` in the rank table."""
-    refuse_mixed_environment(base)
+                        base: Dict[str, str], hccl_connect_timeout: Optional[int] = None,
+                        extra_environment: Optional[Dict[str, str]] = None,
+                        device_folder: str = DEVICE_FOLDER) -> List[Worker]:
+    """The workers this server starts: one per device of ``server_id`` in the rank table.
+
+    Args:
+        base: the environment the workers inherit (also what decides which devices they see).
+        extra_environment: more variables for every worker, e.g. ``HCCL_EXEC_TIMEOUT``; not the
+            launcher's own (``RANK_ID``, ``ASCEND_DEVICE_ID``, ...).
+    Raises:
+        ConfigError: ``CM_*`` variables are set, an extra variable is one the launcher sets, or a
+            device of this server is not visible to the processes.
+    """
+    extra = {name: str(value) for name, value in (extra_environment or {}).items()}
+    owned = list(_LAUNCHER_VARIABLES) + (["HCCL_CONNECT_TIMEOUT"] if hccl_connect_timeout is not None else [])
+    clashes = sorted(name for name in extra if name in owned)
+    if clashes:
+        raise ConfigError("extra worker environment: {} is set by the launcher itself".format(", ".join(clashes)))
+    inherited = dict(base)
+    inherited.update(extra)
+    refuse_mixed_environment(inherited)
+    visibility = visible_devices(inherited, device_folder)
+    devices = table.devices_of(server_id)
+    logical = {}
+    for device in devices:
+        try:
+            logical[device.device_id] = logical_device_id(device.device_id, visibility)
+        except ConfigError as error:
+            raise ConfigError("rank {} on server {}: {}".format(device.rank_id, server_id, error)) from None
+    if visibility.assumed:
+        sys.stderr.write("[npu] note: {}; assuming every device is visible, so ASCEND_DEVICE_ID is the rank "
+                         "table's device_id\n".format(visibility.source))
     workers = []
-    for device in table.devices_of(server_id):
-        environment = dict(base)
+    for device in devices:
+        environment = dict(inherited)
         environment.update({
             "RANK_TABLE_FILE": os.path.abspath(table_path),
             "RANK_SIZE": str(table.size),
             "RANK_ID": str(device.rank_id),
-            "ASCEND_DEVICE_ID": str(device.device_id),
+            "ASCEND_DEVICE_ID": str(logical[device.device_id]),
             "JOB_ID": job_id,
             WORKER_VARIABLE: "1",
         })
         if hccl_connect_timeout is not None:
             environment["HCCL_CONNECT_TIMEOUT"] = str(hccl_connect_timeout)
         log_path = os.path.join(model_dir, "Device-{}".format(device.device_id), "train.log")
-        workers.append(Worker(device.rank_id, device.device_id, environment, log_path))
+        workers.append(Worker(device.rank_id, device.device_id, environment, log_path,
+                              logical_device_id=logical[device.device_id]))
     return workers
 
 

@@ -1,36 +1,39 @@
-"""NPU backend: Huawei Ascend through CANN's TensorFlow 1.15 adapter (``npu_bridge``).
+"""NPU backend: Huawei Ascend through CANN's TensorFlow adapter, ``npu_bridge`` (TF Adapter 1.x, for
+TensorFlow 1.15) or ``npu_device`` (TF Adapter 2.x, for TensorFlow 2.6.5, through its ``compat.v1``).
 
 ``python cli.py train --backend npu --npus 8`` builds (or checks) the rank
 table, applies the sync_mode workaround once, starts one process per device
-with the adapter's environment, and each process trains with the
-NpuOptimizer session config, loss scaling and HCCL data parallelism.
-Available when ``npu_bridge`` is importable (it ships with CANN, not PyPI).
+with the adapter's environment, and each process loads the adapter
+(:mod:`backends.npu.adapter`; without it TensorFlow
+ignores the NpuOptimizer and runs everything on the host) and trains with the
+NpuOptimizer session config, loss scaling and HCCL data parallelism, with
+the seed's run config by default (``iterations_per_loop`` 100, 10 with
+``--benchmark``; ``hcom_parallel`` on). Available when either adapter is
+importable (they ship with CANN, not PyPI).
 The network is built with the core's textbook layer ops (no
 ``unet3d_layer_ops`` here): the adapter compiles the graph for the device.
 """
 from __future__ import annotations
 
-import importlib.util
+import argparse
 import os
 import socket
 import sys
 import time
 
+from backends.npu import adapter as npu_adapter
 from backends.npu import config as npu_config
-from backends.npu import launcher, rank_table, sync_mode
+from backends.npu import devices, diagnostics, launcher, rank_table, sync_mode
 from unet3d_core import BackendInfo, hookimpl
 from unet3d_core.distributed import steps_per_worker
 from unet3d_core.errors import BackendError, ConfigError
 
-INSTALL_HINT = "npu_bridge not importable — install CANN's TensorFlow adapter and source its set_env.sh"
+INSTALL_HINT = npu_adapter.INSTALL_HINT
 DEFAULT_HCCN_CONF = "/etc/hccn.conf"
 
 
 def _adapter_present() -> bool:
-    try:
-        return importlib.util.find_spec("npu_bridge") is not None
-    except (ImportError, ValueError):
-        return False
+    return npu_adapter.installed() is not None
 
 
 def _device_ids(options):
@@ -50,6 +53,19 @@ def _device_ids(options):
     return ids
 
 
+def _single_device(options) -> int:
+    """ASCEND_DEVICE_ID for a one-device run: the logical id of the physical device --device_ids names.
+
+    Raises:
+        ConfigError: that device is not visible to this process.
+    """
+    physical = _device_ids(options)[0]
+    try:
+        return launcher.logical_device_id(physical, launcher.visible_devices(dict(os.environ)))
+    except ConfigError as error:
+        raise ConfigError("--device_ids {}: {}".format(physical, error)) from None
+
+
 def _host_address() -> str:
     try:
         return socket.gethostbyname(socket.gethostname())
@@ -65,6 +81,24 @@ def _say(text: str) -> None:
     print("[npu] " + text, flush=True)
 
 
+def _iterations_per_loop_flag(text: str):
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a positive integer or auto, got {!r}".format(text))
+    return value
+
+
+def _load_adapter() -> None:
+    """Load the adapter in this process: without it TensorFlow ignores the NpuOptimizer entry of the session
+    config and runs the whole graph on the host, silently."""
+    _say("adapter: " + npu_adapter.load().describe())
+
+
 def _apply_sync_mode_patch(options) -> None:
     if options.no_sync_mode_patch:
         return
@@ -77,9 +111,12 @@ def _apply_sync_mode_patch(options) -> None:
 
 @hookimpl
 def unet3d_backend_info():
-    available = _adapter_present()
-    return BackendInfo(name="npu", summary="Huawei Ascend NPU (CANN TensorFlow adapter)", available=available,
-                       reason="" if available else INSTALL_HINT)
+    name = npu_adapter.installed()
+    summary = "Huawei Ascend NPU (CANN TensorFlow adapter{})".format(
+        "" if name is None else ": " + ("npu_bridge, TF 1.15" if name == npu_adapter.TF1_ADAPTER
+                                         else "npu_device.compat.v1, TF 2.6"))
+    return BackendInfo(name="npu", summary=summary, available=name is not None,
+                       reason="" if name is not None else INSTALL_HINT)
 
 
 @hookimpl
@@ -94,30 +131,54 @@ def unet3d_add_options(group):
     group.add_argument("--server_id", default=None,
                        help="this server's id in the rank table (default: the host's address / the only server)")
     group.add_argument("--job_id", default=None, help="JOB_ID for HCCL (default: generated)")
-    group.add_argument("--hccl_connect_timeout", type=int, default=None, help="HCCL_CONNECT_TIMEOUT in seconds")
-    group.add_argument("--precision_mode", choices=npu_config.PRECISION_MODES,
-                       default=npu_config.DEFAULT_PRECISION_MODE,
-                       help="NpuOptimizer precision_mode (default allow_fp32_to_fp16, as on the 910)")
-    group.add_argument("--iterations_per_loop", type=int, default=1,
-                       help="training steps per session.run on the device (default 1)")
-    group.add_argument("--hcom_parallel", action="store_true", help="overlap gradient allreduce with compute")
+    group.add_argument("--hccl_connect_timeout", type=int, default=None, metavar="SECONDS",
+                       help="HCCL_CONNECT_TIMEOUT for the ranks, {}..{} (HCCL's default 120)".format(
+                           *npu_config.HCCL_CONNECT_TIMEOUT_RANGE))
+    group.add_argument("--hccl_exec_timeout", type=int, default=None, metavar="SECONDS",
+                       help="HCCL_EXEC_TIMEOUT for the ranks: how long a collective may wait, {}..{} on the Atlas "
+                            "training series, applied in multiples of 68 (HCCL's default 1836; for other devices' "
+                            "ranges set HCCL_EXEC_TIMEOUT in the environment)".format(
+                                *npu_config.HCCL_EXEC_TIMEOUT_RANGE))
+    group.add_argument("--precision_mode", choices=npu_config.PRECISION_MODES, default=None,
+                       help="NpuOptimizer precision_mode (default {}, the Atlas training series' own, as in the "
+                            "seed)".format(npu_config.DEFAULT_PRECISION_MODE))
+    group.add_argument("--precision_mode_v2", choices=npu_config.PRECISION_MODES_V2, default=None,
+                       help="NpuOptimizer precision_mode_v2 instead of --precision_mode (the adapter takes one)")
+    group.add_argument("--iterations_per_loop", type=_iterations_per_loop_flag, default=None, metavar="N|auto",
+                       help="training steps per session.run on the device. Default auto: the seed's 100 (10 with "
+                            "--benchmark), or the largest divisor of the steps per device below that (with "
+                            "--benchmark also of --warmup_steps), 1 with --mix_compile_mode; the log says which. "
+                            "With hcom_parallel on, this is the seed's run config, so --benchmark compares like "
+                            "with like against its 2.28 / 18.27 volumes/s")
+    group.add_argument("--no_hcom_parallel", dest="hcom_parallel", action="store_false", default=True,
+                       help="do not overlap the gradient allreduce with the backward pass (default: overlap, "
+                            "hcom_parallel=true, as the seed)")
+    group.add_argument("--hcom_parallel", dest="hcom_parallel", action="store_true", default=True,
+                       help=argparse.SUPPRESS)  # the default now; kept for older command lines
     group.add_argument("--enable_data_pre_proc", action="store_true",
                        help="run the input pipeline's GetNext on the device (implied by --iterations_per_loop > 1)")
     group.add_argument("--mix_compile_mode", action="store_true",
                        help="let unsupported ops fall back to the host (needs --iterations_per_loop 1)")
     group.add_argument("--npu_option", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other NpuOptimizer parameter, repeatable (true/false, numbers, strings)")
+                       help="any other NpuOptimizer parameter the adapter reads, repeatable; typed as the adapter "
+                            "reads the key (bools true/false/1/0, integers, strings as given) and checked as it "
+                            "checks it")
     group.add_argument("--npu_loss_scale", type=float, default=1.0,
                        help="< 1: none; 1: dynamic (from 2^32, x2 after 1000 good steps, x0.5 after 2 overflows); "
                             "> 1: fixed at that value (default 1)")
     group.add_argument("--no_sync_mode_patch", action="store_true",
                        help="do not apply the sync_mode=0 workaround to te/platform/cce_build.py")
+    group.add_argument("--npu_chip", choices=("auto",) + rank_table.CHIPS, default="auto",
+                       help="device family, for HCCL's placement rules: 910 (Atlas training series: 1, 2, 4 or 8 "
+                            "devices per server, 2 or 4 within 0-3 or 4-7), 910b (Atlas A2), 910_93 (Atlas A3); "
+                            "default auto: from npu-smi, else 910")
+    diagnostics.add_options(group)
 
 
 @hookimpl
 def unet3d_add_commands(commands):
-    npu = commands.add_parser("npu", help="NPU tools: the sync_mode workaround and rank tables",
-                              description="NPU tools: the sync_mode workaround and rank tables.")
+    npu = commands.add_parser("npu", help="NPU tools: the server check, rank tables, the sync_mode workaround",
+                              description="NPU tools: the server check, rank tables, the sync_mode workaround.")
     tools = npu.add_subparsers(dest="npu_command", metavar="TOOL")
     tools.required = True
     for name, handler, text in (("patch", _command_patch, "apply the sync_mode=0 workaround now"),
@@ -132,7 +193,17 @@ def unet3d_add_commands(commands):
     table.add_argument("--device_ids", default=None, help="devices to use (default 0..npus-1)")
     table.add_argument("--hccn_conf", default=DEFAULT_HCCN_CONF, help="device addresses (default /etc/hccn.conf)")
     table.add_argument("--server_id", default=None, help="this server's address (default: the host's)")
+    table.add_argument("--npu_chip", choices=("auto",) + rank_table.CHIPS, default="auto",
+                       help="device family whose placement rules apply (default auto: from npu-smi, else 910)")
     table.set_defaults(command_handler=_command_rank_table)
+    from backends.npu import check
+
+    checker = tools.add_parser("check", help="check this server for a run: adapter, CANN, devices, rank table, "
+                                             "addresses, timeouts, sync_mode",
+                               description="One table of what a run on this server depends on; exits 1 if a run "
+                                           "would fail.")
+    check.add_arguments(checker, DEFAULT_HCCN_CONF)
+    checker.set_defaults(command_handler=check.command)
 
 
 def _command_patch(options) -> int:
@@ -155,7 +226,7 @@ def _command_rank_table(options) -> int:
     import json
 
     if options.check:
-        table = rank_table.load_rank_table(options.check)
+        table = rank_table.load_rank_table(options.check, devices.resolve_chip(options.npu_chip))
         print("{}: valid version {} rank table, {} rank(s) on {} server(s)".format(
             options.check, table.version, table.size, len(table.server_ids)))
         return 0
@@ -167,11 +238,12 @@ def _command_rank_table(options) -> int:
 
 def _table_for(options):
     """(validated table, path) for this run; a built table is written into the run folder."""
+    chip = devices.resolve_chip(getattr(options, "npu_chip", "auto"))
     if options.rank_table is not None:
-        return rank_table.load_rank_table(options.rank_table), os.path.abspath(options.rank_table)
+        return rank_table.load_rank_table(options.rank_table, chip), os.path.abspath(options.rank_table)
     built = rank_table.build_rank_table(options.server_id or _host_address(), _device_ids(options),
                                         rank_table.read_hccn_conf(options.hccn_conf), options.hccn_conf)
-    return rank_table.validate_rank_table(built, "built rank table"), None
+    return rank_table.validate_rank_table(built, "built rank table", chip), None
 
 
 @hookimpl
@@ -193,7 +265,11 @@ def unet3d_validate_options(options):
         ranks = table.size
     elif os.environ.get(launcher.WORKER_VARIABLE):
         ranks = int(os.environ.get("RANK_SIZE", "1"))
-    npu_config.validate(options, steps_per_worker(options.max_steps, ranks))
+    elif "ASCEND_DEVICE_ID" not in os.environ:
+        _single_device(options)  # the device must be visible before anything is built
+    # Resolved values are written back, as the core does with its own flags.
+    options.iterations_per_loop, options.iterations_per_loop_reason = npu_config.validate(
+        options, steps_per_worker(options.max_steps, ranks))
 
 
 @hookimpl
@@ -213,23 +289,47 @@ def unet3d_launch(options, worker_command):
     job_id = options.job_id or "unet3d-{}-{}".format(os.getpid(), int(time.time()))
     workers = launcher.worker_environments(table=table, server_id=server, table_path=table_path, job_id=job_id,
                                            model_dir=os.path.abspath(options.model_dir), base=dict(os.environ),
-                                           hccl_connect_timeout=options.hccl_connect_timeout)
+                                           extra_environment=_hccl_timeouts(options))
     _say("starting {} rank(s) on server {} (devices {}), {} rank(s) in all; rank table {}; logs in {}".format(
         len(workers), server, ",".join(str(worker.device_id) for worker in workers), table.size, table_path,
         os.path.join(options.model_dir, "Device-<id>", "train.log")))
     return launcher.run_workers(workers, worker_command, stream=sys.stdout)
 
 
+def _hccl_timeouts(options):
+    variables = npu_config.hccl_timeouts(options)
+    if "HCCL_EXEC_TIMEOUT" in variables:
+        given = int(variables["HCCL_EXEC_TIMEOUT"])
+        applied = npu_config.applied_exec_timeout(given)
+        _say("HCCL_EXEC_TIMEOUT {} s{}".format(given, "" if applied == given else
+                                                " (HCCL on the Atlas training series applies {} s)".format(applied)))
+    return variables
+
+
+def _describe_settings(options) -> str:
+    parts = [npu_config.describe_precision(options)]
+    if getattr(options, "exec_mode", "train") in ("train", "train_and_evaluate"):
+        reason = getattr(options, "iterations_per_loop_reason", "given")
+        parts.append("iterations_per_loop {}{}".format(options.iterations_per_loop,
+                                                         "" if reason == "given" else " ({})".format(reason)))
+        parts.append("hcom_parallel {}".format("on" if options.hcom_parallel else "off (--no_hcom_parallel)"))
+    parts.extend("{} into {}".format(flag, path) for flag, path in diagnostics.folders(options).items())
+    return "; ".join(parts)
+
+
 @hookimpl
 def unet3d_prepare_environment(options):
     if not _adapter_present():
         raise BackendError("npu backend: " + INSTALL_HINT)
-    if os.environ.get(launcher.WORKER_VARIABLE):
-        return  # the launcher prepared the environment and applied the patch
-    # One device in this process: the variables the launcher would have set.
-    os.environ.setdefault("ASCEND_DEVICE_ID", str(_device_ids(options)[0]))
-    os.environ.setdefault("JOB_ID", options.job_id or "unet3d-{}".format(os.getpid()))
-    _apply_sync_mode_patch(options)
+    if not os.environ.get(launcher.WORKER_VARIABLE):  # a launched worker has all of this from the launcher
+        # One device in this process: the variables the launcher would have set.
+        os.environ.setdefault("ASCEND_DEVICE_ID", str(_single_device(options)))
+        os.environ.setdefault("JOB_ID", options.job_id or "unet3d-{}".format(os.getpid()))
+        os.environ.update(_hccl_timeouts(options))
+        _apply_sync_mode_patch(options)
+    diagnostics.create_folders(options)  # the adapter refuses a dump_path that does not exist
+    _load_adapter()  # in every process that builds a graph, worker or not
+    _say(_describe_settings(options))
 
 
 def _session_config(options):
@@ -258,28 +358,14 @@ def unet3d_mixed_precision(optimizer, options, strategy):
     kind, scale = npu_config.loss_scale_choice(options.npu_loss_scale)
     if kind == "none":
         return optimizer
-    from npu_bridge import npu_init
+    from backends.npu.strategy import loss_scaling_optimizer
 
-    from backends.npu.strategy import OverflowCountingOptimizer
-
-    if kind == "fixed":
-        manager = npu_init.FixedLossScaleManager(loss_scale=scale)
-    else:
-        manager = npu_init.ExponentialUpdateLossScaleManager(
-            init_loss_scale=scale, incr_every_n_steps=npu_config.DYNAMIC_GROWTH_STEPS,
-            decr_every_n_nan_or_inf=npu_config.DYNAMIC_SHRINK_AFTER_OVERFLOWS,
-            incr_ratio=npu_config.DYNAMIC_GROWTH_RATIO, decr_ratio=npu_config.DYNAMIC_SHRINK_RATIO)
-    distributed = strategy.size > 1
-    # The adapter's order: loss scaling outside, the distributed reduction inside.
-    inner = npu_init.NPUDistributedOptimizer(optimizer) if distributed else optimizer
-    return OverflowCountingOptimizer(npu_init.NPULossScaleOptimizer(inner, manager, is_distributed=distributed),
-                                     manager, distributed)
+    return loss_scaling_optimizer(npu_adapter.load(), optimizer, kind, scale, distributed=strategy.size > 1)
 
 
 @hookimpl
 def unet3d_training_loop(session, train_op, options):
     if options.iterations_per_loop <= 1:
         return train_op, 1
-    from npu_bridge.estimator.npu import util
-
+    util = npu_adapter.load().util
     return util.set_iteration_per_loop(session, train_op, options.iterations_per_loop), options.iterations_per_loop

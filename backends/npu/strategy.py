@@ -1,6 +1,7 @@
-"""Data parallelism over HCCL and the adapter's loss-scaling optimizer.
+"""Data parallelism over HCCL and loss scaling.
 
-Both are built only from names the adapter exports in ``npu_bridge.npu_init``.
+Both are built only from names the adapter exports in its ``npu_init`` (``npu_bridge.npu_init``, or
+``npu_device.compat.v1.npu_init`` of the TF 2 adapter), or from TensorFlow itself.
 """
 from __future__ import annotations
 
@@ -21,8 +22,10 @@ class HcclStrategy(DistributedStrategy):
 
     def __init__(self, session_config):
         import tensorflow as tf
-        from npu_bridge import npu_init
 
+        from backends.npu import adapter
+
+        npu_init = adapter.load().npu_init
         self._npu = npu_init
         self._session_config = session_config
         self._reducers = {}
@@ -87,42 +90,77 @@ class HcclStrategy(DistributedStrategy):
             self._session = None
 
 
-class OverflowCountingOptimizer:
-    """Wraps the adapter's NPULossScaleOptimizer: counts the steps it skipped on overflow.
+class LossScaleReportingOptimizer:
+    """Wraps a loss-scaling optimizer: reports its loss scale as a step metric.
 
-    The adapter applies no update (and leaves the global step alone) when the
-    scaled gradients overflow; its ``_is_overall_finite`` tensor says which
-    happened. ``unet3d_step_metrics`` gives the core the loss scale and the
-    count for its logs. Everything else is delegated.
+    The adapter applies no update, and leaves the global step alone, when the
+    scaled gradients overflow; it exposes no flag saying so (its
+    ``is_overall_finite`` is a local of ``apply_gradients``). The core counts
+    those skipped steps from the global step itself, so only the loss scale is
+    reported here. Everything else is delegated.
     """
 
-    def __init__(self, inner, loss_scale_manager, distributed: bool):
+    def __init__(self, inner, loss_scale, distributed: bool):
         self._inner = inner
-        self._loss_scale_manager = loss_scale_manager
-        self._overflows = None
+        self._loss_scale = loss_scale  # a callable giving the current scale as a tensor
         # With is_distributed=True the inner chain already reduces across ranks.
         self.unet3d_distributed = distributed
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def minimize(self, loss, global_step=None, var_list=None, name=None):
-        import tensorflow as tf
-
-        tf1 = tf.compat.v1
-        train_op = self._inner.minimize(loss, global_step=global_step, var_list=var_list, name=name)
-        self._overflows = tf1.get_variable("npu_overflow_steps", shape=[], dtype=tf.int64,
-                                           initializer=tf1.zeros_initializer(), trainable=False)
-        finite = getattr(self._inner, "_is_overall_finite", None)
-        if finite is None:
-            return train_op
-        with tf.control_dependencies([train_op]):
-            counted = tf.cond(finite, lambda: tf.identity(self._overflows),
-                              lambda: tf1.assign_add(self._overflows, 1))
-        return tf.group(train_op, counted)
-
     def unet3d_step_metrics(self):
-        metrics = {"loss_scale": self._loss_scale_manager.get_loss_scale()}
-        if self._overflows is not None:
-            metrics["overflow_steps"] = self._overflows
-        return metrics
+        return {"loss_scale": self._loss_scale()}
+
+
+def loss_scaling_optimizer(adapter, optimizer, kind: str, scale: float, distributed: bool):
+    """``optimizer`` with loss scaling ("fixed" at ``scale`` or "dynamic" from it), the reduction inside.
+
+    With the 1.x adapter: its NPULossScaleOptimizer and loss-scale managers (is_distributed reduces the
+    overflow flag across ranks). The 2.x adapter's compat.v1 has neither (removed by
+    upgrade_tf1_compat_tf2.py), so TensorFlow's MixedPrecisionLossScaleOptimizer is used: it sees an overflow
+    as an inf/NaN gradient, which needs the device's INF/NaN mode (the Atlas A2 default); the gradients it
+    checks are already reduced, so all ranks skip the same steps.
+    """
+    from backends.npu import config as npu_config
+
+    npu_init = adapter.npu_init
+    inner = npu_init.NPUDistributedOptimizer(optimizer) if distributed else optimizer
+    if adapter.has_loss_scale_optimizer:
+        if kind == "fixed":
+            manager = npu_init.FixedLossScaleManager(loss_scale=scale)
+        else:
+            manager = npu_init.ExponentialUpdateLossScaleManager(
+                init_loss_scale=scale, incr_every_n_steps=npu_config.DYNAMIC_GROWTH_STEPS,
+                decr_every_n_nan_or_inf=npu_config.DYNAMIC_SHRINK_AFTER_OVERFLOWS,
+                incr_ratio=npu_config.DYNAMIC_GROWTH_RATIO, decr_ratio=npu_config.DYNAMIC_SHRINK_RATIO)
+        # The adapter's order: loss scaling outside, the distributed reduction inside.
+        wrapped = npu_init.NPULossScaleOptimizer(inner, manager, is_distributed=distributed)
+        return LossScaleReportingOptimizer(wrapped, manager.get_loss_scale, distributed)
+    _require_inf_nan_mode()
+    import tensorflow as tf
+
+    tf1 = tf.compat.v1
+    if kind == "fixed":  # TensorFlow's FixedLossScale applies overflowing steps; a multiplier of 1 skips them
+        loss_scale = tf1.mixed_precision.DynamicLossScale(initial_loss_scale=scale, increment_period=2 ** 31 - 1,
+                                                         multiplier=1.0)
+    else:  # TensorFlow halves the scale after every overflow (the adapter's manager after 2)
+        loss_scale = tf1.mixed_precision.DynamicLossScale(initial_loss_scale=scale,
+                                                         increment_period=npu_config.DYNAMIC_GROWTH_STEPS,
+                                                         multiplier=npu_config.DYNAMIC_GROWTH_RATIO)
+    wrapped = tf1.train.experimental.MixedPrecisionLossScaleOptimizer(inner, loss_scale)
+    return LossScaleReportingOptimizer(wrapped, loss_scale, distributed)
+
+
+def _require_inf_nan_mode() -> None:
+    """TensorFlow's loss scaling sees an overflow only as inf/NaN: refuse it when the device saturates instead."""
+    import importlib
+
+    from unet3d_core.errors import BackendError
+
+    device = importlib.import_module("npu_device")
+    if not device.is_inf_nan_enabled():
+        raise BackendError("--npu_loss_scale with the TF 2 adapter: the device is in saturation mode, where "
+                           "overflows give no inf/NaN and TensorFlow's loss scaling cannot see them "
+                           "(npu_device.is_inf_nan_enabled() is false, as on Atlas 910); pass --npu_loss_scale 0, "
+                           "or use the TF 1.15 adapter, whose NPULossScaleOptimizer reads the overflow flag")

@@ -1,9 +1,13 @@
-"""Fake hccl_ops: allreduce and broadcast between the processes of one job, through files.
+"""Fake hccl_ops (tf_adapter/python/npu_bridge/hccl/hccl_ops.py): allreduce and broadcast between the ranks of
+one job, through files.
 
-Each collective call is identified by the op's name and how many times this
-process has run it, so every rank meets the same partner call. A rank that
-never arrives makes the others fail after HCCL_CONNECT_TIMEOUT seconds
-(default 120), like HCCL's own time-out.
+Signatures are the real ones (hccl_ops.py:31, 70); the op registrations' rules (tf_adapter/ops/hccl/
+hccl_ops.cc:19-26 HcomAllReduce, 92-99 HcomBroadcast) are checked when the op is built. At run time a
+collective needs HCCL started (GE starts it with the rank table: ge_plugin.cc:378-401, see ge_plugin.py).
+Each call is identified by the op's name and how many times this process has run it, so every rank meets the
+same partner call. A rank that never arrives makes the others fail after ``$FAKE_HCCL_WAIT_SECONDS`` (the
+fake's own knob, for tests) or else HCCL's execution timeout (HCCL_EXEC_TIMEOUT as HCCL applies it, default
+1836 s).
 """
 import os
 import tempfile
@@ -11,11 +15,14 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from hccl.manage import _hcomm
+from hccl.manage.api import check_group
 
 from npu_bridge import record
 
 _runs = {}
-_REDUCTIONS = {"sum": np.sum, "max": np.max, "min": np.min, "prod": np.prod}
+_REDUCTIONS = {"min": np.min, "max": np.max, "prod": np.prod, "sum": np.sum}  # hccl_ops.cc:23
+_ALLREDUCE_TYPES = (tf.int8, tf.int16, tf.int32, tf.int64, tf.float16, tf.float32, tf.bfloat16)  # hccl_ops.cc:22
 
 
 def _folder():
@@ -25,19 +32,27 @@ def _folder():
     return folder
 
 
+def _wait_seconds():
+    if os.environ.get("FAKE_HCCL_WAIT_SECONDS"):
+        return float(os.environ["FAKE_HCCL_WAIT_SECONDS"])
+    return float(_hcomm.state["exec_timeout"])
+
+
 def _exchange(key, value):
     """Every rank's value of this call, in rank order."""
-    size = int(os.environ.get("RANK_SIZE", "1"))
-    if size == 1:
-        return [value]
+    if not _hcomm.state["started"]:
+        raise RuntimeError("{}: HCCL is not started in this process: GE starts it only with a rank table "
+                           "(RANK_TABLE_FILE, RANK_SIZE > 0; tf_adapter/util/ge_plugin.cc:378-401)".format(key))
+    size, rank = _hcomm.state["size"], _hcomm.state["rank"]
     count = _runs.get(key, 0)
     _runs[key] = count + 1
-    rank = int(os.environ.get("RANK_ID", "0"))
+    if size == 1:
+        return [value]
     stem = os.path.join(_folder(), "{}.{}".format(key.replace("/", "_"), count))
     temporary = "{}.rank{}.tmp.npy".format(stem, rank)
     np.save(temporary, value)
     os.replace(temporary, "{}.rank{}.npy".format(stem, rank))
-    deadline = time.time() + float(os.environ.get("HCCL_CONNECT_TIMEOUT", "120"))
+    deadline = time.time() + _wait_seconds()
     paths = ["{}.rank{}.npy".format(stem, other) for other in range(size)]
     while not all(os.path.exists(path) for path in paths):
         if time.time() > deadline:
@@ -47,10 +62,17 @@ def _exchange(key, value):
 
 
 def allreduce(tensor, reduction, fusion=1, fusion_id=-1, group="hccl_world_group"):
+    """hccl_ops.py:31: HcomAllReduce of one tensor (a list is packed into one, as convert_to_tensor does)."""
     if reduction not in _REDUCTIONS:
-        raise ValueError("reduction must be one of {}".format(sorted(_REDUCTIONS)))
-    record("allreduce", reduction=reduction, fusion=fusion, fusion_id=fusion_id, group=group)
+        raise ValueError("Attr 'reduction' of 'HcomAllReduce' Op passed string '{}' not in: \"min\", \"max\", "
+                         "\"prod\", \"sum\". (tf_adapter/ops/hccl/hccl_ops.cc:23)".format(reduction))
+    check_group(group)
     tensor = tf.convert_to_tensor(tensor)
+    if tensor.dtype.base_dtype not in _ALLREDUCE_TYPES:
+        raise TypeError("Value passed to parameter 'input' has DataType {} not in list of allowed values: int8, "
+                        "int16, int32, int64, float16, float32, bfloat16 (tf_adapter/ops/hccl/hccl_ops.cc:22)"
+                        .format(tensor.dtype.name))
+    record("allreduce", reduction=reduction, fusion=fusion, fusion_id=fusion_id, group=group)
     key = tf.compat.v1.get_default_graph().unique_name("HcomAllReduce", mark_as_used=True)
 
     def reduce(value):
@@ -63,6 +85,11 @@ def allreduce(tensor, reduction, fusion=1, fusion_id=-1, group="hccl_world_group
 
 
 def broadcast(tensor, root_rank, fusion=2, fusion_id=0, group="hccl_world_group"):
+    """hccl_ops.py:70: HcomBroadcast of a list of tensors; fusion 0 or 2 (hccl_ops.py:66, broadcast.md)."""
+    if fusion not in (0, 2):
+        raise ValueError("broadcast fusion must be 0 (no fusion) or 2 (fuse by fusion_id), got {} "
+                         "(tf_adapter/python/npu_bridge/hccl/hccl_ops.py:66)".format(fusion))
+    check_group(group)
     record("broadcast", count=len(tensor), root_rank=root_rank, fusion=fusion, group=group)
     tensors = [tf.convert_to_tensor(t) for t in tensor]
     key = tf.compat.v1.get_default_graph().unique_name("HcomBroadcast", mark_as_used=True)

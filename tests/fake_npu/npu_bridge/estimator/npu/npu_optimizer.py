@@ -1,39 +1,85 @@
-"""Fake NPUDistributedOptimizer: gradients summed over ranks, divided by the rank size."""
+"""Fake NPUDistributedOptimizer and the module's ``allreduce`` (npu_optimizer.py:39-83, 264-378).
+
+With more than one rank (util.get_ranksize()), compute_gradients returns each gradient summed over the ranks
+(hccl_ops.allreduce(grad, "sum"), fusion left at its default 1) and divided by the rank size, which
+``NPUBasics("").size()`` gives (npu_common.py:126-220: from the job config file, else from $JOB_ID's job; with
+neither, ``size()`` fails). With one rank the gradients are the wrapped optimizer's, unchanged.
+"""
 import os
 
 import tensorflow as tf
 
 from npu_bridge import record
+from npu_bridge.estimator.npu import util
 from npu_bridge.hccl import hccl_ops
 
+tf1 = tf.compat.v1
+_npu_basics = {}  # NPUBasics is a singleton: its job info is read once per process (npu_common.py:131-140)
 
-class NPUDistributedOptimizer(tf.compat.v1.train.Optimizer):
+
+class _JobInfo(object):
+    def __init__(self, rank_size):
+        self._rank_size = rank_size
+
+
+def _rank_size():
+    """NPUBasics("").size(): without a job config file, the job of $JOB_ID; no JOB_ID, no job info."""
+    if "job_info" not in _npu_basics:
+        if not os.getenv("JOB_ID", ""):
+            _npu_basics["job_info"] = None  # logged "Error:can not get job config from env" (npu_common.py:187-189)
+        else:
+            size = util.get_ranksize()
+            _npu_basics["job_info"] = _JobInfo(int(size) if size.isdigit() else 1)
+    return _npu_basics["job_info"]._rank_size  # AttributeError on None, as the real size() raises
+
+
+def allreduce(tensor, average=True):
+    """npu_optimizer.py:39-83 for a dense tensor (IndexedSlices go through allgather there; not faked)."""
+    if isinstance(tensor, tf.IndexedSlices):
+        raise NotImplementedError("fake_npu: allreduce of IndexedSlices (two allgathers in the adapter) is not faked")
+    size = _rank_size()
+    summed = hccl_ops.allreduce(tensor, "sum")
+    return tf.math.divide(summed, tf.cast(size, dtype=tensor.dtype)) if average else summed
+
+
+class NPUDistributedOptimizer(tf1.train.Optimizer):
     def __init__(self, optimizer, is_weight_update_sharding=False, name=None):
         record("NPUDistributedOptimizer", optimizer=type(optimizer).__name__,
                is_weight_update_sharding=is_weight_update_sharding)
+        if name is None:
+            name = "Distributed{}".format(type(optimizer).__name__)
         self._optimizer = optimizer
-        super(NPUDistributedOptimizer, self).__init__(use_locking=False,
-                                                      name=name or "Distributed" + type(optimizer).__name__)
+        self._is_weight_update_sharding = is_weight_update_sharding
+        super(NPUDistributedOptimizer, self).__init__(name=name, use_locking=False)
 
     def compute_gradients(self, *args, **kwargs):
         gradients = self._optimizer.compute_gradients(*args, **kwargs)
-        size = int(os.environ.get("RANK_SIZE", "1"))
-        if size == 1:
+        rank_size = util.get_ranksize()
+        if rank_size is None or int(rank_size) <= 1:
             return gradients
+        if self._is_weight_update_sharding:
+            raise NotImplementedError("fake_npu: weight update sharding is not faked")
         averaged, previous = [], []
-        for gradient, variable in gradients:
-            if gradient is None:
-                averaged.append((None, variable))
-                continue
-            # One fixed order on every rank (HCCL needs the same sequence everywhere).
-            with tf.control_dependencies(previous):
-                total = hccl_ops.allreduce(gradient, "sum", fusion=0)
-            previous = [total]
-            averaged.append((total / tf.cast(size, total.dtype), variable))
+        with tf.name_scope(self._name + "_Allreduce"):
+            for grad, var in gradients:
+                if grad is None:
+                    averaged.append((None, var))
+                    continue
+                # The fake's collectives meet through files: one fixed order on every rank keeps the
+                # ranks' blocking calls from waiting on each other (HCCL itself needs no such order).
+                with tf.control_dependencies(previous):
+                    average = allreduce(grad, True)
+                previous = [average]
+                averaged.append((average, var))
         return averaged
 
-    def apply_gradients(self, *args, **kwargs):
-        return self._optimizer.apply_gradients(*args, **kwargs)
+    def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+        rank_size = util.get_ranksize()
+        if rank_size is None or int(rank_size) <= 1:
+            return self._optimizer.apply_gradients(grads_and_vars, global_step, name)
+        if self._is_weight_update_sharding:
+            raise NotImplementedError("fake_npu: weight update sharding is not faked")
+        return self._optimizer.apply_gradients(grads_and_vars, global_step, name)
 
     def get_slot(self, *args, **kwargs):
         return self._optimizer.get_slot(*args, **kwargs)

@@ -1,0 +1,178 @@
+"""``python cli.py npu check``: will a run on this server work? One table, and a non-zero exit if not.
+
+Each row is one thing a first run depends on, with ``ok``, ``warn`` (a run may work, read the note) or
+``FAIL`` (a run would fail, or would silently not use the NPU):
+
+* adapter: the adapter for this TensorFlow imports (``npu_bridge`` or ``npu_device``);
+* CANN environment: the variables CANN's ``set_env.sh`` sets, and no ``CM_*`` variables mixed with rank tables;
+* npu-smi: the devices the driver sees, their chip and health;
+* visible devices: the physical devices this process may open (``ASCEND_VISIBLE_DEVICES``,
+  ``/dev/davinciN``, ``ASCEND_RT_VISIBLE_DEVICES``) and that each device of the run is among them;
+* rank table: the given or built table is valid for this chip;
+* device addresses: each device's ``device_ip`` against ``hccn_tool`` and ``/etc/hccn.conf``;
+* HCCL timeouts: ``HCCL_CONNECT_TIMEOUT`` / ``HCCL_EXEC_TIMEOUT`` from the environment within HCCL's ranges;
+* sync_mode: which case of the early-CANN workaround applies.
+"""
+from __future__ import annotations
+
+import os
+from typing import List, Tuple
+
+from backends.npu import adapter as npu_adapter
+from backends.npu import config as npu_config
+from backends.npu import devices, launcher, rank_table, sync_mode
+from unet3d_core.errors import UNet3DError as UserError
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+# What CANN's set_env.sh exports that the adapter and GE read at start-up.
+CANN_VARIABLES = ("ASCEND_OPP_PATH", "ASCEND_AICPU_PATH")
+CANN_HOME_VARIABLES = ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME")
+Row = Tuple[str, str, str]
+
+
+def add_arguments(parser, default_hccn_conf: str) -> None:
+    parser.add_argument("--npus", type=int, default=8, help="devices the run will use (default 8)")
+    parser.add_argument("--device_ids", default=None, help="devices the run will use (default 0..npus-1)")
+    parser.add_argument("--rank_table", default=None, metavar="FILE", help="the rank table the run will use "
+                                                                           "(default: built from --hccn_conf)")
+    parser.add_argument("--hccn_conf", default=default_hccn_conf,
+                        help="device addresses (default {})".format(default_hccn_conf))
+    parser.add_argument("--server_id", default=None, help="this server's id in the rank table")
+    parser.add_argument("--npu_chip", choices=("auto",) + rank_table.CHIPS, default="auto",
+                        help="device family (default auto: from npu-smi)")
+
+
+def _adapter_row() -> Row:
+    try:
+        return "adapter", OK, npu_adapter.load().describe()
+    except UserError as error:
+        return "adapter", FAIL, str(error)
+
+
+def _environment_row(environment) -> Row:
+    missing = [name for name in CANN_VARIABLES if not environment.get(name)]
+    if not any(environment.get(name) for name in CANN_HOME_VARIABLES):
+        missing.append(" or ".join(CANN_HOME_VARIABLES))
+    try:
+        launcher.refuse_mixed_environment(environment)
+    except UserError as error:
+        return "CANN environment", FAIL, str(error)
+    if missing:
+        return "CANN environment", FAIL, "not set: {}; source CANN's set_env.sh (e.g. /usr/local/Ascend/" \
+                                         "ascend-toolkit/set_env.sh)".format(", ".join(missing))
+    home = next(environment[name] for name in CANN_HOME_VARIABLES if environment.get(name))
+    return "CANN environment", OK, "set_env.sh sourced ({})".format(home)
+
+
+def _npu_smi_row(found) -> Row:
+    if found is None:
+        return "npu-smi", FAIL, "npu-smi not found or failed: is the Ascend driver installed?"
+    if not found:
+        return "npu-smi", FAIL, "npu-smi lists no device"
+    unhealthy = [device for device in found if device.health.upper() != "OK"]
+    names = sorted({device.name for device in found})
+    detail = "{} device(s): {} ({}); family {}".format(
+        len(found), ",".join(str(device.npu_id) for device in found), "/".join(names),
+        devices.detect_chip(found) or "unknown")
+    if unhealthy:
+        return "npu-smi", FAIL, detail + "; not healthy: " + ", ".join(
+            "{} {}".format(device.npu_id, device.health) for device in unhealthy)
+    return "npu-smi", OK, detail
+
+
+def _table(options, chip):
+    if options.rank_table is not None:
+        return rank_table.load_rank_table(options.rank_table, chip), options.rank_table
+    from backends.npu.plugin import _device_ids, _host_address
+
+    built = rank_table.build_rank_table(options.server_id or _host_address(), _device_ids(options),
+                                        rank_table.read_hccn_conf(options.hccn_conf), options.hccn_conf)
+    return rank_table.validate_rank_table(built, "rank table built from {}".format(options.hccn_conf), chip), \
+        "built from {}".format(options.hccn_conf)
+
+
+def _address_row(table, server: str, hccn_conf: str) -> Row:
+    configured = devices.configured_addresses(hccn_conf)
+    problems, checked, unknown = [], 0, []
+    for device in table.devices_of(server):
+        if not device.device_ip:
+            continue
+        live = devices.hccn_tool_address(device.device_id)
+        if live is None:
+            unknown.append(device.device_id)
+        elif live != device.device_ip:
+            problems.append("device {}: rank table {} but hccn_tool says {}".format(
+                device.device_id, device.device_ip, live))
+        if device.device_id in configured and configured[device.device_id] != device.device_ip:
+            problems.append("device {}: rank table {} but {} says {}".format(
+                device.device_id, device.device_ip, hccn_conf, configured[device.device_id]))
+        checked += 1
+    if problems:
+        return "device addresses", FAIL, "; ".join(problems) + " (HCCL would stop with 'ra rdev init failed')"
+    if unknown:
+        return "device addresses", WARN, "hccn_tool gave no address for device(s) {}; {} checked against {}".format(
+            ",".join(map(str, unknown)), checked, hccn_conf)
+    return "device addresses", OK, "{} device address(es) match hccn_tool and {}".format(checked, hccn_conf)
+
+
+def _run_rows(options, environment) -> List[Row]:
+    chip = devices.resolve_chip(options.npu_chip)
+    try:
+        table, where = _table(options, chip)
+        server = rank_table.this_server(table, options.server_id if options.rank_table else None)
+    except UserError as error:
+        return [("rank table", FAIL, str(error))]
+    rows = [("rank table", OK, "{}: version {}, {} rank(s) on {} server(s); {} rules".format(
+        where, table.version, table.size, len(table.server_ids), chip))]
+    try:
+        visibility = launcher.visible_devices(environment)
+        logical = [launcher.logical_device_id(device.device_id, visibility) for device in table.devices_of(server)]
+        rows.append(("visible devices", WARN if visibility.assumed else OK,
+                     "{}: physical {} -> ASCEND_DEVICE_ID {}".format(
+                         visibility.source, ",".join(str(d.device_id) for d in table.devices_of(server)),
+                         ",".join(map(str, logical)))))
+    except UserError as error:
+        rows.append(("visible devices", FAIL, str(error)))
+    rows.append(_address_row(table, server, options.hccn_conf))
+    return rows
+
+
+def _timeouts_row(environment) -> Row:
+    notes = []
+    for variable, (low, high) in (("HCCL_CONNECT_TIMEOUT", npu_config.HCCL_CONNECT_TIMEOUT_RANGE),
+                                  ("HCCL_EXEC_TIMEOUT", npu_config.HCCL_EXEC_TIMEOUT_RANGE)):
+        value = environment.get(variable)
+        if value is None:
+            continue
+        if not value.isdigit() or not low <= int(value) <= high:
+            return "HCCL timeouts", FAIL, "{}={}: HCCL takes whole seconds within {}..{}".format(
+                variable, value, low, high)
+        notes.append("{}={}".format(variable, value))
+    return "HCCL timeouts", OK, ", ".join(notes) if notes else "HCCL's defaults (connect 120 s, execution 1836 s)"
+
+
+def _sync_mode_row() -> Row:
+    works, detail = sync_mode.inspect(sync_mode.find_cce_build())
+    return "sync_mode", OK if works else FAIL, detail
+
+
+def rows(options, environment=None) -> List[Row]:
+    environment = dict(os.environ if environment is None else environment)
+    result = [_adapter_row(), _environment_row(environment), _npu_smi_row(devices.npu_smi_devices())]
+    result.extend(_run_rows(options, environment))
+    result.extend([_timeouts_row(environment), _sync_mode_row()])
+    return result
+
+
+def command(options) -> int:
+    table = rows(options)
+    width = max(len(name) for name, _, _ in table)
+    print("{:<{w}}  {:<8}{}".format("check", "status", "detail", w=width))
+    for name, status, detail in table:
+        print("{:<{w}}  {:<8}{}".format(name, status, detail, w=width))
+    failed = [name for name, status, _ in table if status == FAIL]
+    if failed:
+        print("{} check(s) failed: {}; a run would fail".format(len(failed), ", ".join(failed)))
+        return 1
+    print("all checks passed{}".format(" (read the warnings)" if any(s == WARN for _, s, _ in table) else ""))
+    return 0
