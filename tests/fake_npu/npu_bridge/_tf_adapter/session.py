@@ -105,13 +105,17 @@ def _create(session, original, target, graph, config):
 
 
 def _host_execution(config):
-    """The config the fake's host execution of the device graph runs with: one inter-op thread.
+    """The config the fake's host execution of the device graph runs with: under TensorFlow 1.x, one
+    inter-op thread.
 
     Not an adapter rule: on the NPU the graph runs on the device and these pools stay idle. Here TensorFlow
-    runs it on the host, and with its default inter-op pool (one thread per core) TensorFlow 1.15's CPU
-    kernels grew the process by about 6 MB a step (12 GB after 2000 steps of a 16^3 crop).
+    runs it on the host, and TensorFlow 1.15 with more than one inter-op thread grew the process by about
+    6 MB a step (12 GB after 2000 steps of a 16^3 crop; also with MALLOC_ARENA_MAX=1, so not glibc's arenas).
+    TensorFlow 2 does not (measured flat over 3500 steps) and keeps its default pool, which the fake's
+    blocking collectives need when a step holds independent ones (one thread can start them in a different
+    order on each rank and wait forever).
     """
-    if config.inter_op_parallelism_threads:
+    if config.inter_op_parallelism_threads or not tf.__version__.startswith("1."):
         return config
     copy = type(config)()
     copy.CopyFrom(config)
