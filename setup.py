@@ -25,6 +25,8 @@ setup(
         # TensorFlow 2.15 environment (Python 3.11): modern GPUs and a fast CPU build.
         "tf2": ["tensorflow-cpu==2.15.1"],
         "tf2-gpu": ["tensorflow==2.15.1"],
+        # TensorFlow 2.6.5 environment (Python 3.7-3.9): the NPU's TF Adapter 2.x (npu_device).
+        "tf26": ["tensorflow==2.6.5", "keras==2.6.0", "numpy~=1.19.2", "protobuf<3.20"],
         # Build with HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1, after TensorFlow.
         "horovod": ["horovod==0.28.1"],
         "test": ["pytest", "scipy"],
