@@ -45,13 +45,15 @@ def _calls(tmp_path):
 
 def test_two_devices_train_with_hccl_and_write_one_checkpoint_set(records, tmp_path):
     model_dir = str(tmp_path / "run")
+    profiles = tmp_path / "profiles"
     result = subprocess.run(_command(records, model_dir, tmp_path, "--max_steps", "8", "--checkpoint_every", "4",
-                                     "--exec_mode", "train_and_evaluate"),
+                                     "--exec_mode", "train_and_evaluate", "--npu_profiling", str(profiles)),
                             env=_environment(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             universal_newlines=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
     assert "starting 2 rank(s) on server 127.0.0.1 (devices 0,1)" in out
+    assert profiles.is_dir() and "--npu_profiling into {}".format(profiles) in out
     assert "hccl (rank 0 of 2)" in out  # rank 0's log is streamed
     assert "steps 1..4 of 4 per worker" in out
     assert "Weights identical on all 2 ranks" in out
@@ -72,6 +74,14 @@ def test_two_devices_train_with_hccl_and_write_one_checkpoint_set(records, tmp_p
         assert "NPUDistributedOptimizer" in names and "broadcast" in names
         if not TF2_ADAPTER:
             assert names.index("NPUDistributedOptimizer") < names.index("NPULossScaleOptimizer")
+    # Profiling is on in every NPU session, the one that initialises HCCL (NPUInit) included.
+    for rank in ("0", "1"):
+        sessions = {c["session"]: c for c in calls if c["rank"] == rank and c["call"] == "session"}
+        (init,) = [c["session"] for c in calls if c["rank"] == rank and c["call"] == "compile_graph"
+                   and c["targets"] == ["NPUInit"]]
+        assert sessions[init]["parameters"]["profiling_mode"] is True
+        assert all(json.loads(c["parameters"]["profiling_options"])["output"] == str(profiles)
+                   for c in sessions.values())
     loss_scale = [c for c in calls if c["call"] == "NPULossScaleOptimizer"]
     assert all(c["args"]["is_distributed"] for c in loss_scale) and len(loss_scale) == (0 if TF2_ADAPTER else 2)
 
