@@ -15,9 +15,14 @@ import os
 import sys
 
 FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_npu")
+
+
+def _packages_in(folder):
+    return {name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name, "__init__.py"))}
+
+
 # The fake's top-level packages: npu_bridge and hccl.
-TOP_LEVEL = tuple(sorted(name for name in os.listdir(FAKE)
-                         if os.path.isfile(os.path.join(FAKE, name, "__init__.py"))))
+TOP_LEVEL = tuple(sorted(_packages_in(FAKE)))
 
 
 def under_fake(path) -> bool:
@@ -30,33 +35,38 @@ def loaded_from_fake():
     return sorted(name for name, module in list(sys.modules.items()) if under_fake(getattr(module, "__file__", None)))
 
 
-def fake_modules():
-    """Names in ``sys.modules`` that belong to the fake or share its packages' names (a real adapter's)."""
-    return sorted(set(loaded_from_fake()) | {name for name in list(sys.modules) if name.split(".")[0] in TOP_LEVEL})
-
-
 def _drop(names):
     for name in names:
         sys.modules.pop(name, None)
 
 
 @contextlib.contextmanager
-def fake_npu_importable():
-    """``npu_bridge`` and ``hccl`` import from tests/fake_npu inside the block and as before after it."""
-    already_on_path = sys.path.count(FAKE)
-    saved_modules = {name: sys.modules[name] for name in fake_modules()}
+def fake_npu_importable(folders=None):
+    """The fake adapter imports from ``folders`` (default: tests/fake_npu, whose path the block gets) inside the
+    block, and as before after it; ``[]``: no adapter importable inside. Modules of the fakes' packages
+    (those of tests/fake_npu and of ``folders``) are dropped on the way in and out."""
+    folders = [FAKE] if folders is None else list(folders)
+    packages = set(TOP_LEVEL).union(*(_packages_in(folder) for folder in folders))
+    already_on_path = {folder: sys.path.count(folder) for folder in folders}
+    saved_modules = {name: sys.modules[name] for name in _modules_of(packages)}
     _drop(saved_modules)  # each use imports the fake afresh (its call log empty)
-    sys.path.insert(0, FAKE)
+    sys.path[:0] = folders
     importlib.invalidate_caches()
     try:
-        yield FAKE
+        yield folders[0] if folders else None
     finally:
-        while sys.path.count(FAKE) > already_on_path:  # only the entry put there (others' changes stay)
-            sys.path.remove(FAKE)
-        sys.path_importer_cache.pop(FAKE, None)
-        _drop(fake_modules())
+        for folder in folders:
+            while sys.path.count(folder) > already_on_path[folder]:  # only the entry put there (others' stay)
+                sys.path.remove(folder)
+            sys.path_importer_cache.pop(folder, None)
+        _drop(_modules_of(packages))
         sys.modules.update(saved_modules)
         importlib.invalidate_caches()
+
+
+def _modules_of(packages):
+    """Names in ``sys.modules`` loaded from tests/fake_npu or in one of ``packages``."""
+    return sorted(set(loaded_from_fake()) | {name for name in list(sys.modules) if name.split(".")[0] in packages})
 
 
 def adapter_fake() -> str:

@@ -5,15 +5,13 @@ TensorFlow that adapter is made for; the subprocess tests of test_npu_training.p
 Run in-process, last: ``enable_v1`` switches TensorFlow 2 behaviour off for the whole process, as it does
 for a real user's process.
 """
-import contextlib
 import importlib
-import os
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from fake_npu_env import adapter_fake
+from fake_npu_env import FAKE as V1_FAKE
+from fake_npu_env import adapter_fake, fake_npu_importable
 
 from unet3d_core.errors import BackendError
 
@@ -21,32 +19,12 @@ if not tf.__version__.startswith("2.6."):
     pytest.skip("TF Adapter 2.x is built for TensorFlow 2.6 (.venv-tf26 runs these)", allow_module_level=True)
 
 FAKE_TF2 = adapter_fake()
-V1_FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_npu")
 tf1 = tf.compat.v1
-
-
-def _drop():
-    for name in [name for name in sys.modules if name.split(".")[0] in ("npu_device", "npu_bridge", "hccl")]:
-        del sys.modules[name]
-
-
-@contextlib.contextmanager
-def _importable(*folders):
-    _drop()
-    sys.path[:0] = list(folders)
-    importlib.invalidate_caches()
-    try:
-        yield
-    finally:
-        for folder in folders:
-            sys.path.remove(folder)
-        _drop()
-        importlib.invalidate_caches()
 
 
 @pytest.fixture
 def npu_device_fake():
-    with _importable(FAKE_TF2):
+    with fake_npu_importable([FAKE_TF2]):
         yield
 
 
@@ -146,9 +124,9 @@ def test_the_backend_uses_the_adapter_built_for_this_tensorflow():
     """With both packages importable, TensorFlow 2.x means npu_device (npu_bridge is for 1.15)."""
     from backends.npu import adapter
 
-    with _importable(FAKE_TF2, V1_FAKE):
+    with fake_npu_importable([FAKE_TF2, V1_FAKE]):
         assert adapter.installed() == adapter.TF2_ADAPTER
-    with _importable(V1_FAKE):
+    with fake_npu_importable([V1_FAKE]):
         assert adapter.installed() == adapter.TF1_ADAPTER
-    with _importable():
+    with fake_npu_importable([]):
         assert adapter.installed() is None

@@ -21,7 +21,7 @@ from typing import List, Tuple
 from backends.npu import adapter as npu_adapter
 from backends.npu import config as npu_config
 from backends.npu import devices, launcher, rank_table, sync_mode
-from unet3d_core.errors import UNet3DError as UserError
+from unet3d_core.errors import UNet3DError
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 # What CANN's set_env.sh exports that the adapter and GE read at start-up.
@@ -30,22 +30,10 @@ CANN_HOME_VARIABLES = ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME")
 Row = Tuple[str, str, str]
 
 
-def add_arguments(parser, default_hccn_conf: str) -> None:
-    parser.add_argument("--npus", type=int, default=8, help="devices the run will use (default 8)")
-    parser.add_argument("--device_ids", default=None, help="devices the run will use (default 0..npus-1)")
-    parser.add_argument("--rank_table", default=None, metavar="FILE", help="the rank table the run will use "
-                                                                           "(default: built from --hccn_conf)")
-    parser.add_argument("--hccn_conf", default=default_hccn_conf,
-                        help="device addresses (default {})".format(default_hccn_conf))
-    parser.add_argument("--server_id", default=None, help="this server's id in the rank table")
-    parser.add_argument("--npu_chip", choices=("auto",) + rank_table.CHIPS, default="auto",
-                        help="device family (default auto: from npu-smi)")
-
-
 def _adapter_row() -> Row:
     try:
         return "adapter", OK, npu_adapter.load().describe()
-    except UserError as error:
+    except UNet3DError as error:
         return "adapter", FAIL, str(error)
 
 
@@ -55,7 +43,7 @@ def _environment_row(environment) -> Row:
         missing.append(" or ".join(CANN_HOME_VARIABLES))
     try:
         launcher.refuse_mixed_environment(environment)
-    except UserError as error:
+    except UNet3DError as error:
         return "CANN environment", FAIL, str(error)
     if missing:
         return "CANN environment", FAIL, "not set: {}; source CANN's set_env.sh (e.g. /usr/local/Ascend/" \
@@ -78,17 +66,6 @@ def _npu_smi_row(found) -> Row:
         return "npu-smi", FAIL, detail + "; not healthy: " + ", ".join(
             "{} {}".format(device.npu_id, device.health) for device in unhealthy)
     return "npu-smi", OK, detail
-
-
-def _table(options, chip):
-    if options.rank_table is not None:
-        return rank_table.load_rank_table(options.rank_table, chip), options.rank_table
-    from backends.npu.plugin import _device_ids, _host_address
-
-    built = rank_table.build_rank_table(options.server_id or _host_address(), _device_ids(options),
-                                        rank_table.read_hccn_conf(options.hccn_conf), options.hccn_conf)
-    return rank_table.validate_rank_table(built, "rank table built from {}".format(options.hccn_conf), chip), \
-        "built from {}".format(options.hccn_conf)
 
 
 def _address_row(table, server: str, hccn_conf: str) -> Row:
@@ -117,10 +94,13 @@ def _address_row(table, server: str, hccn_conf: str) -> Row:
 
 def _run_rows(options, environment) -> List[Row]:
     chip = devices.resolve_chip(options.npu_chip)
+    from backends.npu.plugin import table_for
+
     try:
-        table, where = _table(options, chip)
+        table, path = table_for(options, chip)
+        where = path or "built from {}".format(options.hccn_conf)
         server = rank_table.this_server(table, options.server_id if options.rank_table else None)
-    except UserError as error:
+    except UNet3DError as error:
         return [("rank table", FAIL, str(error))]
     rows = [("rank table", OK, "{}: version {}, {} rank(s) on {} server(s); {} rules".format(
         where, table.version, table.size, len(table.server_ids), chip))]
@@ -131,7 +111,7 @@ def _run_rows(options, environment) -> List[Row]:
                      "{}: physical {} -> ASCEND_DEVICE_ID {}".format(
                          visibility.source, ",".join(str(d.device_id) for d in table.devices_of(server)),
                          ",".join(map(str, logical)))))
-    except UserError as error:
+    except UNet3DError as error:
         rows.append(("visible devices", FAIL, str(error)))
     rows.append(_address_row(table, server, options.hccn_conf))
     return rows
@@ -139,8 +119,7 @@ def _run_rows(options, environment) -> List[Row]:
 
 def _timeouts_row(environment) -> Row:
     notes = []
-    for variable, (low, high) in (("HCCL_CONNECT_TIMEOUT", npu_config.HCCL_CONNECT_TIMEOUT_RANGE),
-                                  ("HCCL_EXEC_TIMEOUT", npu_config.HCCL_EXEC_TIMEOUT_RANGE)):
+    for _, variable, (low, high) in npu_config.HCCL_TIMEOUTS:
         value = environment.get(variable)
         if value is None:
             continue

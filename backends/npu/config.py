@@ -42,6 +42,9 @@ BENCHMARK_LOOP_LIMIT = 10
 HCCL_CONNECT_TIMEOUT_RANGE = (120, 7200)
 HCCL_EXEC_TIMEOUT_RANGE = (1, 17340)
 HCCL_EXEC_TIMEOUT_UNIT = 68
+# (flag, variable, range) of each HCCL timeout.
+HCCL_TIMEOUTS = (("hccl_connect_timeout", "HCCL_CONNECT_TIMEOUT", HCCL_CONNECT_TIMEOUT_RANGE),
+                 ("hccl_exec_timeout", "HCCL_EXEC_TIMEOUT", HCCL_EXEC_TIMEOUT_RANGE))
 # The seed port's dynamic loss scaling (--npu_loss_scale 1).
 DYNAMIC_INITIAL_SCALE = 2 ** 32
 DYNAMIC_GROWTH_STEPS = 1000
@@ -223,7 +226,7 @@ VALUE_CHECKS = {
     "graph_max_parallel_model_num": _at_least(1),  # 2232
     "dump_path": _readable_folder,  # 2070-2076
     "dump_step": _dump_step,  # 2086
-    "dump_mode": _one_of("input", "output", "all"),  # checkDumpMode 296-303
+    "dump_mode": _one_of(*diagnostics.DUMP_MODES),  # checkDumpMode 296-303
     "dump_debug_mode": _one_of("aicore_overflow", "atomic_overflow", "all"),  # checkDumpDebugMode 305-313
     "graph_run_mode": _one_of(0, 1),  # 2139
     "aoe_mode": _one_of("1", "2", "4"),  # CheckAoeMode 350-359
@@ -397,9 +400,7 @@ def iterations_per_loop(options, steps: int) -> Tuple[int, str]:
 def hccl_timeouts(options) -> Dict[str, str]:
     """HCCL_CONNECT_TIMEOUT / HCCL_EXEC_TIMEOUT for the workers' environment, checked against HCCL's ranges."""
     variables = {}
-    for flag, variable, (low, high) in (
-            ("hccl_connect_timeout", "HCCL_CONNECT_TIMEOUT", HCCL_CONNECT_TIMEOUT_RANGE),
-            ("hccl_exec_timeout", "HCCL_EXEC_TIMEOUT", HCCL_EXEC_TIMEOUT_RANGE)):
+    for flag, variable, (low, high) in HCCL_TIMEOUTS:
         value = getattr(options, flag, None)
         if value is None:
             continue
@@ -423,8 +424,6 @@ def _check_combinations(parameters: Dict[str, Value]) -> None:
          and parameters.get("precision_mode_v2") not in _MIXED_PRECISION_V2,
          "modify_mixlist needs --precision_mode {} or --precision_mode_v2 {}".format(
              "/".join(_MIXED_PRECISION), "/".join(_MIXED_PRECISION_V2))),  # 2424-2477
-        ((parameters.get("enable_dump") or parameters.get("enable_dump_debug")) and not has("dump_path"),
-         "enable_dump and enable_dump_debug need dump_path"),  # 2068-2081
         (has("optypelist_for_implmode") and not has("op_select_implmode"),
          "optypelist_for_implmode needs op_select_implmode"),  # 2307-2312
         (0 < len(dynamic) < 3, "input_shape, dynamic_dims and dynamic_node_type go together"),  # 2326-2371

@@ -168,10 +168,7 @@ def unet3d_add_options(group):
                             "> 1: fixed at that value (default 1)")
     group.add_argument("--no_sync_mode_patch", action="store_true",
                        help="do not apply the sync_mode=0 workaround to te/platform/cce_build.py")
-    group.add_argument("--npu_chip", choices=("auto",) + rank_table.CHIPS, default="auto",
-                       help="device family, for HCCL's placement rules: 910 (Atlas training series: 1, 2, 4 or 8 "
-                            "devices per server, 2 or 4 within 0-3 or 4-7), 910b (Atlas A2), 910_93 (Atlas A3); "
-                            "default auto: from npu-smi, else 910")
+    _add_chip_argument(group)
     diagnostics.add_options(group)
 
 
@@ -189,12 +186,7 @@ def unet3d_add_commands(commands):
     table = tools.add_parser("rank-table", help="build a version 1.0 rank table, or check one",
                              description="Print a version 1.0 rank table built from hccn.conf, or check a file.")
     table.add_argument("--check", default=None, metavar="FILE", help="validate this rank table instead")
-    table.add_argument("--npus", type=int, default=8, help="devices (default 8)")
-    table.add_argument("--device_ids", default=None, help="devices to use (default 0..npus-1)")
-    table.add_argument("--hccn_conf", default=DEFAULT_HCCN_CONF, help="device addresses (default /etc/hccn.conf)")
-    table.add_argument("--server_id", default=None, help="this server's address (default: the host's)")
-    table.add_argument("--npu_chip", choices=("auto",) + rank_table.CHIPS, default="auto",
-                       help="device family whose placement rules apply (default auto: from npu-smi, else 910)")
+    _add_table_arguments(table)
     table.set_defaults(command_handler=_command_rank_table)
     from backends.npu import check
 
@@ -202,8 +194,26 @@ def unet3d_add_commands(commands):
                                              "addresses, timeouts, sync_mode",
                                description="One table of what a run on this server depends on; exits 1 if a run "
                                            "would fail.")
-    check.add_arguments(checker, DEFAULT_HCCN_CONF)
+    _add_table_arguments(checker)
+    checker.add_argument("--rank_table", default=None, metavar="FILE",
+                         help="the rank table the run will use (default: built from --hccn_conf)")
     checker.set_defaults(command_handler=check.command)
+
+
+def _add_chip_argument(parser) -> None:
+    parser.add_argument("--npu_chip", choices=("auto",) + rank_table.CHIPS, default="auto",
+                        help="device family, for HCCL's placement rules: 910 (Atlas training series: 1, 2, 4 or 8 "
+                             "devices per server, 2 or 4 within 0-3 or 4-7), 910b (Atlas A2), 910_93 (Atlas A3); "
+                             "default auto: from npu-smi, else 910")
+
+
+def _add_table_arguments(parser) -> None:
+    """The devices of a run, for the npu tools (train has its own --npus, default 1)."""
+    parser.add_argument("--npus", type=int, default=8, help="devices (default 8)")
+    parser.add_argument("--device_ids", default=None, help="devices to use (default 0..npus-1)")
+    parser.add_argument("--hccn_conf", default=DEFAULT_HCCN_CONF, help="device addresses (default /etc/hccn.conf)")
+    parser.add_argument("--server_id", default=None, help="this server's address (default: the host's)")
+    _add_chip_argument(parser)
 
 
 def _command_patch(options) -> int:
@@ -230,20 +240,23 @@ def _command_rank_table(options) -> int:
         print("{}: valid version {} rank table, {} rank(s) on {} server(s)".format(
             options.check, table.version, table.size, len(table.server_ids)))
         return 0
-    built = rank_table.build_rank_table(options.server_id or _host_address(), _device_ids(options),
-                                        rank_table.read_hccn_conf(options.hccn_conf), options.hccn_conf)
-    print(json.dumps(built, indent=2))
+    print(json.dumps(_built_table(options), indent=2))
     return 0
 
 
-def _table_for(options):
-    """(validated table, path) for this run; a built table is written into the run folder."""
-    chip = devices.resolve_chip(getattr(options, "npu_chip", "auto"))
+def _built_table(options):
+    """The version 1.0 table of --device_ids on this server (--server_id), with the addresses of --hccn_conf."""
+    return rank_table.build_rank_table(options.server_id or _host_address(), _device_ids(options),
+                                       rank_table.read_hccn_conf(options.hccn_conf), options.hccn_conf)
+
+
+def table_for(options, chip=None):
+    """(validated table, path) for this run (also ``npu check``'s); a built table's path is None (the launcher
+    writes it into the run folder). ``chip``: the device family, default --npu_chip resolved."""
+    chip = chip or devices.resolve_chip(getattr(options, "npu_chip", "auto"))
     if options.rank_table is not None:
         return rank_table.load_rank_table(options.rank_table, chip), os.path.abspath(options.rank_table)
-    built = rank_table.build_rank_table(options.server_id or _host_address(), _device_ids(options),
-                                        rank_table.read_hccn_conf(options.hccn_conf), options.hccn_conf)
-    return rank_table.validate_rank_table(built, "built rank table", chip), None
+    return rank_table.validate_rank_table(_built_table(options), "built rank table", chip), None
 
 
 @hookimpl
@@ -256,7 +269,7 @@ def unet3d_validate_options(options):
     ranks = options.npus
     if _launches_workers(options):
         launcher.refuse_mixed_environment(dict(os.environ))
-        table, _ = _table_for(options)
+        table, _ = table_for(options)
         server = rank_table.this_server(table, options.server_id if options.rank_table else None)
         here = len(table.devices_of(server))
         if here != options.npus:
@@ -279,7 +292,7 @@ def unet3d_launch(options, worker_command):
     if not _adapter_present():
         raise BackendError("npu backend: " + INSTALL_HINT)
     _apply_sync_mode_patch(options)  # once, before any rank starts
-    table, table_path = _table_for(options)
+    table, table_path = table_for(options)
     if table_path is None:
         table_path = os.path.join(os.path.abspath(options.model_dir), "rank_table.json")
         rank_table.write_rank_table(rank_table.build_rank_table(
