@@ -72,7 +72,7 @@ def load_backends():
 
 
 def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registry) -> None:
-    from unet3d_core.config import EXEC_MODES, LOSSES, LR_SCHEDULES, NORMS
+    from unet3d_core.config import EXEC_MODES, LESION_RULE_CHOICES, LOSSES, LR_SCHEDULES, NORMS
 
     data = parser.add_argument_group("data and run folders")
     data.add_argument("--data_dir", required=exec_mode != "predict",
@@ -161,6 +161,9 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
     out.add_argument("--min_et_component_voxels", type=non_negative_int, default=0,
                      help="relabel enhancing-tumour components smaller than this many voxels as tumour core "
                           "(default 0: off)")
+    out.add_argument("--lesion_rules", choices=LESION_RULE_CHOICES, default="auto",
+                     help="year whose BraTS lesion-wise rules evaluation uses, with the data's cohort "
+                          "(default auto: the year the cohort's release was scored; see docs/metrics.md)")
     registry.add_options(parser)
 
 
@@ -184,6 +187,7 @@ def build_parser(registry) -> argparse.ArgumentParser:
                        help="volume shape (default 64 64 48; BraTS is 240 240 155)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
+    from unet3d_core.config import LESION_RULE_CHOICES
     from unet3d_core.layouts import LAYOUT_NAMES
 
     layout_choices = ("auto",) + LAYOUT_NAMES
@@ -216,15 +220,22 @@ def build_parser(registry) -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="score a folder of predictions against ground truth",
                                 description="Score predicted label maps (any tool's) against ground truth: "
-                                            "Dice in the seed's and the BraTS schemes, HD95 in mm. Prints a table, "
-                                            "writes a per-case CSV and a JSON summary beside it.")
+                                            "whole-volume Dice and HD95 (mm) per region of the cohort, the "
+                                            "challenge's lesion-wise Dice and HD95, and the seed's table for "
+                                            "glioma labels. Prints a table, writes a per-case CSV and a JSON "
+                                            "summary beside it.")
     score.add_argument("--pred", required=True, help="flat folder of <case>.nii.gz label maps")
     score.add_argument("--truth", required=True,
-                       help="raw BraTS folder (<case>/<case>_seg.nii.gz) or flat folder of <case>.nii.gz")
+                       help="raw BraTS folder (<case>/<case>_seg.nii.gz, <case>-seg.nii.gz, <case>_gtv.nii.gz) "
+                            "or flat folder of <case>.nii.gz")
     score.add_argument("--out", default=None,
                        help="per-case CSV; the summary goes to the same name with .json (default PRED/metrics.csv)")
-    score.add_argument("--labels", default="brats2019",
-                       help="label convention of both folders (default brats2019: 0, 1, 2, 4)")
+    score.add_argument("--labels", "--layout", dest="labels", default="auto",
+                       help="layout whose labels and regions both folders use (default auto: detected from "
+                            "--truth; brats2019 for a flat folder of label maps)")
+    score.add_argument("--lesion_rules", choices=LESION_RULE_CHOICES, default="auto",
+                       help="year of the BraTS lesion-wise rules (default auto: the year the cohort's release "
+                            "was scored)")
     score.add_argument("--require_all", action="store_true",
                        help="fail when a truth case has no prediction (default: score the predicted cases)")
 
@@ -270,8 +281,8 @@ def command_score(options) -> int:
     from unet3d_core.score import run_score
 
     result = run_score(options.pred, options.truth, out_csv=options.out, labels=options.labels,
-                       require_all=options.require_all)
-    print(format_table(result.statistics, result.cases))
+                       require_all=options.require_all, lesion_rules=options.lesion_rules)
+    print(format_table(result.statistics, result.cases, result.descriptions))
     if result.unpredicted:
         print("note: {} truth case(s) have no prediction and were not scored (--require_all makes this an "
               "error): {}{}".format(len(result.unpredicted), ", ".join(result.unpredicted[:5]),

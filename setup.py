@@ -18,7 +18,9 @@ setup(
     package_data={"backends.cpu.native": ["*.cc"]},
     # scipy: HD95 and post-processing; matplotlib: 'report' (Agg backend, no display);
     # tqdm: progress bars (4.64 and later 4.x still install on Python 3.7).
-    install_requires=["numpy", "nibabel", "pluggy>=1.0", "scipy", "matplotlib", "tqdm>=4.64,<5"],
+    # surface-distance: DeepMind's surface distances, the HD95 of the BraTS 2023-2025 lesion-wise rules.
+    install_requires=["numpy", "nibabel", "pluggy>=1.0", "scipy", "matplotlib", "tqdm>=4.64,<5",
+                      "surface-distance==0.1"],
     extras_require={
         # TensorFlow 1.15 environment (Python 3.7): the NPU adapter's host side.
         "tf1": ["tensorflow==1.15.5", "protobuf<3.21", "numpy==1.18.5", "h5py<3"],
@@ -30,6 +32,8 @@ setup(
         # Build with HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1, after TensorFlow.
         "horovod": ["horovod==0.28.1"],
         "test": ["pytest", "scipy"],
+        # The challenge's 2026 scorer, the cross-check of tests/test_lesion_metrics.py (Python >= 3.10).
+        "crosscheck": ["BraTS-evaluation==0.0.8", "panoptica==2.1.4"],
     },
     entry_points={
         "console_scripts": ["unet3d = cli:main"],

@@ -109,6 +109,46 @@ def write_brats2023(root: str, count: int = 5, seed: int = 0, unlabelled: Sequen
     return cases
 
 
+# BraTS 2023+ cohorts: the labels each release's segmentations hold (MEN-RT: its one label, GTV).
+COHORT_LABELS = {"GLI": (1, 2, 3), "GLI-post": (1, 2, 3, 4), "SSA": (1, 2, 3), "MEN": (1, 2, 3), "MET": (1, 2, 3, 4),
+                 "PED": (1, 2, 3, 4), "GoAT": (1, 2, 3), "MEN-RT": (1,)}
+
+
+def write_cohort(root: str, cohort: str, count: int = 5, seed: int = 0, unlabelled: Sequence[int] = (),
+                 labels: Optional[Sequence[int]] = None) -> Dict[str, FakeCase]:
+    """A BraTS 2023+ release of one cohort: ``BraTS-<COHORT>-NNNNN-TTT/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``
+    (``GLI-post``: the 2024 GLI release, timepoints 100+; ``MEN-RT``: ``BraTS-MEN-RT-NNNN-1/<case>_t1c.nii.gz``
+    and ``<case>_gtv.nii.gz``)."""
+    cases = {}
+    labels = tuple(labels or COHORT_LABELS[cohort])
+    for number in range(count):
+        with_seg = number not in unlabelled
+        if cohort == "MEN-RT":
+            case_id = "BraTS-MEN-RT-{:04d}-1".format(number)
+            folder = os.path.join(root, case_id)
+            images, seg = make_arrays(seed * 1000 + number, labels)
+            save(os.path.join(folder, case_id + "_t1c.nii.gz"), images["t1ce"])
+            if with_seg:
+                save(os.path.join(folder, case_id + "_gtv.nii.gz"), seg)
+            cases[case_id] = FakeCase(case_id, {"t1ce": images["t1ce"]}, seg if with_seg else None, folder)
+            continue
+        name = "GLI" if cohort == "GLI-post" else cohort
+        case_id = "BraTS-{}-{:05d}-{:03d}".format(name, number, 100 if cohort == "GLI-post" else 0)
+        cases[case_id] = _write_folder_case(os.path.join(root, case_id), case_id, "-", BRATS2023_SUFFIXES, labels,
+                                            seed * 1000 + number, with_seg=with_seg)
+    return cases
+
+
+def preprocess_tree(raw: str, tmp_path, name: str = "records", **kwargs) -> str:
+    """Preprocess ``raw`` into ``tmp_path/name`` (2 folds unless given), quietly; returns the records folder."""
+    from unet3d_core.preprocess import preprocess
+
+    out = str(tmp_path / name)
+    kwargs.setdefault("folds", 2)
+    preprocess(raw, out, show_progress=False, **kwargs)
+    return out
+
+
 def write_msd(root: str, training: int = 5, test: int = 1, seed: int = 0, order: Sequence[str] = MSD_ORDER,
               dataset_json: bool = True, labels: Optional[Dict[str, str]] = None) -> Dict[str, FakeCase]:
     """Task01_BrainTumour style: 4-D float32 images with volumes in ``order``, labels 1 oedema, 2 NET, 3 ET."""

@@ -11,6 +11,7 @@ from raw_trees import (
     CHANNELS,
     SHAPE,
     WRITERS,
+    preprocess_tree,
     save,
     write_brats2019,
     write_brats2020,
@@ -21,7 +22,7 @@ from raw_trees import (
 from unet3d_core.case_scan import discover_cases
 from unet3d_core.errors import DataError
 from unet3d_core.layouts import LABEL_MAPS, detect_layout, inverse_label_map
-from unet3d_core.preprocess import preprocess, scale_intensities
+from unet3d_core.preprocess import scale_intensities
 from unet3d_core.records import Manifest, read_record
 
 # What each release's label values mean, written out here (from the releases' documentation, as
@@ -41,11 +42,7 @@ EXPECTED_MAPS = {layout: {source: INTERNAL[meaning] for source, meaning in meani
 SOURCE_LABELS = {layout: set(meanings) for layout, meanings in MEANINGS.items()}
 
 
-def _preprocess(raw, tmp_path, name="records", **kwargs):
-    out = str(tmp_path / name)
-    kwargs.setdefault("folds", 2)
-    preprocess(raw, out, show_progress=False, **kwargs)
-    return out
+_preprocess = preprocess_tree
 
 
 @pytest.mark.parametrize("layout", sorted(WRITERS))

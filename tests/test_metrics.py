@@ -37,8 +37,8 @@ def test_regions_follow_both_naming_schemes():
 
 
 def test_summary_counts_each_case_once():
-    first = {name: 1.0 for name in metrics.METRIC_NAMES}
-    second = {name: 0.0 for name in metrics.METRIC_NAMES}
+    first = {name: 1.0 for name in metrics.default_scheme().names}
+    second = {name: 0.0 for name in metrics.default_scheme().names}
     assert metrics.summarize([first, second])["WholeTumor"] == 0.5
 
 
@@ -145,7 +145,7 @@ def test_case_metrics_pass_spacing_to_every_region():
 def test_describe_names_the_scheme_and_gives_mean_median_std():
     cases = []
     for value in (0.2, 0.4, 0.9):
-        case = {name: value for name in metrics.METRIC_NAMES}
+        case = {name: value for name in metrics.default_scheme().names}
         cases.append(case)
     statistics = metrics.describe(cases)
     assert statistics["MeanDice"]["scheme"] == "seed"

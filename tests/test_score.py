@@ -99,7 +99,7 @@ def test_scoring_predict_outputs_reproduces_evaluate_exactly(records, raw_datase
         scored = {row["case"]: row for row in csv.DictReader(handle)}
     assert sorted(scored) == sorted(evaluated["cases"])
     for case_id, values in evaluated["cases"].items():
-        for name in metrics.METRIC_NAMES:
+        for name in metrics.default_scheme().names:
             assert float(scored[case_id][name]) == pytest.approx(values[name], rel=1e-5), (case_id, name)
 
 
@@ -157,7 +157,7 @@ def test_fold_all_trains_evaluates_each_fold_and_pools_every_case_once(records, 
     assert pooled["cases"] == len(labelled) and pooled["folds"] == 5
     with open(os.path.join(model_dir, "cv_results.csv")) as handle:
         assert sorted(row["case"] for row in csv.DictReader(handle)) == sorted(labelled)
-    assert set(pooled["pooled"]) == set(metrics.METRIC_NAMES)
+    assert set(pooled["pooled"]) == set(metrics.default_scheme().names)
     # The pooled numbers are those of every case once, each scored by the fold that held it out.
     per_fold = []
     for fold in range(5):
@@ -165,7 +165,7 @@ def test_fold_all_trains_evaluates_each_fold_and_pools_every_case_once(records, 
             per_fold.append(json.load(handle))
     cases = {case: values for report in per_fold for case, values in report["cases"].items()}
     assert sorted(cases) == sorted(labelled)
-    for name in metrics.METRIC_NAMES:
+    for name in metrics.default_scheme().names:
         values = [case[name] for case in cases.values()]
         assert pooled["pooled"][name]["mean"] == pytest.approx(sum(values) / len(values), rel=1e-9)
         assert pooled["pooled"][name]["max"] == pytest.approx(max(values), rel=1e-9)

@@ -289,5 +289,6 @@ def test_validate_and_layout_flags_are_documented():
 
     for command in ("validate", "preprocess"):
         text = cli_subprocess([command, "--help"], timeout=120).stdout
-        assert "--layout {auto,brats2019,brats2020,brats2023,msd}" in text
+        assert ("--layout {auto,brats2019,brats2020,brats2023,brats2024-gli,brats-ssa,brats-men,brats-met,"
+                "brats-goat,brats-ped,brats2023-ped,brats-men-rt,msd}") in " ".join(text.split())
     assert "--skip-invalid" in cli_subprocess(["preprocess", "--help"], timeout=120).stdout

@@ -71,7 +71,7 @@ def _scan_case_folder(folder: str, case_id: str, grade: Optional[str], layout: L
     # Name a missing file with the extension its siblings use.
     extension = ".nii" if files and all(name.endswith(".nii") for name in files) else ".nii.gz"
     images = {}
-    for channel in CHANNELS:
+    for channel in layout.channels:
         suffix = layout.suffixes[channel]
         path, reason = find_case_file(folder, case_id, suffix, layout.separator, files)
         if path is None:

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from unet3d_core.errors import DataError
-from unet3d_core.layouts import CHANNELS, LAYOUTS, apply_label_map, label_problem
+from unet3d_core.layouts import LAYOUTS, apply_label_map, label_problem
 
 AFFINE_TOLERANCE = 1e-3  # mm; co-registered modalities of one case share their header geometry
 
@@ -41,7 +41,7 @@ class LoadedCase:
 
     case_id: str
     grade: Optional[str]
-    image: np.ndarray  # float32 [x, y, z, 4], channel order CHANNELS
+    image: np.ndarray  # float32 [x, y, z, channels], the layout's channel order
     label: Optional[np.ndarray]  # uint8 [x, y, z], internal labels
     affine: np.ndarray  # 4x4, the spatial affine of the images
     spacing: List[float]  # mm per voxel along x, y, z
@@ -129,11 +129,12 @@ def load_case(raw: RawCase, layout: Optional[str] = None) -> LoadedCase:
             case and the file.
     """
     spec = LAYOUTS[layout or raw.layout]
+    channels = spec.channels
     four_d = raw.volume_index is not None
-    paths = [raw.images[CHANNELS[0]]] if four_d else [raw.images[channel] for channel in CHANNELS]
+    paths = [raw.images[channels[0]]] if four_d else [raw.images[channel] for channel in channels]
     headers = [_header(raw, path) for path in paths]
     # Geometry from the headers first: cheap, and it names the odd file out.
-    shapes = [_spatial_shape(raw, path, image, len(CHANNELS) if four_d else None)
+    shapes = [_spatial_shape(raw, path, image, len(channels) if four_d else None)
               for path, image in zip(paths, headers)]
     reference_path, reference = paths[0], headers[0]
     for path, image, shape in zip(paths[1:], headers[1:], shapes[1:]):
@@ -154,17 +155,17 @@ def load_case(raw: RawCase, layout: Optional[str] = None) -> LoadedCase:
             raise InvalidCaseError(CaseProblem(raw.case_id, raw.segmentation, "has a different affine from {}".format(
                 os.path.basename(reference_path))))
 
-    image = np.empty(shapes[0] + (len(CHANNELS),), dtype=np.float32)
+    image = np.empty(shapes[0] + (len(channels),), dtype=np.float32)
     if four_d:
-        volumes = _voxels(raw, reference_path, reference, as_float=True).reshape(shapes[0] + (len(CHANNELS),))
-        for index, channel in enumerate(CHANNELS):
+        volumes = _voxels(raw, reference_path, reference, as_float=True).reshape(shapes[0] + (len(channels),))
+        for index, channel in enumerate(channels):
             position = raw.volume_index[channel]
             _check_image_volume(raw, reference_path, volumes[..., position],
                                 "volume {} ({})".format(position, channel))
             image[..., index] = volumes[..., position]
         del volumes
     else:
-        for index, (channel, path, header) in enumerate(zip(CHANNELS, paths, headers)):
+        for index, (channel, path, header) in enumerate(zip(channels, paths, headers)):
             volume = _voxels(raw, path, header, as_float=True).reshape(shapes[0])
             _check_image_volume(raw, path, volume, "the {} image".format(channel))
             image[..., index] = volume
@@ -172,6 +173,8 @@ def load_case(raw: RawCase, layout: Optional[str] = None) -> LoadedCase:
     if seg_header is not None:
         seg = _voxels(raw, raw.segmentation, seg_header, as_float=False).reshape(shapes[0])
         reason = label_problem(seg, spec.label_map, spec.title)
+        if reason is not None and spec.name == "brats2023" and np.any(seg == 4):
+            reason += "; label 4 is the 2024 release's resection cavity: use --layout brats2024-gli"
         if reason is not None:
             raise InvalidCaseError(CaseProblem(raw.case_id, raw.segmentation, reason))
         label = apply_label_map(seg, spec.label_map)

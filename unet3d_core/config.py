@@ -8,6 +8,8 @@ EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict")
 LR_SCHEDULES = ("constant", "cosine")
 LOSSES = ("dice", "ce", "dice+ce")
 NORMS = ("instancenorm", "groupnorm", "batchnorm", "none")
+# --lesion_rules: the BraTS years whose lesion-wise rules unet3d_core.lesions implements.
+LESION_RULE_CHOICES = ("auto", "2023", "2024", "2025", "2026")
 LEAKY_RELU_SLOPE = 0.01
 NORM_EPSILON = 1e-6
 

@@ -1,4 +1,5 @@
-"""Evaluation: every validation case of the fold scored exactly once (sharded over ranks), whole volume.
+"""Evaluation: every validation case of the fold scored exactly once (sharded over ranks), whole volume and
+lesion-wise, on the regions of the data's cohort.
 
 Writes ``eval_results.json`` (means, statistics, per-case values, the
 checkpoint's step and the inference settings), ``eval_results.csv`` and the
@@ -43,7 +44,10 @@ def write_eval_summaries(folder: str, summary: Dict, step: int) -> None:
 
 
 def evaluation_is_current(config) -> bool:
-    """Whether ``eval_results.json`` already scores the newest checkpoint with these inference settings."""
+    """Whether ``eval_results.json`` already scores the newest checkpoint with these settings and metrics."""
+    from unet3d_core.records import Manifest
+
+    names = Manifest(config.data_dir).label_scheme(config.lesion_rules).names
     path = os.path.join(config.model_dir, EVAL_RESULTS)
     if not os.path.isfile(path):
         return False
@@ -54,14 +58,21 @@ def evaluation_is_current(config) -> bool:
         return False
     return (previous.get("checkpoint_step") == latest_checkpoint(config.model_dir)[1]
             and previous.get("inference") == config.inference.describe()
-            and all(name in previous.get("mean", {}) for name in metrics_lib.METRIC_NAMES))
+            and previous.get("lesion_rules") == config.lesion_rules
+            and all(name in previous.get("mean", {}) for name in names))
 
 
-def _case_line(case_id: str, values: Dict) -> str:
-    return ("  {}: WholeTumor {:.4f}  MeanDice {:.4f}  Dice WT/TC/ET {:.4f}/{:.4f}/{:.4f}  "
-            "HD95 WT/TC/ET {:.2f}/{:.2f}/{:.2f} mm".format(
-                case_id, values["WholeTumor"], values["MeanDice"], values["Dice_WT"], values["Dice_TC"],
-                values["Dice_ET"], values["HD95_WT"], values["HD95_TC"], values["HD95_ET"]))
+def _case_line(case_id: str, values: Dict, scheme) -> str:
+    regions = list(scheme.regions)
+    line = "  {}: Dice {} {}  HD95 {} mm".format(
+        case_id, "/".join(regions), "/".join("{:.4f}".format(values["Dice_" + name]) for name in regions),
+        "/".join("{:.2f}".format(values["HD95_" + name]) for name in regions))
+    if scheme.lesion_rules is not None:
+        scored = list(scheme.lesion_rules.regions)
+        line += "  lesion-wise ({}) Dice {} HD95 {}".format(
+            scheme.lesion_rules.year, "/".join("{:.4f}".format(values["LesionDice_" + name]) for name in scored),
+            "/".join("{:.2f}".format(values["LesionHD95_" + name]) for name in scored))
+    return line
 
 
 def evaluate(config, *, strategy, session_config, layer_ops, logger) -> Dict:
@@ -74,17 +85,18 @@ def evaluate(config, *, strategy, session_config, layer_ops, logger) -> Dict:
     if not cases:
         raise ConfigError("fold {} has no labelled validation cases".format(config.fold))
     positions = {case["id"]: index for index, case in enumerate(cases)}
-    names = metrics_lib.METRIC_NAMES
+    scheme = manifest.label_scheme(config.lesion_rules)
+    names = scheme.names
     table = np.zeros((len(cases), len(names) + 1), dtype=np.float64)
     started = time.time()
     runner, step = restore_network(config, session_config, layer_ops, logger)
     source = volumes.record_cases(manifest, strategy.shard(cases), session_config)
     for case, prediction, _ in segment_all(source, runner, config.inference):
-        values = metrics_lib.case_metrics(prediction, case.label, case.geometry.spacing)
+        values = metrics_lib.case_metrics(prediction, case.label, case.geometry.spacing, scheme)
         row = positions[case.case_id]
         table[row, :-1] = [values[name] for name in names]
         table[row, -1] = 1.0  # evaluated-once marker
-        logger.message(_case_line(case.case_id, values))
+        logger.message(_case_line(case.case_id, values, scheme))
     table = strategy.allreduce_sum(table)
     if not np.all(table[:, -1] == 1.0):
         raise UNet3DError("evaluation covered some validation cases {} times".format(table[:, -1].tolist()))
@@ -94,12 +106,15 @@ def evaluate(config, *, strategy, session_config, layer_ops, logger) -> Dict:
                                 seconds=round(time.time() - started, 1)))
     if strategy.is_chief:
         statistics = metrics_lib.describe(per_case)
-        logger.message(metrics_lib.format_table(statistics, len(cases)))
+        logger.message(metrics_lib.format_table(statistics, len(cases), scheme.descriptions()))
         report = {
             "fold": config.fold,
             "checkpoint_step": step,
             "inference": config.inference.describe(),
-            "naming": dict(metrics_lib.SCHEME_DESCRIPTIONS),
+            "layout": scheme.layout,
+            "cohort": scheme.cohort,
+            "lesion_rules": config.lesion_rules,
+            "naming": dict(scheme.descriptions()),
             "mean": summary,
             "statistics": statistics,
             "cases": {case["id"]: values for case, values in zip(cases, per_case)},

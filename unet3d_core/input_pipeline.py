@@ -55,19 +55,20 @@ def training_transform(image, label, mean, std, draws, crop_shape: Sequence[int]
     """Apply the training transforms to one case with the given uniform draws in [0, 1).
 
     Args:
-        image: uint8 [x, y, z, 4]; label: uint8 [x, y, z].
-        mean, std: float32 [4].
+        image: uint8 [x, y, z, C] (C known in its static shape); label: uint8 [x, y, z].
+        mean, std: float32 [C].
         draws: float32 [DRAWS_PER_SAMPLE] uniform in [0, 1).
         crop_shape: (cx, cy, cz); volumes smaller than it are zero-padded first.
     Returns:
-        float32 [cx, cy, cz, 4] image and int32 [cx, cy, cz] label.
+        float32 [cx, cy, cz, C] image and int32 [cx, cy, cz] label.
     """
     crop_shape = [int(size) for size in crop_shape]
+    channels = int(image.shape[-1])
     image = _pad_to_at_least(image, crop_shape)
     label = _pad_to_at_least(label, crop_shape)
     room = tf.cast(tf.shape(label)[:3] - crop_shape + 1, tf.float32)  # number of valid offsets per axis
     offsets = tf.minimum(tf.cast(tf.floor(draws[:3] * room), tf.int32), tf.cast(room, tf.int32) - 1)
-    image = tf.slice(image, tf.concat([offsets, [0]], 0), crop_shape + [4])
+    image = tf.slice(image, tf.concat([offsets, [0]], 0), crop_shape + [channels])
     label = tf.slice(label, offsets, crop_shape)
     if augment:
         # The flip commutes with the voxel-wise steps after it, so it runs on
@@ -81,7 +82,7 @@ def training_transform(image, label, mean, std, draws, crop_shape: Sequence[int]
         shift = low + (high - low) * draws[5:9]
         brighten = draws[4] < BRIGHTNESS_PROBABILITY
         image = tf.cond(brighten, lambda: image + shift * tf.cast(image > 0, tf.float32), lambda: image)
-    image.set_shape(crop_shape + [4])
+    image.set_shape(crop_shape + [channels])
     label = tf.cast(label, tf.int32)
     label.set_shape(crop_shape)
     return image, label
@@ -94,7 +95,8 @@ def sample_draws(seed: int, sample_number):
 
 
 def training_dataset(record_files: List[str], *, batch_size: int, crop_shape: Sequence[int], augment: bool,
-                     seed: int, first_sample: int = 0, parallel_reads: int = 4, cache: bool = False):
+                     seed: int, first_sample: int = 0, parallel_reads: int = 4, cache: bool = False,
+                     channels: int = 4):
     """An endless, deterministic stream of (image, label) batches.
 
     Case order: shuffled with ``seed`` each epoch. ``first_sample`` skips that
@@ -112,7 +114,8 @@ def training_dataset(record_files: List[str], *, batch_size: int, crop_shape: Se
     if cache:
         # Shuffling decoded cases draws the same permutation as shuffling file
         # names would: shuffle's choices depend on its seed and buffer size only.
-        cases = tf.data.TFRecordDataset(files).map(parse_case, num_parallel_calls=AUTOTUNE).cache()
+        cases = tf.data.TFRecordDataset(files).map(lambda record: parse_case(record, channels),
+                                                   num_parallel_calls=AUTOTUNE).cache()
         cases = cases.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
         dataset = tf.data.Dataset.zip((numbers, cases.skip(first_sample)))
     else:
@@ -127,7 +130,7 @@ def training_dataset(record_files: List[str], *, batch_size: int, crop_shape: Se
 
     def transform(number, case):
         if not cache:
-            case = parse_case(case)  # here, in the parallel map, not in the sequential read
+            case = parse_case(case, channels)  # here, in the parallel map, not in the sequential read
         return training_transform(case["image"], case["label"], case["mean"], case["std"],
                                   sample_draws(seed, number), crop_shape, augment)
 
@@ -139,25 +142,26 @@ def evaluation_transform(image, mean, std, eval_crop: Sequence[int], divisor: in
     """Centre crop, cast, normalise, pad to a multiple of ``divisor``.
 
     Returns:
-        (float32 [x', y', z', 4] network input, int32 [3] crop offsets, int32 [3] crop size)
+        (float32 [x', y', z', C] network input, int32 [3] crop offsets, int32 [3] crop size)
     """
+    channels = int(image.shape[-1])
     shape = tf.shape(image)[:3]
     crop = tf.minimum(shape, tf.constant([int(size) for size in eval_crop], tf.int32))
     offsets = (shape - crop) // 2
-    image = tf.slice(image, tf.concat([offsets, [0]], 0), tf.concat([crop, [4]], 0))
+    image = tf.slice(image, tf.concat([offsets, [0]], 0), tf.concat([crop, [channels]], 0))
     image = normalize(image, mean, std)
     padded = (crop + divisor - 1) // divisor * divisor
     padding = tf.stack([tf.zeros([3], tf.int32), padded - crop], axis=1)
     image = tf.pad(image, tf.concat([padding, [[0, 0]]], axis=0))
-    image.set_shape([None, None, None, 4])
+    image.set_shape([None, None, None, channels])
     return image, offsets, crop
 
 
-def evaluation_dataset(record_files: List[str], *, eval_crop: Sequence[int], divisor: int):
+def evaluation_dataset(record_files: List[str], *, eval_crop: Sequence[int], divisor: int, channels: int = 4):
     """Each case once, in order: dict of network input (batch 1), full label, offsets, crop, case index."""
 
     def transform(record):
-        case = parse_case(record)
+        case = parse_case(record, channels)
         image, offsets, crop = evaluation_transform(case["image"], case["mean"], case["std"], eval_crop, divisor)
         return {"image": image[tf.newaxis], "label": case["label"], "offsets": offsets, "crop": crop,
                 "case_index": case["case_index"]}

@@ -1,25 +1,26 @@
-"""Segmentation metrics in both naming schemes users compare.
+"""Segmentation metrics: whole-volume Dice and HD95 per region, lesion-wise scores, and the seed's table.
 
-Internal labels: 1 necrotic / non-enhancing core, 2 oedema, 3 enhancing
-(BraTS 2019's label 4).
+A :class:`LabelScheme` says what is measured; it comes from the data's layout
+(:mod:`unet3d_core.layouts`), so each cohort is scored on its own regions:
 
-- The seed's scheme (kept for continuity with its result table), Dice only:
-  ``TumorCore`` = label 1 alone, ``PeritumoralEdema`` = label 2,
-  ``EnhancingTumor`` = label 3, ``MeanDice`` = mean of those three,
-  ``WholeTumor`` = labels {1, 2, 3}.
-- The BraTS challenge regions every paper reports: ``WT`` = {1, 2, 3},
-  ``TC`` = {1, 3}, ``ET`` = {3}, as ``Dice_WT`` ... and ``HD95_WT`` ... (the
-  95th-percentile symmetric Hausdorff distance between the two surfaces, in
-  millimetres, using the voxel spacing).
-
-Empty regions follow the challenge: both empty -> Dice 1 and HD95 0; exactly
-one empty -> Dice 0 and HD95 373.13 mm (the diagonal of a 240x240x155 mm
-box, the cap the BraTS evaluation uses).
+- ``Dice_<R>`` and ``HD95_<R>`` for each region R of the cohort (glioma: ``WT``
+  = {1, 2, 3}, ``TC`` = {1, 3}, ``ET`` = {3}; PED, GLI post-treatment and
+  MEN-RT have their own, see the layouts). HD95 is the 95th-percentile
+  symmetric Hausdorff distance between the two surfaces, in millimetres, using
+  the voxel spacing. Both empty -> Dice 1 and HD95 0; exactly one empty ->
+  Dice 0 and HD95 373.13 mm (the diagonal of a 240x240x155 mm box).
+- ``LesionDice_<R>`` and ``LesionHD95_<R>``: the challenge's lesion-wise scores,
+  by the rules of the year ``--lesion_rules`` picks (:mod:`unet3d_core.lesions`).
+- The seed's scheme (kept for continuity with its result table), Dice only, for
+  the four-label glioma layouts: ``TumorCore`` = label 1 alone,
+  ``PeritumoralEdema`` = label 2, ``EnhancingTumor`` = label 3, ``MeanDice`` =
+  mean of those three, ``WholeTumor`` = labels {1, 2, 3}.
 """
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Dict, List, Sequence
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -35,17 +36,77 @@ BRATS_REGIONS = OrderedDict([
 ])
 SEED_NAMES = list(SEED_REGIONS) + ["MeanDice", "WholeTumor"]
 BRATS_NAMES = ["Dice_" + name for name in BRATS_REGIONS] + ["HD95_" + name for name in BRATS_REGIONS]
-METRIC_NAMES = SEED_NAMES + BRATS_NAMES
 HD95_ONE_EMPTY_MM = 373.13
+LESION_PREFIX = "Lesion"
 
-# Which scheme each number belongs to, written next to every report.
-SCHEME_OF = OrderedDict([(name, "seed") for name in SEED_NAMES] + [(name, "brats") for name in BRATS_NAMES])
-SCHEME_DESCRIPTIONS = OrderedDict([
-    ("seed", "the seed's table (Dice): TumorCore = label 1 alone, PeritumoralEdema = label 2, "
-             "EnhancingTumor = label 4, MeanDice = mean of those three, WholeTumor = labels 1,2,4"),
-    ("brats", "BraTS challenge regions: WT = labels 1,2,4; TC = labels 1,4; ET = label 4; "
-              "Dice, and HD95 = 95th-percentile Hausdorff distance in mm (both empty: 0, one empty: 373.13)"),
-])
+_SEED_DESCRIPTION = ("the seed's table (Dice): TumorCore = label 1 alone, PeritumoralEdema = label 2, "
+                     "EnhancingTumor = label 4, MeanDice = mean of those three, WholeTumor = labels 1,2,4")
+
+
+@dataclass(frozen=True)
+class LabelScheme:
+    """What is measured on one cohort's label maps (internal labels)."""
+
+    layout: str
+    cohort: str
+    regions: "OrderedDict[str, tuple]"  # whole-volume regions
+    lesion_regions: "OrderedDict[str, tuple]"  # every region the lesion rules may need
+    seed_table: bool
+    lesion_rules: Optional[object] = None  # a lesions.RuleSet, or None for whole-volume metrics only
+    label_names: Optional[Dict[int, str]] = None  # source label -> name, for descriptions
+
+    @classmethod
+    def for_layout(cls, layout: str, lesion_rules: Optional[str] = "auto") -> "LabelScheme":
+        """The scheme of a layout; ``lesion_rules`` a year, ``auto`` (the layout's release) or None (none)."""
+        from unet3d_core.layouts import layout_of
+        from unet3d_core.lesions import rules_for
+
+        spec = layout_of(layout)
+        rules = None
+        if lesion_rules is not None:
+            rules = rules_for(lesion_rules, spec.cohort, list(spec.lesion_regions), spec.name)
+        return cls(spec.name, spec.cohort, OrderedDict(spec.regions), OrderedDict(spec.lesion_regions),
+                   spec.seed_table, rules, dict(spec.label_names))
+
+    @property
+    def names(self) -> List[str]:
+        """Every metric this scheme reports, in table order."""
+        names = list(SEED_NAMES) if self.seed_table else []
+        names += ["Dice_" + region for region in self.regions] + ["HD95_" + region for region in self.regions]
+        if self.lesion_rules is not None:
+            scored = list(self.lesion_rules.regions)
+            names += [LESION_PREFIX + "Dice_" + region for region in scored]
+            names += [LESION_PREFIX + "HD95_" + region for region in scored]
+        return names
+
+    def descriptions(self) -> "OrderedDict[str, str]":
+        """Scheme name -> what its numbers mean, written next to every report."""
+        text = OrderedDict()
+        if self.seed_table:
+            text["seed"] = _SEED_DESCRIPTION
+        regions = "; ".join("{} = label{} {}".format(name, "s" if len(labels) > 1 else "",
+                                                     ",".join(str(label) for label in labels))
+                            for name, labels in self.regions.items())
+        text["brats"] = ("BraTS challenge regions ({} {}, internal labels): {}; whole-volume Dice, and HD95 = "
+                         "95th-percentile Hausdorff distance in mm (both empty: 0, one empty: 373.13)".format(
+                             self.cohort, self.layout, regions))
+        if self.lesion_rules is not None:
+            text["lesion"] = "lesion-wise Dice and HD95 (mm): " + self.lesion_rules.describe()
+        return text
+
+
+def scheme_of(name: str) -> str:
+    """Which scheme a metric name belongs to: ``seed``, ``brats`` or ``lesion``."""
+    if name.startswith(LESION_PREFIX):
+        return "lesion"
+    if name in SEED_NAMES:
+        return "seed"
+    return "brats"
+
+
+def default_scheme() -> LabelScheme:
+    """The glioma scheme of the BraTS 2018-2021 layouts (internal labels 1 NETC, 2 oedema, 3 ET)."""
+    return LabelScheme.for_layout("brats2019")
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
@@ -58,14 +119,6 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 2.0 * overlap / (predicted + actual)
 
 
-def _surface(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` with a face neighbour outside it (the array's edge counts as outside)."""
-    from scipy import ndimage
-
-    interior = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(3, 1), border_value=0)
-    return np.logical_and(mask, np.logical_not(interior))
-
-
 def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
     """95th-percentile symmetric surface distance of two boolean masks, in the unit of ``spacing`` (mm).
 
@@ -73,7 +126,7 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (
     voxel of the other are pooled and their 95th percentile taken. Both masks
     empty gives 0, exactly one empty gives 373.13.
     """
-    from scipy import ndimage
+    from unet3d_core.lesions import pooled_hd95
 
     prediction = np.asarray(prediction, dtype=bool)
     truth = np.asarray(truth, dtype=bool)
@@ -84,62 +137,66 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (
         return 0.0
     if has_prediction != has_truth:
         return HD95_ONE_EMPTY_MM
-    # Work inside the bounding box of both masks plus one voxel: every surface
-    # voxel lies inside it, so the distances are exactly those of the full volume.
-    present = np.argwhere(np.logical_or(prediction, truth))
-    low = np.maximum(present.min(axis=0) - 1, 0)
-    high = np.minimum(present.max(axis=0) + 2, prediction.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-    predicted_surface, true_surface = _surface(prediction[box]), _surface(truth[box])
-    spacing = [float(size) for size in spacing]
-    to_truth = ndimage.distance_transform_edt(np.logical_not(true_surface), sampling=spacing)
-    to_prediction = ndimage.distance_transform_edt(np.logical_not(predicted_surface), sampling=spacing)
-    distances = np.concatenate([to_truth[predicted_surface], to_prediction[true_surface]])
-    return float(np.percentile(distances, 95))
+    return pooled_hd95(truth, prediction, spacing)
 
 
-def case_metrics(prediction: np.ndarray, truth: np.ndarray,
-                 spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> Dict[str, float]:
+def case_metrics(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                 scheme: Optional[LabelScheme] = None) -> Dict[str, float]:
     """All metrics of one case from two internal label maps of equal shape.
 
     Args:
-        prediction, truth: integer arrays of internal labels 0..3.
-        spacing: voxel size in mm along each axis (from the NIfTI header), for HD95.
+        prediction, truth: integer arrays of internal labels.
+        spacing: voxel size in mm along each axis (from the NIfTI header), for HD95 and lesion volumes.
+        scheme: what to measure; the BraTS 2018-2021 glioma scheme by default.
     Returns:
-        an ordered dict over :data:`METRIC_NAMES`.
+        an ordered dict over ``scheme.names``.
     """
+    from unet3d_core.lesions import lesion_scores
+
+    scheme = scheme or default_scheme()
     if prediction.shape != truth.shape:
         raise ValueError("prediction shape {} differs from truth shape {}".format(prediction.shape, truth.shape))
     values = OrderedDict()
-    for name, labels in SEED_REGIONS.items():
-        values[name] = dice(np.isin(prediction, labels), np.isin(truth, labels))
-    values["MeanDice"] = float(np.mean([values[name] for name in SEED_REGIONS]))
-    values["WholeTumor"] = dice(prediction > 0, truth > 0)
+    if scheme.seed_table:
+        for name, labels in SEED_REGIONS.items():
+            values[name] = dice(np.isin(prediction, labels), np.isin(truth, labels))
+        values["MeanDice"] = float(np.mean([values[name] for name in SEED_REGIONS]))
+        values["WholeTumor"] = dice(prediction > 0, truth > 0)
     masks = OrderedDict((name, (np.isin(prediction, labels), np.isin(truth, labels)))
-                        for name, labels in BRATS_REGIONS.items())
+                        for name, labels in scheme.regions.items())
     for name, (predicted, actual) in masks.items():
         values["Dice_" + name] = dice(predicted, actual)
     for name, (predicted, actual) in masks.items():
         values["HD95_" + name] = hd95(predicted, actual, spacing)
+    if scheme.lesion_rules is not None:
+        scores = lesion_scores(prediction, truth, spacing, scheme.lesion_regions, scheme.lesion_rules)
+        for name, score in scores.items():
+            values[LESION_PREFIX + "Dice_" + name] = score.dice
+        for name, score in scores.items():
+            values[LESION_PREFIX + "HD95_" + name] = score.hd95
     return values
+
+
+def metric_names(per_case) -> List[str]:
+    """The metric names of a list (or dict) of per-case results, in the first case's order."""
+    cases = list(per_case.values()) if isinstance(per_case, dict) else list(per_case)
+    return list(cases[0]) if cases else []
 
 
 def summarize(per_case: List[Dict[str, float]]) -> Dict[str, float]:
     """Mean of every metric over cases (each case counts once)."""
     if not per_case:
         return {}
-    return OrderedDict((name, float(np.mean([case[name] for case in per_case]))) for name in METRIC_NAMES)
+    return OrderedDict((name, float(np.mean([case[name] for case in per_case]))) for name in metric_names(per_case))
 
 
 def describe(per_case: List[Dict[str, float]]) -> Dict[str, Dict]:
     """Per metric: its scheme and the mean, median, standard deviation, minimum and maximum over cases."""
     statistics = OrderedDict()
-    for name in METRIC_NAMES:
+    for name in metric_names(per_case):
         values = np.asarray([case[name] for case in per_case], dtype=np.float64)
-        if values.size == 0:
-            continue
         statistics[name] = OrderedDict([
-            ("scheme", SCHEME_OF[name]),
+            ("scheme", scheme_of(name)),
             ("mean", float(values.mean())),
             ("median", float(np.median(values))),
             ("std", float(values.std())),
@@ -149,27 +206,33 @@ def describe(per_case: List[Dict[str, float]]) -> Dict[str, Dict]:
     return statistics
 
 
-def format_table(statistics: Dict[str, Dict], cases: int) -> str:
-    """A plain-text table of :func:`describe`'s output, one metric per line, scheme named."""
+def format_table(statistics: Dict[str, Dict], cases: int, descriptions: Optional[Dict[str, str]] = None) -> str:
+    """A plain-text table of :func:`describe`'s output, one metric per line, scheme named.
+
+    ``descriptions`` (scheme -> meaning, :meth:`LabelScheme.descriptions`) are printed below it.
+    """
+    if descriptions is None:
+        descriptions = default_scheme().descriptions()
     lines = ["{:<18} {:<6} {:>9} {:>9} {:>9} {:>9} {:>9}   ({} case{})".format(
         "metric", "scheme", "mean", "median", "std", "min", "max", cases, "" if cases == 1 else "s")]
     for name, row in statistics.items():
         lines.append("{:<18} {:<6} {:>9.4f} {:>9.4f} {:>9.4f} {:>9.4f} {:>9.4f}".format(
             name, row["scheme"], row["mean"], row["median"], row["std"], row["min"], row["max"]))
     lines.append("HD95 in mm. Schemes:")
-    lines.extend("  {}: {}".format(scheme, text) for scheme, text in SCHEME_DESCRIPTIONS.items())
+    lines.extend("  {}: {}".format(scheme, text) for scheme, text in descriptions.items())
     return "\n".join(lines)
 
 
 def write_case_table(path: str, per_case: Dict[str, Dict[str, float]]) -> None:
-    """Write per-case metrics as CSV (``case`` then :data:`METRIC_NAMES`), atomically."""
+    """Write per-case metrics as CSV (``case`` then every metric name), atomically."""
     import csv
     import os
 
+    names = metric_names(per_case)
     temporary = path + ".partial"
     with open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["case"] + METRIC_NAMES)
+        writer.writerow(["case"] + names)
         for case_id, values in per_case.items():
-            writer.writerow([case_id] + ["{:.6g}".format(values[name]) for name in METRIC_NAMES])
+            writer.writerow([case_id] + ["{:.6g}".format(values[name]) for name in names])
     os.replace(temporary, path)

@@ -82,24 +82,28 @@ def write_cross_validation(model_dir: str, folds: int, logger: RunLogger):
     for report in per_fold.values():
         cases.update(report["cases"])
     statistics = metrics_lib.describe(list(cases.values()))
+    first = per_fold[0]
+    naming = first.get("naming") or dict(metrics_lib.default_scheme().descriptions())
     content = {
         "folds": folds,
         "cases": len(cases),
-        "naming": dict(metrics_lib.SCHEME_DESCRIPTIONS),
+        "layout": first.get("layout"),
+        "lesion_rules": first.get("lesion_rules"),
+        "naming": naming,
         "pooled": statistics,  # every case once, scored by the fold that held it out
         "mean_of_folds": {name: float(np.mean([per_fold[fold]["mean"][name] for fold in per_fold]))
-                          for name in metrics_lib.METRIC_NAMES},
+                          for name in metrics_lib.metric_names(cases)},
         "per_fold": {str(fold): {"checkpoint_step": report["checkpoint_step"], "cases": len(report["cases"]),
                                  "mean": report["mean"]} for fold, report in per_fold.items()},
     }
     write_json_atomic(os.path.join(model_dir, CV_RESULTS), content)
     metrics_lib.write_case_table(os.path.join(model_dir, CV_CASES), cases)
     logger.message("\nCross-validation over {} folds, {} cases (pooled):".format(folds, len(cases)))
-    logger.message(metrics_lib.format_table(statistics, len(cases)))
+    logger.message(metrics_lib.format_table(statistics, len(cases), naming))
     for fold, report in per_fold.items():
         mean = report["mean"]
-        logger.message("  fold {}: MeanDice {:.4f}  WholeTumor {:.4f}  Dice WT/TC/ET {:.4f}/{:.4f}/{:.4f}".format(
-            fold, mean["MeanDice"], mean["WholeTumor"], mean["Dice_WT"], mean["Dice_TC"], mean["Dice_ET"]))
+        shown = [name for name in mean if name.startswith(("Dice_", "LesionDice_"))]
+        logger.message("  fold {}: {}".format(fold, "  ".join("{} {:.4f}".format(name, mean[name]) for name in shown)))
     logger.message("wrote {} and {}".format(os.path.join(model_dir, CV_RESULTS), os.path.join(model_dir, CV_CASES)))
     return statistics
 

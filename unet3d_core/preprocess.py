@@ -29,7 +29,7 @@ from unet3d_core import __version__
 from unet3d_core.case_scan import scan_cases
 from unet3d_core.cases import CaseProblem, InvalidCaseError, LoadedCase, RawCase, load_case
 from unet3d_core.errors import ConfigError, DataError
-from unet3d_core.layouts import AUTO, CHANNELS, LAYOUTS
+from unet3d_core.layouts import AUTO, LAYOUTS
 from unet3d_core.progress import Progress
 from unet3d_core.records import FORMAT_VERSION, RECORD_SUFFIX, assemble_record, encode_case_features, write_manifest
 
@@ -212,8 +212,11 @@ def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0
             "source": os.path.abspath(input_dir),
             "source_layout": scan.layout,
             "source_description": spec.title,
-            "channels": list(CHANNELS),
+            "channels": list(spec.channels),
             "label_map": {str(source): target for source, target in sorted(spec.label_map.items())},
+            "cohort": spec.cohort,
+            "label_names": {str(source): name for source, name in sorted(spec.label_names.items())},
+            "regions": {name: list(labels) for name, labels in spec.regions.items()},
             "folds": folds,
             "fold_seed": seed,
             "intensity": "clip [0, {} x max] per modality, scale to uint8".format(CLIP_FRACTION),
@@ -280,7 +283,7 @@ def _manifest_entry(case: ConvertedCase, file_name: str) -> Dict:
         "mean": case.mean,
         "std": case.std,
         "has_label": case.has_label,
-        "source_images": {channel: os.path.abspath(raw.images[channel]) for channel in CHANNELS},
+        "source_images": {channel: os.path.abspath(path) for channel, path in raw.images.items()},
         "source_segmentation": os.path.abspath(raw.segmentation) if raw.segmentation else None,
     }
     if raw.volume_index is not None:

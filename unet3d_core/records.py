@@ -2,16 +2,18 @@
 
 Record schema (one ``tf.train.Example`` per file):
 
-- ``image``: bytes, uint8 [x, y, z, 4] in C order, channels t1, t1ce, t2, flair
-- ``label``: bytes, uint8 [x, y, z], internal labels 0..3 (all zero and
+- ``image``: bytes, uint8 [x, y, z, C] in C order, the manifest's ``channels``
+  (t1, t1ce, t2, flair for four-image layouts; t1ce alone for MEN-RT)
+- ``label``: bytes, uint8 [x, y, z], internal labels 0..K-1 (all zero and
   ``has_label`` 0 for cases without segmentation)
-- ``shape``: int64 [3]; ``mean``, ``std``: float [4] over voxels > 0
+- ``shape``: int64 [3]; ``mean``, ``std``: float [C] over voxels > 0
 - ``case_index``: int64, the case's position in the manifest
 
 The manifest records, per case: id, grade, fold, file, shape, affine,
 spacing, crop box, statistics and source files; and for the data set: the
-source layout, ``label_map`` (source label -> internal label, as JSON
-strings -> ints), the fold seed, the cases left out by ``--skip-invalid``
+source layout, its ``channels``, ``cohort``, ``label_map`` (source label ->
+internal label, as JSON strings -> ints), ``label_names`` and ``regions``
+(the scored label sets, internal labels), the fold seed, the cases left out by ``--skip-invalid``
 (``skipped``: id, file, reason) and the format version. ``shape``, ``affine``
 and ``spacing`` are the source images' spatial (3-D) geometry, also for
 MSD's 4-D images, so predictions are written as 3-D label maps that overlay
@@ -95,12 +97,12 @@ def serialize_case(image, label, mean, std, case_index: int) -> bytes:
     return assemble_record(case_index, encode_case_features(image, label, mean, std))
 
 
-def parse_case(serialized):
-    """Parse a serialised case into tensors (graph op).
+def parse_case(serialized, channels: int = 4):
+    """Parse a serialised case of ``channels`` images into tensors (graph op).
 
     Returns:
-        dict with ``image`` uint8 [x, y, z, 4], ``label`` uint8 [x, y, z],
-        ``mean``/``std`` float32 [4], ``case_index`` int64 scalar.
+        dict with ``image`` uint8 [x, y, z, channels], ``label`` uint8 [x, y, z],
+        ``mean``/``std`` float32 [channels], ``case_index`` int64 scalar.
     """
     import tensorflow as tf
 
@@ -108,13 +110,14 @@ def parse_case(serialized):
         "image": tf.io.FixedLenFeature([], tf.string),
         "label": tf.io.FixedLenFeature([], tf.string),
         "shape": tf.io.FixedLenFeature([3], tf.int64),
-        "mean": tf.io.FixedLenFeature([4], tf.float32),
-        "std": tf.io.FixedLenFeature([4], tf.float32),
+        "mean": tf.io.FixedLenFeature([channels], tf.float32),
+        "std": tf.io.FixedLenFeature([channels], tf.float32),
         "case_index": tf.io.FixedLenFeature([], tf.int64),
     }
     features = tf.io.parse_single_example(serialized, spec)
     shape = tf.cast(features["shape"], tf.int32)
-    image = tf.reshape(tf.io.decode_raw(features["image"], tf.uint8), tf.concat([shape, [4]], axis=0))
+    image = tf.reshape(tf.io.decode_raw(features["image"], tf.uint8), tf.concat([shape, [channels]], axis=0))
+    image.set_shape([None, None, None, channels])
     label = tf.reshape(tf.io.decode_raw(features["label"], tf.uint8), shape)
     return {"image": image, "label": label, "mean": features["mean"], "std": features["std"],
             "case_index": features["case_index"]}
@@ -124,8 +127,8 @@ def read_record(path: str) -> Dict:
     """Read one record file into numpy arrays (for tools and tests; training uses ``parse_case``).
 
     Returns:
-        dict with ``image`` uint8 [x, y, z, 4], ``label`` uint8 [x, y, z] or
-        None, ``mean``/``std`` float32 [4], ``case_index`` int.
+        dict with ``image`` uint8 [x, y, z, C], ``label`` uint8 [x, y, z] or
+        None, ``mean``/``std`` float32 [C], ``case_index`` int.
     """
     import numpy as np
     import tensorflow as tf
@@ -137,7 +140,8 @@ def read_record(path: str) -> Dict:
     if feature["has_label"].int64_list.value[0]:
         label = np.frombuffer(feature["label"].bytes_list.value[0], dtype=np.uint8).reshape(shape)
     return {
-        "image": np.frombuffer(feature["image"].bytes_list.value[0], dtype=np.uint8).reshape(shape + (4,)),
+        "image": np.frombuffer(feature["image"].bytes_list.value[0], dtype=np.uint8).reshape(
+            shape + (len(feature["mean"].float_list.value),)),
         "label": label,
         "mean": np.asarray(feature["mean"].float_list.value, dtype=np.float32),
         "std": np.asarray(feature["std"].float_list.value, dtype=np.float32),
@@ -196,6 +200,22 @@ class Manifest:
     @property
     def layout(self) -> str:
         return str(self.content.get("source_layout", "brats2019"))
+
+    @property
+    def channels(self) -> List[str]:
+        """The images of every case, in network input order."""
+        return list(self.content.get("channels", ["t1", "t1ce", "t2", "flair"]))
+
+    @property
+    def num_classes(self) -> int:
+        """Internal labels 0..K-1: the network's output classes."""
+        return max(self.label_map.values()) + 1
+
+    def label_scheme(self, lesion_rules: str = "auto"):
+        """The data's :class:`~unet3d_core.metrics.LabelScheme`: regions scored and lesion-wise rules."""
+        from unet3d_core.metrics import LabelScheme
+
+        return LabelScheme.for_layout(self.layout, lesion_rules)
 
     @property
     def skipped(self) -> List[Dict]:

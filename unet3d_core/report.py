@@ -29,8 +29,10 @@ from unet3d_core.errors import DataError
 LOG_NAME = "log.json"
 # Overlay colours by internal label (files are mapped from their own convention first).
 LABEL_COLOURS = OrderedDict([(1, ("necrotic / non-enhancing core", "#e41a1c")), (2, ("oedema", "#4daf4a")),
-                             (3, ("enhancing tumour", "#ffd700"))])
-CURVE_DICE = ("MeanDice", "WholeTumor", "Dice_WT", "Dice_TC", "Dice_ET")
+                             (3, ("enhancing tumour", "#ffd700")), (4, ("label 4", "#377eb8"))])
+PALETTE = ("#e41a1c", "#4daf4a", "#ffd700", "#377eb8", "#984ea3")
+CURVE_DICE = ("MeanDice", "WholeTumor", "Dice_WT", "Dice_TC", "Dice_ET", "LesionDice_WT", "LesionDice_TC",
+              "LesionDice_ET", "Dice_GTV", "LesionDice_GTV")
 
 
 def read_log(path: str) -> Tuple[Dict, List[Dict]]:
@@ -100,7 +102,7 @@ def plot_curves(curves: Dict[str, Dict[str, List]], path: str) -> None:
     plt = _pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(15, 4), sharex=True)  # evaluations sit at their training step
     # Several runs (folds): two Dice lines each keep the legend readable.
-    dice_names = CURVE_DICE if len(curves) == 1 else ("MeanDice", "Dice_WT")
+    dice_names = CURVE_DICE if len(curves) == 1 else ("Dice_WT", "LesionDice_WT", "Dice_GTV")
     for label, curve in curves.items():
         if curve["steps"]:
             axes[0].plot(curve["steps"], curve["loss"], label=label)
@@ -109,7 +111,7 @@ def plot_curves(curves: Dict[str, Dict[str, List]], path: str) -> None:
             points = [(step, values[name]) for step, values in curve["evaluations"] if name in values]
             if points:
                 xs, ys = zip(*points)
-                scheme = metrics_lib.SCHEME_OF.get(name, "")
+                scheme = metrics_lib.scheme_of(name)
                 axes[2].plot(xs, ys, marker="o", label="{} {} ({})".format(label, name, scheme))
     axes[0].set(title="training loss", xlabel="step", ylabel="loss")
     axes[1].set(title="learning rate", xlabel="step", ylabel="rate")
@@ -137,13 +139,23 @@ def tumour_slice(truth: Optional[np.ndarray], prediction: np.ndarray) -> int:
     return prediction.shape[2] // 2
 
 
-def _overlay(axis, background: np.ndarray, labels: Optional[np.ndarray], title: str) -> None:
+def _label_colours(names: Optional[Dict[int, str]]) -> "OrderedDict[int, Tuple[str, str]]":
+    """Internal label -> (name, colour) for the legend: the data's label names, else the glioma ones."""
+    if not names:
+        return OrderedDict(list(LABEL_COLOURS.items())[:3])
+    return OrderedDict((label, (name, PALETTE[(label - 1) % len(PALETTE)]))
+                       for label, name in sorted(names.items()) if label > 0)
+
+
+def _overlay(axis, background: np.ndarray, labels: Optional[np.ndarray], title: str,
+             legend: Optional[Dict] = None) -> None:
     from matplotlib.colors import ListedColormap
 
+    legend = legend or _label_colours(None)
     axis.imshow(background, cmap="gray", interpolation="nearest")
     if labels is not None:
-        values = list(LABEL_COLOURS)
-        colours = ListedColormap([LABEL_COLOURS[value][1] for value in values])
+        values = list(legend)
+        colours = ListedColormap([legend[value][1] for value in values])
         index = np.full(labels.shape, np.nan)
         for position, value in enumerate(values):
             index[labels == value] = position
@@ -154,31 +166,37 @@ def _overlay(axis, background: np.ndarray, labels: Optional[np.ndarray], title: 
 
 
 def plot_case(case_id: str, images: Dict[str, np.ndarray], truth: Optional[np.ndarray], prediction: np.ndarray,
-              path: str) -> str:
-    """FLAIR and T1ce rows; columns image, ground truth (if any), prediction. Returns the caption.
+              path: str, regions: Optional[Dict] = None, label_names: Optional[Dict[int, str]] = None) -> str:
+    """One row per image (FLAIR and T1ce where the case has them); columns image, ground truth (if any),
+    prediction. Returns the caption.
 
-    ``truth`` and ``prediction`` hold internal labels (1 core, 2 oedema, 3 enhancing).
+    ``truth`` and ``prediction`` hold internal labels; ``regions`` (name -> labels, the cohort's) are
+    scored in the caption, ``label_names`` (internal label -> name) name the colours.
     """
     from matplotlib.patches import Patch
 
     plt = _pyplot()
+    regions = regions or metrics_lib.BRATS_REGIONS
+    colours = _label_colours(label_names)
     index = tumour_slice(truth, prediction)
     columns = [("image", None)] + ([("ground truth", truth)] if truth is not None else []) + \
         [("prediction", prediction)]
-    figure, axes = plt.subplots(2, len(columns), figsize=(3.3 * len(columns), 6.6), squeeze=False)
-    for row, modality in enumerate(("flair", "t1ce")):
+    modalities = [modality for modality in ("flair", "t1ce") if modality in images]
+    figure, axes = plt.subplots(len(modalities), len(columns), figsize=(3.3 * len(columns), 3.3 * len(modalities)),
+                                squeeze=False)
+    for row, modality in enumerate(modalities):
         background = _axial_slice(images[modality], index)
         for column, (name, labels) in enumerate(columns):
-            _overlay(axes[row][column], background,
-                     None if labels is None else _axial_slice(labels, index), "{} {}".format(modality.upper(), name))
+            _overlay(axes[row][column], background, None if labels is None else _axial_slice(labels, index),
+                     "{} {}".format(modality.upper(), name), colours)
     caption = "{}: axial slice {} of {}".format(case_id, index, prediction.shape[2])
     if truth is not None:
         scores = []
-        for region, labels in metrics_lib.BRATS_REGIONS.items():
+        for region, labels in regions.items():
             scores.append("{} {:.3f}".format(region, metrics_lib.dice(np.isin(prediction, labels),
                                                                       np.isin(truth, labels))))
         caption += "; whole-volume Dice (BraTS regions) " + ", ".join(scores)
-    legend = [Patch(color=colour, label=name) for name, colour in LABEL_COLOURS.values()]
+    legend = [Patch(color=colour, label=name) for name, colour in colours.values()]
     figure.legend(handles=legend, loc="lower center", ncol=3, fontsize=8)
     figure.suptitle(caption, fontsize=9)
     figure.tight_layout(rect=(0, 0.05, 1, 0.95))
@@ -189,21 +207,24 @@ def plot_case(case_id: str, images: Dict[str, np.ndarray], truth: Optional[np.nd
 
 def _case_sources(parameters: Dict, images_dir: Optional[str]) -> Dict[str, Tuple]:
     """Case id -> (modality -> image path, segmentation path or None, 4-D volume index or None,
-    source label -> internal label).
+    source label -> internal label, layout name).
 
     From ``images_dir``, else wherever the run read its data (``--input_dir``
     or the ``--data_dir`` manifest's source paths).
     """
     from unet3d_core.case_scan import discover_cases
-    from unet3d_core.layouts import LABEL_MAPS, detect_layout
+    from unet3d_core.layouts import LAYOUTS, detect_layout
     from unet3d_core.volumes import segmentation_beside
 
     raw_dir = images_dir or parameters.get("input_dir")
     if raw_dir:
         layout = detect_layout(raw_dir)
-        return {raw.case_id: (raw.images, raw.segmentation, getattr(raw, "volume_index", None),
-                              LABEL_MAPS[getattr(raw, "layout", None) or layout])
-                for raw in discover_cases(raw_dir, require_segmentation=False)}
+        sources = {}
+        for raw in discover_cases(raw_dir, require_segmentation=False):
+            name = getattr(raw, "layout", None) or layout
+            sources[raw.case_id] = (raw.images, raw.segmentation, getattr(raw, "volume_index", None),
+                                    dict(LAYOUTS[name].label_map), name)
+        return sources
     data_dir = parameters.get("data_dir")
     manifest = os.path.join(data_dir, "manifest.json") if data_dir else None
     if not manifest or not os.path.isfile(manifest):
@@ -212,13 +233,15 @@ def _case_sources(parameters: Dict, images_dir: Optional[str]) -> Dict[str, Tupl
         content = json.load(handle)
     cases = content.get("cases", [])
     label_map = {int(source): int(target) for source, target in content.get("label_map", {}).items()}
+    layout = content.get("source_layout", "brats2019")
     sources = {}
     for case in cases:
         images = case.get("source_images", {})
-        if images.get("flair") and os.path.isfile(images["flair"]):
-            segmentation = case.get("source_segmentation") or segmentation_beside(images["flair"], case["id"])
+        first = next(iter(sorted(images.values())), None)
+        if first and all(os.path.isfile(path) for path in images.values()):
+            segmentation = case.get("source_segmentation") or segmentation_beside(first, case["id"])
             sources[case["id"]] = (images, segmentation if segmentation and os.path.isfile(segmentation) else None,
-                                   case.get("source_volume_index"), label_map)
+                                   case.get("source_volume_index"), label_map, layout)
     return sources
 
 
@@ -258,7 +281,9 @@ def _results_table(path: str, title: str) -> List[str]:
     elif content.get("mean"):
         lines += ["| metric | scheme | mean |", "|---|---|---|"]
         for name, value in content["mean"].items():
-            lines.append("| {} | {} | {:.4f} |".format(name, metrics_lib.SCHEME_OF.get(name, "?"), value))
+            lines.append("| {} | {} | {:.4f} |".format(name, metrics_lib.scheme_of(name), value))
+    if content.get("naming"):
+        lines += [""] + ["- **{}**: {}".format(scheme, text) for scheme, text in content["naming"].items()]
     described = content.get("checkpoint_step")
     if described is not None:
         lines += ["", "Checkpoint step {}; inference {}.".format(described, json.dumps(content.get("inference", {})))]
@@ -272,6 +297,8 @@ def build_report(run_dir: str, *, out_dir: Optional[str] = None, cases: int = 3,
     Raises:
         DataError: RUN_DIR holds no run log.
     """
+    from unet3d_core.layouts import LAYOUTS
+
     out_dir = out_dir or os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
     folders = run_folders(run_dir)
@@ -280,8 +307,8 @@ def build_report(run_dir: str, *, out_dir: Optional[str] = None, cases: int = 3,
     plot_curves(curves, os.path.join(out_dir, "curves.png"))
 
     lines = ["# unet3d run report: {}".format(os.path.abspath(run_dir)), "",
-             "Schemes: " + "; ".join("**{}**: {}".format(k, v) for k, v in metrics_lib.SCHEME_DESCRIPTIONS.items()),
-             "", "## Training", "", "![training curves](curves.png)", ""]
+             "Each evaluation table names its schemes: whole-volume (brats, seed) and lesion-wise with the "
+             "year's rules.", "", "## Training", "", "![training curves](curves.png)", ""]
     for label, curve in curves.items():
         if curve["steps"]:
             lines.append("- {}: steps {}..{}, last logged loss {:.4f}, {} evaluation(s)".format(
@@ -307,13 +334,16 @@ def build_report(run_dir: str, *, out_dir: Optional[str] = None, cases: int = 3,
                     break
                 if case_id is None or case_id not in sources or case_id in drawn or name.startswith("."):
                     continue
-                images, segmentation, volume_index, label_map = sources[case_id]
+                images, segmentation, volume_index, label_map, layout = sources[case_id]
                 volumes = {modality: _load_volume(images[modality], (volume_index or {}).get(modality))
-                           for modality in ("flair", "t1ce")}
+                           for modality in ("flair", "t1ce") if modality in images}
                 truth = _internal(segmentation, label_map) if segmentation else None
                 prediction = _internal(os.path.join(prediction_folder, name), label_map)
                 picture = "case-{}.png".format(case_id)
-                caption = plot_case(case_id, volumes, truth, prediction, os.path.join(out_dir, picture))
+                spec = LAYOUTS.get(layout, LAYOUTS["brats2019"])
+                names = {label_map[source]: text for source, text in spec.label_names.items() if source in label_map}
+                caption = plot_case(case_id, volumes, truth, prediction, os.path.join(out_dir, picture),
+                                    spec.regions, names if not spec.seed_table else None)
                 lines += ["![{}]({})".format(case_id, picture), "", caption, ""]
                 drawn.append(case_id)
     if not drawn:

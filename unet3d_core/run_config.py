@@ -87,6 +87,7 @@ class RunConfig:
     run_record: Optional[Dict] = None  # run.json as found, None for a new run
     data_fingerprint: Optional[str] = None
     notes: Tuple[str, ...] = field(default_factory=tuple)
+    lesion_rules: str = "auto"  # --lesion_rules: the year of the BraTS lesion-wise rules evaluation uses
 
     @property
     def trains(self) -> bool:
@@ -181,6 +182,50 @@ def _check_data(config_data_dir, fold, record, exec_mode: str, notes: List[str])
     return manifest, fingerprint
 
 
+def _channels_and_classes(manifest, record, options, model_dir: str) -> Tuple[int, int]:
+    """The network's input channels and classes: the run's, else the data's; a mismatch is a ConfigError."""
+    from unet3d_core.layouts import LAYOUTS, detect_layout
+
+    recorded = (record or {}).get("network", {})
+    if manifest is not None:
+        data = (len(manifest.channels), manifest.num_classes, "--data_dir {} ({} layout)".format(
+            options.data_dir, manifest.layout))
+    elif options.input_dir:
+        layout = LAYOUTS[detect_layout(options.input_dir)]
+        data = (len(layout.channels), layout.num_classes, "--input_dir {} ({} layout)".format(
+            options.input_dir, layout.name))
+    else:
+        data = None
+    if recorded.get("in_channels") is not None:
+        channels, classes = int(recorded["in_channels"]), int(recorded["num_classes"])
+        if data is not None and (data[0] != channels or data[1] != classes):
+            raise ConfigError("{} has {} image channel(s) and {} classes, but the network in --model_dir {} was "
+                              "trained on {} and {}; use that cohort's data or a new --model_dir".format(
+                                  data[2], data[0], data[1], model_dir, channels, classes))
+        return channels, classes
+    if data is not None:
+        return data[0], data[1]
+    return ModelConfig.in_channels, ModelConfig.num_classes
+
+
+def _check_postprocessing(options, manifest) -> None:
+    """--min_et_component_voxels relabels enhancing tumour (3) as core (1): glioma labels only."""
+    from unet3d_core.layouts import LAYOUTS, detect_layout
+
+    if not getattr(options, "min_et_component_voxels", 0):
+        return
+    if manifest is not None:
+        layout = manifest.layout
+    elif options.input_dir:
+        layout = detect_layout(options.input_dir)
+    else:
+        return
+    if LAYOUTS[layout].regions.get("ET") != (3,) or LAYOUTS[layout].regions.get("TC") != (1, 3):
+        raise ConfigError("--min_et_component_voxels: relabels enhancing tumour as tumour core in glioma labels; "
+                          "the {} layout numbers its labels differently ({})".format(
+                              layout, LAYOUTS[layout].describe_labels()))
+
+
 def _check_folders(options, exec_mode: str) -> None:
     from unet3d_core.checkpoints import check_folder_can_be_written
 
@@ -224,7 +269,15 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
     for name, value in list(network.items()) + list(training.items()):
         setattr(options, name, list(value) if name == "input_shape" else value)
     options.fold = fold
-    model_config = ModelConfig(base_filters=network["base_filters"], max_filters=network["max_filters"],
+    fingerprint, manifest = None, None
+    if not options.input_dir:
+        manifest, fingerprint = _check_data(options.data_dir, fold, record, exec_mode, notes)
+    in_channels, num_classes = _channels_and_classes(manifest, record, options, model_dir)
+    if manifest is not None and exec_mode in ("evaluate", "train_and_evaluate"):
+        manifest.label_scheme(getattr(options, "lesion_rules", "auto") or "auto")  # a year the cohort lacks fails now
+    _check_postprocessing(options, manifest)
+    model_config = ModelConfig(in_channels=in_channels, num_classes=num_classes,
+                               base_filters=network["base_filters"], max_filters=network["max_filters"],
                                depth=network["depth"], norm=network["norm"])
     model_config.validate()
     input_shape = tuple(int(size) for size in network["input_shape"])
@@ -250,19 +303,13 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
                                   overwrite=bool(options.overwrite),
                                   input_dir=options.input_dir,
                                   save_probabilities=bool(options.save_probabilities))
-    fingerprint = None
-    if prediction.input_dir:
-        from unet3d_core.layouts import detect_layout
-
-        detect_layout(prediction.input_dir)
-    else:
-        _, fingerprint = _check_data(options.data_dir, fold, record, exec_mode, notes)
     if exec_mode in ("evaluate", "predict") and not has_checkpoints(model_dir):
         raise ConfigError("--model_dir {}: no checkpoint to {} with; train first".format(model_dir, exec_mode))
     return RunConfig(exec_mode=exec_mode, model_dir=model_dir, data_dir=options.data_dir, fold=fold,
                      backend=options.backend, network=model_config, input_shape=input_shape,
                      training=training_config, inference=inference, prediction=prediction, run_record=record,
-                     data_fingerprint=fingerprint, notes=tuple(notes))
+                     data_fingerprint=fingerprint, notes=tuple(notes),
+                     lesion_rules=str(getattr(options, "lesion_rules", "auto") or "auto"))
 
 
 def fold_options(options, fold: int):

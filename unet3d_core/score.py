@@ -2,11 +2,13 @@
 
 Predictions: a flat folder of ``<case>.nii.gz`` (or ``.nii``); files ending in
 ``_probabilities`` and hidden files are skipped. Ground truth: a raw BraTS
-folder (``<case>/<case>_seg.nii.gz``, with or without ``HGG/``/``LGG/``) or a
-flat folder of ``<case>.nii.gz`` (a ``_seg`` suffix is dropped from the id).
-Both are in a source label convention (BraTS 2019 {0, 1, 2, 4} by default),
-mapped to the internal labels before scoring; voxel spacing comes from the
-truth's header. Cases are matched by id; a prediction without truth, or with
+folder (``<case>/<case>_seg.nii.gz``, ``<case>-seg.nii.gz`` or, for MEN-RT,
+``<case>_gtv.nii.gz``, with or without ``HGG/``/``LGG/``) or a flat folder of
+``<case>.nii.gz`` (a ``_seg``, ``-seg`` or ``_gtv`` suffix is dropped from the
+id). Both are in the labels of one layout (``--labels``, detected from the
+truth folder by default), mapped to the internal labels before scoring, and
+scored on that cohort's regions with its lesion-wise rules; voxel spacing
+comes from the truth's header. Cases are matched by id; a prediction without truth, or with
 a different shape or affine, is an error naming both files.
 """
 from __future__ import annotations
@@ -15,16 +17,25 @@ import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from unet3d_core import metrics as metrics_lib
 from unet3d_core.errors import DataError
-from unet3d_core.layouts import LABEL_MAPS, NIFTI_SUFFIXES, map_labels
+from unet3d_core.layouts import (
+    AUTO,
+    LAYOUT_NAMES,
+    LAYOUTS,
+    NIFTI_SUFFIXES,
+    detect_layout,
+    layout_for_case_name,
+    map_labels,
+)
 from unet3d_core.volumes import PROBABILITIES_SUFFIX
 
 AFFINE_TOLERANCE = 1e-3  # mm / direction-cosine units; other tools round headers to float32
+TRUTH_ENDINGS = ("_seg", "-seg", "_gtv")  # BraTS up to 2021, 2023+, MEN-RT
 
 
 def _strip_suffix(name: str) -> Optional[str]:
@@ -72,7 +83,8 @@ def find_truth(folder: str) -> Dict[str, str]:
                 continue
             path = os.path.join(directory, name)
             if os.path.isdir(path):
-                segmentation = [os.path.join(path, name + "_seg" + suffix) for suffix in NIFTI_SUFFIXES]
+                segmentation = [os.path.join(path, name + ending + suffix) for ending in TRUTH_ENDINGS
+                                for suffix in NIFTI_SUFFIXES]
                 segmentation = [candidate for candidate in segmentation if os.path.isfile(candidate)]
                 if segmentation:
                     add(name, segmentation[0])
@@ -81,7 +93,11 @@ def find_truth(folder: str) -> Dict[str, str]:
             elif depth == 0:
                 case_id = _strip_suffix(name)
                 if case_id is not None:
-                    add(case_id[:-len("_seg")] if case_id.endswith("_seg") else case_id, path)
+                    for ending in TRUTH_ENDINGS:
+                        if case_id.endswith(ending):
+                            case_id = case_id[:-len(ending)]
+                            break
+                    add(case_id, path)
 
     visit(folder, 0)
     if not found:
@@ -106,8 +122,8 @@ def _load(path: str, what: str):
     return image, data
 
 
-def score_case(prediction_path: str, truth_path: str, case_id: str,
-               label_map: Dict[int, int]) -> Dict[str, float]:
+def score_case(prediction_path: str, truth_path: str, case_id: str, label_map: Dict[int, int],
+               scheme=None) -> Dict[str, float]:
     """Metrics of one case from two label-map files in the source convention.
 
     Raises:
@@ -127,23 +143,37 @@ def score_case(prediction_path: str, truth_path: str, case_id: str,
     return metrics_lib.case_metrics(map_labels(prediction, label_map, "case {}: prediction {}".format(
                                         case_id, prediction_path)),
                                     map_labels(truth, label_map, "case {}: truth {}".format(case_id, truth_path)),
-                                    spacing)
+                                    spacing, scheme)
 
 
-def score_folders(pred_dir: str, truth_dir: str, *, labels: str = "brats2019", require_all: bool = False,
-                  progress=None) -> Tuple["OrderedDict[str, Dict[str, float]]", List[str]]:
+def truth_layout(truth_dir: str, case_ids) -> str:
+    """The layout of a truth folder: detected from its case folders, else from BraTS 2023+ case names, else
+    brats2019."""
+    try:
+        return detect_layout(truth_dir)
+    except DataError:
+        named = {layout_for_case_name(case_id) for case_id in case_ids}
+        if len(named) == 1 and None not in named:
+            return named.pop()
+        return "brats2019"
+
+
+def score_folders(pred_dir: str, truth_dir: str, *, labels: str = AUTO, require_all: bool = False,
+                  progress=None, lesion_rules: str = "auto"):
     """Score every prediction in ``pred_dir`` against its truth in ``truth_dir``.
 
     Returns:
-        (case id -> metrics, ids of truth cases that have no prediction).
+        (case id -> metrics, ids of truth cases that have no prediction, the LabelScheme scored with).
     Raises:
         DataError: a prediction without truth, missing predictions when
             ``require_all``, or a bad file (see :func:`score_case`).
     """
-    if labels not in LABEL_MAPS:
-        raise DataError("--labels {}: unknown convention (known: {})".format(labels, ", ".join(sorted(LABEL_MAPS))))
+    if labels != AUTO and labels not in LAYOUT_NAMES:
+        raise DataError("--labels {}: unknown layout (known: auto, {})".format(labels, ", ".join(LAYOUT_NAMES)))
     predictions = find_predictions(pred_dir)
     truth = find_truth(truth_dir)
+    layout = truth_layout(truth_dir, truth) if labels == AUTO else labels
+    scheme = metrics_lib.LabelScheme.for_layout(layout, lesion_rules)
     orphans = sorted(set(predictions) - set(truth))
     if orphans:
         raise DataError("--pred {}: {} prediction(s) have no ground truth in {}: {}{}".format(
@@ -154,13 +184,14 @@ def score_folders(pred_dir: str, truth_dir: str, *, labels: str = "brats2019", r
             truth_dir, len(unpredicted), pred_dir, ", ".join(unpredicted[:5]), " ..." if len(unpredicted) > 5 else ""))
     per_case: "OrderedDict[str, Dict[str, float]]" = OrderedDict()
     for number, case_id in enumerate(sorted(predictions), start=1):
-        per_case[case_id] = score_case(predictions[case_id], truth[case_id], case_id, LABEL_MAPS[labels])
+        per_case[case_id] = score_case(predictions[case_id], truth[case_id], case_id,
+                                       dict(LAYOUTS[layout].label_map), scheme)
         if progress is not None:
             progress(number, len(predictions), case_id)
-    return per_case, unpredicted
+    return per_case, unpredicted, scheme
 
 
-def write_score_outputs(out_csv: str, per_case: Dict[str, Dict[str, float]], details: Dict) -> str:
+def write_score_outputs(out_csv: str, per_case: Dict[str, Dict[str, float]], details: Dict, scheme=None) -> str:
     """Write the per-case CSV and, beside it, the JSON summary; returns the JSON's path."""
     folder = os.path.dirname(os.path.abspath(out_csv))
     os.makedirs(folder, exist_ok=True)
@@ -168,7 +199,7 @@ def write_score_outputs(out_csv: str, per_case: Dict[str, Dict[str, float]], det
     summary_path = (out_csv[:-4] if out_csv.endswith(".csv") else out_csv) + ".json"
     content = OrderedDict(details)
     content["cases"] = len(per_case)
-    content["naming"] = dict(metrics_lib.SCHEME_DESCRIPTIONS)
+    content["naming"] = dict((scheme or metrics_lib.default_scheme()).descriptions())
     content["metrics"] = metrics_lib.describe(list(per_case.values()))
     temporary = summary_path + ".partial"
     with open(temporary, "w") as handle:
@@ -186,10 +217,11 @@ class ScoreResult:
     unpredicted: List[str]  # truth case ids without a prediction, not scored
     csv_path: str  # the per-case table
     summary_path: str  # the JSON summary beside it
+    descriptions: Dict  # scheme -> what its numbers mean (regions, lesion-wise rules)
 
 
-def run_score(pred_dir: str, truth_dir: str, *, out_csv: Optional[str] = None, labels: str = "brats2019",
-              require_all: bool = False, show_progress: bool = True) -> ScoreResult:
+def run_score(pred_dir: str, truth_dir: str, *, out_csv: Optional[str] = None, labels: str = AUTO,
+              require_all: bool = False, show_progress: bool = True, lesion_rules: str = "auto") -> ScoreResult:
     """The ``score`` command: score every prediction, write the CSV + JSON, return what was computed and written.
 
     ``out_csv`` defaults to ``metrics.csv`` in ``pred_dir``. Raises DataError as :func:`score_folders`.
@@ -205,10 +237,11 @@ def run_score(pred_dir: str, truth_dir: str, *, out_csv: Optional[str] = None, l
                 bar[0] = Progress("score", total)
             bar[0].update(done, case_id)
 
-    per_case, unpredicted = score_folders(pred_dir, truth_dir, labels=labels, require_all=require_all,
-                                          progress=progress)
+    per_case, unpredicted, scheme = score_folders(pred_dir, truth_dir, labels=labels, require_all=require_all,
+                                                  progress=progress, lesion_rules=lesion_rules)
     summary_path = write_score_outputs(out_csv, per_case, OrderedDict([
-        ("pred_dir", os.path.abspath(pred_dir)), ("truth_dir", os.path.abspath(truth_dir)), ("labels", labels),
-        ("truth_cases_without_prediction", unpredicted)]))
+        ("pred_dir", os.path.abspath(pred_dir)), ("truth_dir", os.path.abspath(truth_dir)),
+        ("labels", scheme.layout), ("cohort", scheme.cohort), ("lesion_rules", lesion_rules),
+        ("truth_cases_without_prediction", unpredicted)]), scheme)
     return ScoreResult(metrics_lib.describe(list(per_case.values())), len(per_case), unpredicted, out_csv,
-                       summary_path)
+                       summary_path, scheme.descriptions())

@@ -156,7 +156,8 @@ def build_training_graph(config, *, record_files: List[str], start_step: int, to
         else:
             dataset = training_dataset(record_files, batch_size=training.batch_size, crop_shape=config.input_shape,
                                        augment=training.augment, seed=seed,
-                                       first_sample=start_step * training.batch_size, cache=training.cache)
+                                       first_sample=start_step * training.batch_size, cache=training.cache,
+                                       channels=network.in_channels)
         iterator = tf1.data.make_initializable_iterator(dataset)
         images, labels = iterator.get_next()
         logits = build_unet3d(images, network, training=True, ops=layer_ops)

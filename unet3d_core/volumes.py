@@ -68,7 +68,7 @@ def raw_folder_cases(input_dir: str, shard: Callable[[List], List] = list) -> Tu
     """
     from unet3d_core.case_scan import discover_cases
     from unet3d_core.cases import load_case
-    from unet3d_core.layouts import LABEL_MAPS, detect_layout, inverse_label_map
+    from unet3d_core.layouts import LAYOUTS, detect_layout, inverse_label_map
     from unet3d_core.preprocess import foreground_statistics, scale_intensities
 
     folder_layout = detect_layout(input_dir)
@@ -84,19 +84,21 @@ def raw_folder_cases(input_dir: str, shard: Callable[[List], List] = list) -> Tu
             yield InferenceCase(
                 raw.case_id, normalize(scaled, mean, std), loaded.label,
                 OutputGeometry(tuple(scaled.shape[:3]), loaded.affine, loaded.spacing,
-                               raw.segmentation or raw.images["flair"], segmentation_dtype(raw.segmentation)),
-                inverse_label_map(LABEL_MAPS[layout]))
+                               raw.segmentation or raw.images[LAYOUTS[layout].channels[-1]],
+                               segmentation_dtype(raw.segmentation)),
+                inverse_label_map(LAYOUTS[layout].label_map))
 
     return [raw.case_id for raw in raw_cases], load()
 
 
 def segmentation_beside(image_path: str, case_id: str) -> Optional[str]:
-    """The ``<case>_seg.nii[.gz]`` next to one of a case's images, if present."""
+    """The ``<case>_seg``, ``<case>-seg`` or ``<case>_gtv`` (.nii[.gz]) next to one of a case's images, if present."""
     folder = os.path.dirname(image_path)
-    for extension in (".nii.gz", ".nii"):
-        path = os.path.join(folder, "{}_seg{}".format(case_id, extension))
-        if os.path.isfile(path):
-            return path
+    for name in ("_seg", "-seg", "_gtv"):
+        for extension in (".nii.gz", ".nii"):
+            path = os.path.join(folder, "{}{}{}".format(case_id, name, extension))
+            if os.path.isfile(path):
+                return path
     return None
 
 
@@ -122,7 +124,7 @@ def record_cases(manifest, cases: List[Dict], session_config=None) -> Iterator[I
     graph = tf.Graph()
     with graph.as_default():
         def transform(record):
-            case = parse_case(record)
+            case = parse_case(record, len(manifest.channels))
             return normalize_tensor(tf.cast(case["image"], tf.float32), case["mean"], case["std"]), case["label"]
 
         dataset = tf.data.TFRecordDataset([manifest.record_path(case) for case in cases])
@@ -133,7 +135,7 @@ def record_cases(manifest, cases: List[Dict], session_config=None) -> Iterator[I
         session.run(iterator.initializer)
         for case in cases:
             image, label = session.run(next_case)
-            flair = case.get("source_images", {}).get("flair")
+            flair = next(iter(sorted(case.get("source_images", {}).items())), (None, None))[1]
             header_source = None
             segmentation = case.get("source_segmentation")
             if not segmentation or not os.path.isfile(segmentation):

@@ -1,0 +1,448 @@
+"""Lesion-wise Dice and HD95 per region, by the rules the BraTS challenge scored each year with.
+
+The challenge ranks by lesion-wise scores: each ground-truth lesion is scored
+on its own, missed lesions and false positives are penalised, so a network that
+finds the big tumour but misses three metastases no longer looks perfect.
+Three families of rules are offered (``--lesion_rules``); the cohort picks the
+parameters:
+
+``2023`` (``rachitsaluja/BraTS-2023-Metrics`` @ 43c9052, ``metrics.py``)
+    Ground-truth components (26-connected) whose ``d``-fold dilations (3-D
+    cross of connectivity 2) touch are one lesion. A predicted component is a
+    true positive of every lesion whose dilation it meets; each lesion's Dice
+    and HD95 are taken against the union of its true positives. Lesions of
+    volume <= threshold (mm^3) are left out; every predicted component meeting
+    no lesion is a false positive scoring Dice 0 and HD95 374. Score = sum over
+    kept lesions / (kept lesions + false positives); nothing to score gives
+    Dice 1 and HD95 0. ``d`` and the threshold: GLI, SSA, PED 3 and 50; MEN 1
+    and 50; MET 1 and 2.
+``2024`` / ``2025`` (``rachitsaluja/BraTS-2024-Metrics`` @ 9a0ab9c / 9e8879a,
+    ``metrics_<COHORT>.py``, the commits the 2024 and 2025 leaderboards used)
+    As 2023, plus: predicted components are merged by dilation like the
+    truth's and merged predictions of at most ``threshold`` voxels are dropped
+    (MEN-RT: mm^3); lesions of one region that touch the same lesion of a
+    partner region become one (GLI: NETC, ET, RC and SNFH with each other;
+    SSA and MET: ET through NETC), with the scripts' own pairing rule.
+    GLI: ``d`` 5 for NETC and RC, 3 otherwise (the script's SNFH check is
+    misspelt, so SNFH stays at 3), threshold 10 for ET and 20 otherwise, HD95
+    penalty 337 (the diagonal of its 182x218x182 grid). PED: 5 and 10, 374.
+    SSA: 3 and 50, 374. MET: 1 and 2; 2025 adds RC and takes the image
+    diagonal as penalty. MEN-RT: 1 and 50 mm^3, penalty the image diagonal,
+    false positives not counted. MEN follows the 2023 rules.
+``2026`` (``BraTS-evaluation`` 0.0.8 on PyPI, built on panoptica)
+    Lesions are plain 26-connected components, matched one to one by maximum
+    bipartite matching on Dice (any overlap qualifies). Lesion-wise Dice and
+    HD95 are the means over matched pairs (panoptica's ``sq_dsc`` and
+    ``sq_hd95``); HD95 is the 95th percentile of the pooled surface distances
+    of both directions. No match gives Dice 0 and HD95 373 (the package
+    reports infinity, its parsers 373); no lesion on either side gives Dice 1
+    and HD95 0 (the package reports NaN, which its parsers leave out).
+
+Components and dilations are ``scipy.ndimage``; 2023-2025 HD95 is DeepMind's
+``surface_distance`` (the package those scripts vendor) with the voxel
+spacing; 2026 matching is ``scipy.optimize.linear_sum_assignment``.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple
+
+import numpy as np
+
+from unet3d_core.config import LESION_RULE_CHOICES
+from unet3d_core.errors import ConfigError
+
+YEARS = tuple(choice for choice in LESION_RULE_CHOICES if choice != "auto")
+AUTO = "auto"
+DIAGONAL = None  # penalty: the diagonal of the image grid, in voxels
+NO_MATCH_HD95_2026 = 373.0  # BraTS-evaluation's value for an infinite HD95
+
+
+@dataclass(frozen=True)
+class RegionRule:
+    """How one region's lesions are found and scored."""
+
+    dilation: int  # d: dilations that merge nearby lesions and reach predicted ones
+    threshold: float  # lesions of at most this volume (mm^3) are not scored
+    merge_with: Tuple[str, ...] = ()  # partner regions, in the order the 2024 script merges through them
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """The lesion-wise rules of one year for one cohort."""
+
+    year: str
+    cohort: str
+    method: str  # "dilation" (2023-2025) or "panoptica" (2026)
+    regions: "OrderedDict[str, RegionRule]"  # the regions scored, in report order
+    partners: "OrderedDict[str, RegionRule]"  # regions only merged with (not scored)
+    penalty: Optional[float] = 374.0  # HD95 of a missed lesion and of a false positive; None: image diagonal
+    merge_predictions: bool = False  # 2024+: predictions merged by dilation and small ones dropped
+    prediction_threshold_in_mm3: bool = False  # MEN-RT: the prediction filter compares mm^3, not voxels
+    count_false_positives: bool = True
+    source: str = ""
+
+    def describe(self) -> str:
+        """One line naming the rules and their source, for reports."""
+        if self.method == "panoptica":
+            return ("BraTS {} rules for {} ({}): 26-connected lesions matched one to one on Dice; means over "
+                    "matched lesions; no match: Dice 0, HD95 {:g}".format(self.year, self.cohort, self.source,
+                                                                          NO_MATCH_HD95_2026))
+        parts = ", ".join("{} d={} >{:g} mm3".format(name, rule.dilation, rule.threshold)
+                          for name, rule in self.regions.items())
+        penalty = "image diagonal" if self.penalty is None else "{:g}".format(self.penalty)
+        extras = []
+        if self.merge_predictions:
+            extras.append("predictions merged, small ones dropped")
+        if any(rule.merge_with for rule in self.regions.values()):
+            extras.append("touching regions merged")
+        if not self.count_false_positives:
+            extras.append("false positives not counted")
+        return "BraTS {} rules for {} ({}): {}; HD95 penalty {}{}".format(
+            self.year, self.cohort, self.source, parts, penalty, "; " + ", ".join(extras) if extras else "")
+
+
+def _rules(*entries):
+    return OrderedDict((name, RegionRule(*values)) for name, *values in entries)
+
+
+_R23 = "rachitsaluja/BraTS-2023-Metrics@43c9052 metrics.py"
+_R24 = "rachitsaluja/BraTS-2024-Metrics@{} metrics_{}.py"
+_PARAMETERS_2023 = {"GLI": (3, 50.0), "SSA": (3, 50.0), "PED": (3, 50.0), "MEN": (1, 50.0), "MET": (1, 2.0),
+                    "GoAT": (3, 50.0)}
+# The regions each BraTS-evaluation configuration scores (config_<name>.yaml), by cohort.
+_PANOPTICA_REGIONS = {"GLI": ("WT", "TC", "ET", "NETC", "SNFH", "RC"), "SSA": ("WT", "TC", "ET", "NETC", "SNFH"),
+                      "PED": ("WT", "TC", "ET", "NETC", "CC", "ED"), "MET": ("WT", "TC", "ET", "RC"),
+                      "MEN-RT": ("GTV",), "MEN": ("WT", "TC", "ET"), "GoAT": ("WT", "TC", "ET")}
+_PANOPTICA_CONFIG = {"GLI": "gli", "SSA": "gli", "PED": "ped", "MET": "mets", "MEN-RT": "MenRT", "MEN": "MenPre",
+                     "GoAT": "GoAT"}
+# The year each layout's own release was scored in, for --lesion_rules auto.
+DEFAULT_YEAR = {"brats2024-gli": "2024", "brats-ped": "2024", "brats-men-rt": "2024", "brats-goat": "2024"}
+
+
+def _rules_2023(cohort, regions) -> RuleSet:
+    dilation, threshold = _PARAMETERS_2023[cohort]
+    scored = [name for name in ("WT", "TC", "ET") if name in regions] or list(regions)[:1]
+    return RuleSet("2023", cohort, "dilation", _rules(*[(name, dilation, threshold) for name in scored]),
+                   OrderedDict(), 374.0, source=_R23)
+
+
+def rules_for(year: str, cohort: str, regions: Sequence[str], layout: str = "") -> RuleSet:
+    """The rule set of ``year`` for ``cohort``, restricted to the ``regions`` the data defines.
+
+    Raises:
+        ConfigError: a year the cohort was not scored in (MEN-RT before 2024) or an unknown year.
+    """
+    if year == AUTO:
+        year = DEFAULT_YEAR.get(layout, "2023")
+    if year not in YEARS:
+        raise ConfigError("--lesion_rules {}: choose auto, {}".format(year, ", ".join(YEARS)))
+    regions = list(regions)
+    if year == "2026":
+        names = [name for name in _PANOPTICA_REGIONS.get(cohort, ("WT", "TC", "ET")) if name in regions]
+        source = "BraTS-evaluation 0.0.8 config_{}".format(_PANOPTICA_CONFIG.get(cohort, "gli"))
+        return RuleSet(year, cohort, "panoptica", _rules(*[(name, 0, 0.0) for name in names]), OrderedDict(),
+                       NO_MATCH_HD95_2026, source=source)
+    if cohort == "MEN-RT":
+        if year == "2023":
+            raise ConfigError("--lesion_rules 2023: the 2023 rules have no MEN-RT cohort (it started in 2024); "
+                              "use 2024 or later")
+        commit = "9a0ab9c" if year == "2024" else "9e8879a"
+        return RuleSet(year, cohort, "dilation", _rules(("GTV", 1, 50.0)), OrderedDict(), DIAGONAL,
+                       merge_predictions=True, prediction_threshold_in_mm3=True, count_false_positives=False,
+                       source=_R24.format(commit, "MEN_RT"))
+    if year == "2023" or cohort in ("MEN", "GoAT"):
+        rules = _rules_2023(cohort, regions)
+        if year != "2023":
+            source = (_R24.format("9e8879a", "MEN") if cohort == "MEN" and year == "2025"
+                      else _R23 + " (no {} script in {})".format(cohort, year))
+            rules = RuleSet(year, cohort, "dilation", rules.regions, OrderedDict(), 374.0, source=source)
+        return rules
+    commit = "9a0ab9c" if year == "2024" else "9e8879a"
+    if cohort == "GLI":
+        table = _rules(("WT", 3, 20.0), ("TC", 3, 20.0), ("NETC", 5, 20.0, ("ET", "RC")),
+                       ("SNFH", 3, 20.0, ("ET", "RC", "NETC")), ("ET", 3, 10.0, ("NETC", "RC")),
+                       ("RC", 5, 20.0, ("ET", "NETC")))
+        partners, penalty = OrderedDict(), 337.0
+    elif cohort in ("SSA", "MET"):
+        dilation, threshold = (3, 50.0) if cohort == "SSA" else (1, 2.0)
+        names = ["WT", "TC", "ET"] + (["RC"] if cohort == "MET" and year == "2025" else [])
+        table = _rules(*[(name, dilation, threshold, ("NETC",) if name == "ET" else ()) for name in names])
+        partners = _rules(("NETC", dilation, threshold))
+        penalty = DIAGONAL if cohort == "MET" and year == "2025" else 374.0
+    elif cohort == "PED":
+        table = _rules(*[(name, 5, 10.0) for name in ("WT", "TC", "ET", "NETC", "CC", "ED")])
+        partners, penalty = OrderedDict(), 374.0
+    else:
+        raise ConfigError("--lesion_rules {}: no rules for cohort {}".format(year, cohort))
+    table = OrderedDict((name, rule) for name, rule in table.items() if name in regions)
+    for name, rule in table.items():
+        missing = [partner for partner in rule.merge_with if partner not in regions]
+        if missing:  # a partner region the data cannot have (no label 4): nothing to merge through
+            table[name] = RegionRule(rule.dilation, rule.threshold,
+                                     tuple(partner for partner in rule.merge_with if partner in regions))
+    partners = OrderedDict((name, rule) for name, rule in partners.items() if name in regions)
+    source = _R24.format(commit, cohort)
+    return RuleSet(year, cohort, "dilation", table, partners, penalty, merge_predictions=True, source=source)
+
+
+@dataclass(frozen=True)
+class LesionScore:
+    """One region's lesion-wise result for one case."""
+
+    dice: float
+    hd95: float
+    true_positives: int  # ground-truth lesions above the threshold that were found
+    false_negatives: int  # ground-truth lesions above the threshold that were missed
+    false_positives: int
+
+
+# ------------------------------------------------------------------ components
+_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+def _dilation_structure():
+    from scipy import ndimage
+
+    return ndimage.generate_binary_structure(3, 2)
+
+
+def components(mask: np.ndarray) -> np.ndarray:
+    """26-connected components of ``mask``, numbered 1..n in the order the references number them.
+
+    The challenge scripts label arrays read from NIfTI files, which are
+    stored x fastest; numbering by a scan with x fastest gives the same
+    numbers. The numbers matter only to the 2024 script's pairing rule.
+    """
+    from scipy import ndimage
+
+    labels, _ = ndimage.label(np.asarray(mask, dtype=bool).T, structure=_STRUCTURE_26)
+    return np.ascontiguousarray(labels.T)
+
+
+def merged_by_dilation(mask: np.ndarray, dilation: int) -> np.ndarray:
+    """``mask``'s voxels labelled by the component of its ``dilation``-fold dilation they lie in."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    dilated = ndimage.binary_dilation(mask, structure=_dilation_structure(), iterations=dilation)
+    return np.where(mask, components(dilated), 0).astype(np.int32)
+
+
+def _box(mask_slices, shape, margin):
+    return tuple(slice(max(part.start - margin, 0), min(part.stop + margin, size))
+                 for part, size in zip(mask_slices, shape))
+
+
+def _touching_pairs(labels: np.ndarray, partner: np.ndarray):
+    """(label, partner label) pairs of lesions that touch: one dilation of either meets the other."""
+    from scipy import ndimage
+
+    structure = _dilation_structure()
+    pairs = set()
+    for index, found in enumerate(ndimage.find_objects(labels), start=1):
+        if found is None:
+            continue
+        box = _box(found, labels.shape, 1)
+        ring = ndimage.binary_dilation(labels[box] == index, structure=structure)
+        for other in np.unique(partner[box][ring]):
+            if other:
+                pairs.add((index, int(other)))
+    return pairs
+
+
+def _relabel(labels: np.ndarray, pairs) -> np.ndarray:
+    """The 2024 script's merge: lesions paired with the same partner lesion take one new number.
+
+    New numbers start above the largest in use and go to the partner lesions
+    in sorted order; each lesion takes the number of its smallest partner.
+    """
+    next_number = int(labels.max()) + 1
+    number_of_partner: Dict[int, int] = {}
+    for _, partner in sorted(pairs):
+        if partner not in number_of_partner:
+            number_of_partner[partner] = next_number
+            next_number += 1
+    renumbered = labels.copy()
+    done = set()
+    for lesion, partner in sorted(pairs):
+        if lesion not in done:
+            done.add(lesion)
+            renumbered[labels == lesion] = number_of_partner[partner]
+    return renumbered
+
+
+def _drop_small(labels: np.ndarray, limit: float) -> np.ndarray:
+    """``labels`` without the lesions of at most ``limit`` voxels."""
+    numbers, counts = np.unique(labels, return_counts=True)
+    small = numbers[(counts <= limit) & (numbers != 0)]
+    return np.where(np.isin(labels, small), 0, labels)
+
+
+# ------------------------------------------------------------------ distances
+def surface_hd95(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> float:
+    """95th-percentile Hausdorff distance as DeepMind's surface_distance computes it (inf when one is empty)."""
+    import surface_distance
+
+    distances = surface_distance.compute_surface_distances(np.asarray(truth, dtype=bool),
+                                                           np.asarray(prediction, dtype=bool),
+                                                           [float(size) for size in spacing])
+    return float(surface_distance.compute_robust_hausdorff(distances, 95))
+
+
+def _border(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    structure = ndimage.generate_binary_structure(3, 1)
+    return np.logical_xor(mask, ndimage.binary_erosion(mask, structure=structure, iterations=1))
+
+
+def pooled_hd95(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> float:
+    """95th percentile of the surface distances of both directions pooled (panoptica's HD95, and the
+    whole-volume HD95): borders are the voxels with a face neighbour outside the mask; both masks non-empty."""
+    from scipy import ndimage
+
+    present = np.argwhere(np.logical_or(truth, prediction))
+    low = np.maximum(present.min(axis=0) - 2, 0)
+    high = np.minimum(present.max(axis=0) + 3, truth.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    truth_border, prediction_border = _border(truth[box]), _border(prediction[box])
+    sampling = [float(size) for size in spacing]
+    to_truth = ndimage.distance_transform_edt(~truth_border, sampling=sampling)
+    to_prediction = ndimage.distance_transform_edt(~prediction_border, sampling=sampling)
+    return float(np.percentile(np.hstack((to_truth[prediction_border], to_prediction[truth_border])), 95))
+
+
+def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    total = int(np.count_nonzero(prediction)) + int(np.count_nonzero(truth))
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(np.logical_and(prediction, truth))) / total
+
+
+# ------------------------------------------------------------------ scoring
+def _score_dilation(truth_lesions, predicted_lesions, rule: RegionRule, rules: RuleSet, spacing, penalty):
+    from scipy import ndimage
+
+    voxel = float(np.prod(spacing))
+    structure = _dilation_structure()
+    found = set()
+    kept_dice, kept_hd95 = [], []
+    true_positives = false_negatives = 0
+    for number in np.unique(truth_lesions):
+        if number == 0:
+            continue
+        lesion = truth_lesions == number
+        box = _box(ndimage.find_objects(lesion.astype(np.int8))[0], lesion.shape, rule.dilation + 1)
+        reach = ndimage.binary_dilation(lesion[box], structure=structure, iterations=rule.dilation)
+        hits = np.unique(predicted_lesions[box][reach])
+        hits = hits[hits != 0]
+        found.update(int(hit) for hit in hits)
+        matched = np.isin(predicted_lesions, hits) if hits.size else np.zeros_like(lesion)
+        volume = int(np.count_nonzero(lesion)) * voxel
+        if volume <= rule.threshold:
+            continue
+        if hits.size:
+            true_positives += 1
+            kept_dice.append(_dice(matched, lesion))
+            distance = surface_hd95(lesion, matched, spacing)
+            kept_hd95.append(penalty if math.isinf(distance) else distance)
+        else:
+            false_negatives += 1
+            kept_dice.append(0.0)
+            kept_hd95.append(penalty)
+    false_positives = len(set(int(n) for n in np.unique(predicted_lesions) if n) - found)
+    counted = false_positives if rules.count_false_positives else 0
+    denominator = len(kept_dice) + counted
+    if denominator == 0:
+        return LesionScore(1.0, 0.0, 0, 0, false_positives)
+    return LesionScore(sum(kept_dice) / denominator, (sum(kept_hd95) + counted * penalty) / denominator,
+                       true_positives, false_negatives, false_positives)
+
+
+def _dilation_scores(prediction, truth, spacing, regions, rules: RuleSet):
+    shape = truth.shape
+    penalty = rules.penalty if rules.penalty is not None else math.sqrt(sum(size * size for size in shape))
+    voxel = float(np.prod(spacing))
+    every = OrderedDict(list(rules.regions.items()) + list(rules.partners.items()))
+    truth_lesions, predicted_lesions = {}, {}
+    for name, rule in every.items():
+        labels = regions[name]
+        truth_mask, predicted_mask = np.isin(truth, labels), np.isin(prediction, labels)
+        truth_lesions[name] = merged_by_dilation(truth_mask, rule.dilation)
+        if rules.merge_predictions:
+            limit = rule.threshold / voxel if rules.prediction_threshold_in_mm3 else rule.threshold
+            predicted_lesions[name] = _drop_small(merged_by_dilation(predicted_mask, rule.dilation), limit)
+        else:
+            predicted_lesions[name] = components(predicted_mask)
+    results = OrderedDict()
+    for name, rule in rules.regions.items():
+        truth_labels, predicted_labels = truth_lesions[name], predicted_lesions[name]
+        for partner in rule.merge_with:
+            pairs = _touching_pairs(truth_labels, truth_lesions[partner])
+            if len(pairs) > 1:
+                truth_labels = _relabel(truth_labels, pairs)
+            pairs = _touching_pairs(predicted_labels, predicted_lesions[partner])
+            if len(pairs) > 1:
+                predicted_labels = _relabel(predicted_labels, pairs)
+        results[name] = _score_dilation(truth_labels, predicted_labels, rule, rules, spacing, penalty)
+    return results
+
+
+def _panoptica_scores(prediction, truth, spacing, regions, rules: RuleSet):
+    from scipy.optimize import linear_sum_assignment
+
+    results = OrderedDict()
+    for name in rules.regions:
+        labels = regions[name]
+        truth_lesions = components(np.isin(truth, labels))
+        predicted_lesions = components(np.isin(prediction, labels))
+        n_truth, n_predicted = int(truth_lesions.max()), int(predicted_lesions.max())
+        if n_truth == 0 and n_predicted == 0:
+            results[name] = LesionScore(1.0, 0.0, 0, 0, 0)
+            continue
+        pairs = []
+        if n_truth and n_predicted:
+            both = (truth_lesions > 0) & (predicted_lesions > 0)
+            key = truth_lesions[both].astype(np.int64) * (n_predicted + 1) + predicted_lesions[both]
+            keys, overlaps = np.unique(key, return_counts=True)
+            truth_sizes = np.bincount(truth_lesions.ravel(), minlength=n_truth + 1)
+            predicted_sizes = np.bincount(predicted_lesions.ravel(), minlength=n_predicted + 1)
+            cost = np.full((n_truth, n_predicted), 1.0 + 1e-6)
+            for pair_key, overlap in zip(keys, overlaps):
+                t, p = divmod(int(pair_key), n_predicted + 1)
+                cost[t - 1, p - 1] = 1.0 - 2.0 * overlap / (truth_sizes[t] + predicted_sizes[p])
+            rows, columns = linear_sum_assignment(cost)
+            pairs = [(row + 1, column + 1) for row, column in zip(rows, columns) if cost[row, column] < 1.0]
+        if not pairs:
+            results[name] = LesionScore(0.0, NO_MATCH_HD95_2026, 0, n_truth, n_predicted)
+            continue
+        dices, distances = [], []
+        for t, p in pairs:
+            lesion, match = truth_lesions == t, predicted_lesions == p
+            dices.append(_dice(match, lesion))
+            distances.append(pooled_hd95(lesion, match, spacing))
+        results[name] = LesionScore(float(np.mean(dices)), float(np.mean(distances)), len(pairs),
+                                    n_truth - len(pairs), n_predicted - len(pairs))
+    return results
+
+
+def lesion_scores(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float],
+                  regions: Dict[str, Tuple[int, ...]], rules: RuleSet) -> "OrderedDict[str, LesionScore]":
+    """Lesion-wise scores of one case, per region of ``rules``.
+
+    Args:
+        prediction, truth: integer label maps of equal shape (internal labels).
+        spacing: voxel size in mm along each axis.
+        regions: region name -> labels, for every region ``rules`` scores or merges with.
+    """
+    if prediction.shape != truth.shape:
+        raise ValueError("prediction shape {} differs from truth shape {}".format(prediction.shape, truth.shape))
+    spacing = tuple(float(size) for size in spacing)
+    if rules.method == "panoptica":
+        return _panoptica_scores(prediction, truth, spacing, regions, rules)
+    return _dilation_scores(prediction, truth, spacing, regions, rules)
