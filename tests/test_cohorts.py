@@ -146,6 +146,12 @@ def test_men_rt_trains_on_one_image_and_two_classes_and_scores_lesion_wise(tmp_p
     for case_id, values in evaluated["cases"].items():
         for name, value in values.items():
             assert float(scored[case_id][name]) == pytest.approx(value, rel=1e-5, abs=1e-9), (case_id, name)
+    # The report shows the lesion-wise numbers with their rules and draws the one-image cases.
+    run_cli(["report", model_dir, "--predictions", predictions])
+    with open(os.path.join(model_dir, "report", "index.md")) as handle:
+        index = handle.read()
+    assert "| LesionDice_GTV | lesion |" in index and "BraTS 2024 rules for MEN-RT" in index
+    assert "![BraTS-MEN-RT-" in index and "GTV" in index.split("## Cases")[1]
     # The run's network takes one image: a four-image data set is refused in one line.
     glioma = str(tmp_path / "gli")
     write_cohort(glioma, "GLI", count=2)

@@ -23,9 +23,9 @@ numpy must be < 2 (np.Inf) and pandas < 2 (DataFrame.append in the 2023 and
 lesion that several predicted components overlap (its DataFrame.replace meets
 the arrays of lesion numbers), so keep pandas 1.3.4::
 
-    /work/ref/venv/bin/python tools/brats_reference_values.py \\
-        --r2023 /work/ref/r2023 --r2024-2024 /work/ref/r2024-2024 \\
-        --r2024-2025 /work/ref/r2024-2025 --out tests/brats_reference_values.json
+    REF_VENV/bin/python tools/brats_reference_values.py \\
+        --r2023 CHECKOUTS/BraTS-2023-Metrics --r2024-2024 CHECKOUTS/BraTS-2024-Metrics@9a0ab9c \\
+        --r2024-2025 CHECKOUTS/BraTS-2024-Metrics@9e8879a --out tests/brats_reference_values.json
 
 Each script runs in a fresh temporary working directory (the 2024 scripts
 write ``./tmp_gt`` and ``./tmp_pred`` there) and is imported afresh, with its

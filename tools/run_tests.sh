@@ -16,7 +16,7 @@ while [ $# -gt 0 ] && [ "$1" != "--" ]; do flavours+=("$1"); shift; done
 TF26_TESTS=(tests/test_npu_training.py tests/test_npu_check.py tests/test_npu_launcher.py
             tests/test_npu_rank_table.py tests/test_npu_sync_mode.py tests/test_loop.py tests/test_model.py
             tests/test_run_folder.py tests/test_input_pipeline.py tests/test_metrics.py
-            tests/test_npu_device_adapter.py)
+            tests/test_lesion_metrics.py tests/test_cohorts.py tests/test_npu_device_adapter.py)
 
 status=0
 for flavour in "${flavours[@]}"; do
