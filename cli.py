@@ -72,7 +72,7 @@ def load_backends():
 
 
 def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registry) -> None:
-    from unet3d_core.config import EXEC_MODES, LESION_RULE_CHOICES, LOSSES, LR_SCHEDULES, NORMS
+    from unet3d_core.config import EXEC_MODES, LESION_RULE_CHOICES, LOSSES, LR_SCHEDULES, NORMS, TARGETS
 
     data = parser.add_argument_group("data and run folders")
     data.add_argument("--data_dir", required=exec_mode != "predict",
@@ -126,7 +126,8 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                       help="hosts and slots for Horovod's launcher, e.g. host1:4,host2:4 (default: this machine)")
     model = parser.add_argument_group("model and shapes",
                                       "Bound to the run: after the first train, MODEL_DIR/run.json supplies "
-                                      "--input_shape, --base_filters, --max_filters, --depth and --norm.")
+                                      "--input_shape, --base_filters, --max_filters, --depth, --norm, "
+                                      "--target and --deep_supervision.")
     model.add_argument("--input_shape", type=positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                        help="training crop (default 128 128 128)")
     model.add_argument("--eval_crop", type=positive_int, nargs=3, default=[224, 224, 155], metavar=("X", "Y", "Z"),
@@ -136,6 +137,15 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
     model.add_argument("--max_filters", type=positive_int, default=None, help="filter cap (default 320)")
     model.add_argument("--depth", type=positive_int, default=None, help="resolutions incl. bottleneck (default 6)")
     model.add_argument("--norm", choices=NORMS, default=None, help="normalisation (default instancenorm)")
+    model.add_argument("--target", choices=TARGETS, default=None,
+                       help="what the network outputs: labels (softmax over the data's labels, the seed's way) or "
+                            "regions (one sigmoid per region of the cohort, e.g. WT, TC, ET, trained with Dice + "
+                            "binary cross-entropy, as nnU-Net does for BraTS; a voxel's label is the innermost "
+                            "region above 0.5) (default labels)")
+    model.add_argument("--deep_supervision", action="store_const", const=True, default=None,
+                       help="train with auxiliary outputs on the decoder's lower resolutions, loss weights halving "
+                            "per level and summing to 1 (nnU-Net's scheme); inference uses the full-resolution "
+                            "output only, so the exported network is the same")
     out = parser.add_argument_group("prediction")
     out.add_argument("--predict_on", choices=("fold", "all"), default="fold",
                      help="predict the --fold cases or all cases of --data_dir (default fold)")

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Tuple
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict")
 LR_SCHEDULES = ("constant", "cosine")
 LOSSES = ("dice", "ce", "dice+ce")
 NORMS = ("instancenorm", "groupnorm", "batchnorm", "none")
+# --target: what the network's outputs are (softmax over exclusive labels, or one sigmoid per region).
+TARGETS = ("labels", "regions")
 # --lesion_rules: the BraTS years whose lesion-wise rules unet3d_core.lesions implements.
 LESION_RULE_CHOICES = ("auto", "2023", "2024", "2025", "2026")
 LEAKY_RELU_SLOPE = 0.01
@@ -25,6 +27,14 @@ class ModelConfig:
     depth: int = 6  # number of resolutions, the bottleneck included
     norm: str = "instancenorm"
     groups: int = 16  # group norm only
+    target: str = "labels"  # "labels": softmax over num_classes; "regions": one sigmoid per region
+    regions: Tuple[Tuple[str, Tuple[int, ...]], ...] = ()  # --target regions: (name, internal labels) per output
+    deep_supervision: bool = False  # training only: auxiliary outputs on the decoder's lower resolutions
+
+    @property
+    def outputs(self) -> int:
+        """Channels of the network's last layer."""
+        return len(self.regions) if self.target == "regions" else self.num_classes
 
     @property
     def widths(self) -> List[int]:
@@ -38,6 +48,10 @@ class ModelConfig:
     def validate(self) -> None:
         from unet3d_core.errors import ConfigError
 
+        if self.target not in TARGETS:
+            raise ConfigError("--target: '{}' is not one of {}".format(self.target, ", ".join(TARGETS)))
+        if self.target == "regions" and not self.regions:
+            raise ConfigError("--target regions: the data set defines no regions")
         if self.norm not in NORMS:
             raise ConfigError("--norm: '{}' is not one of {}".format(self.norm, ", ".join(NORMS)))
         if self.depth < 2:

@@ -56,6 +56,9 @@ class InferenceSettings:
     eval_crop: Tuple[int, int, int] = (224, 224, 155)
     divisor: int = 32
     min_et_component_voxels: int = 0
+    # --target regions: (output index, label) painted outermost first (layouts.region_painting); empty: the
+    # outputs are a softmax over labels and the label is their arg-max.
+    painting: Tuple[Tuple[int, int], ...] = ()
 
     def validate(self) -> None:
         if self.mode not in INFERENCE_MODES:
@@ -76,6 +79,8 @@ class InferenceSettings:
         """The settings as JSON-friendly values, recorded with every result."""
         described = {"mode": self.mode, "tta": self.mirror,
                      "min_et_component_voxels": self.min_et_component_voxels}
+        if self.painting:
+            described["target"] = "regions"
         if self.mode == "sliding":
             described.update(window_shape=list(self.window_shape), overlap=self.overlap, blend=self.blend)
         else:
@@ -179,7 +184,8 @@ def centre_crop_probabilities(image: np.ndarray, run_batch: RunBatch, settings: 
     batch = _pad_end(image[box], padded_shape)[np.newaxis]
     probabilities = run_mirrored(batch, run_batch, settings.mirror)[0]
     full = np.zeros(tuple(shape) + probabilities.shape[-1:], dtype=np.float32)
-    full[..., 0] = 1.0  # outside the crop: background
+    if not settings.painting:
+        full[..., 0] = 1.0  # outside the crop: background (region outputs: every region 0)
     full[box] = probabilities[:crop[0], :crop[1], :crop[2]]
     return full
 
@@ -208,16 +214,36 @@ def remove_small_enhancing(labels: np.ndarray, min_voxels: int) -> np.ndarray:
     return labels
 
 
+def labels_of(probabilities: np.ndarray, painting: Sequence[Tuple[int, int]] = ()) -> np.ndarray:
+    """Internal labels (uint8) of network outputs: the arg-max of label probabilities, or for region
+    outputs the label of the innermost region above 0.5 (regions painted outermost first)."""
+    if not painting:
+        return np.argmax(probabilities, axis=-1).astype(np.uint8)
+    labels = np.zeros(probabilities.shape[:-1], np.uint8)
+    for index, label in painting:
+        labels[probabilities[..., index] > 0.5] = label
+    return labels
+
+
 def segment(image: np.ndarray, run_batch: RunBatch, settings: InferenceSettings,
             keep_probabilities: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Internal label map (uint8) of a normalised volume, and its probabilities when asked for."""
     probabilities = predict_probabilities(image, run_batch, settings)
-    labels = np.argmax(probabilities, axis=-1).astype(np.uint8)
+    labels = labels_of(probabilities, settings.painting)
     labels = remove_small_enhancing(labels, settings.min_et_component_voxels)
     return labels, (probabilities if keep_probabilities else None)
 
 
 # ------------------------------------------------------------------ network
+def output_probabilities(logits, model_config):
+    """The network's probabilities: softmax over labels, or one sigmoid per region (``--target regions``)."""
+    import tensorflow as tf
+
+    if model_config.target == "regions":
+        return tf.sigmoid(logits)
+    return tf.nn.softmax(logits, axis=-1)
+
+
 class NetworkRunner:
     """The network restored from a checkpoint, fed whole batches of any spatial size (a multiple of the divisor)."""
 
@@ -233,7 +259,7 @@ class NetworkRunner:
             self.images = tf1.placeholder(tf.float32, [None, None, None, None, model_config.in_channels],
                                           name="images")
             logits = build_unet3d(self.images, model_config, training=False, ops=ops)
-            self.probabilities = tf.nn.softmax(logits, axis=-1)
+            self.probabilities = output_probabilities(logits, model_config)
             saver = tf1.train.Saver()
             self.graph.finalize()
             self.session = tf1.Session(graph=self.graph, config=session_config)

@@ -79,6 +79,13 @@ class Layout:
     lesion_regions: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
     label_names: Dict[int, str] = field(default_factory=dict)  # source label -> name
     seed_table: bool = False  # internal labels 0..3 as the seed's table reads them
+    # --target regions: the overlapping regions the network learns (one sigmoid each); nested or disjoint,
+    # each with exactly one label of its own (not in a region inside it). Empty: the scored regions.
+    training_regions: Dict[str, Tuple[int, ...]] = field(default_factory=dict)
+
+    @property
+    def target_regions(self) -> Dict[str, Tuple[int, ...]]:
+        return self.training_regions or self.regions
 
     @property
     def num_classes(self) -> int:
@@ -105,10 +112,14 @@ _WITH_RC_NAMES = {0: "background", 1: "NETC", 2: "SNFH", 3: "ET", 4: "RC"}
 _OLD_NAMES = {0: "background", 1: "NCR/NET", 2: "ED", 4: "ET"}
 
 
-def _brats2023(name, title, cohort, label_map=None, regions=None, lesion_regions=None, names=None, seed=True):
+def _brats2023(name, title, cohort, label_map=None, regions=None, lesion_regions=None, names=None, seed=True,
+               training=None):
     return Layout(name, title, dict(label_map or _GLIOMA_MAP), "-", dict(_BRATS2023_SUFFIXES), "seg", CHANNELS,
                   cohort, regions or _GLIOMA_REGIONS, lesion_regions or _GLIOMA_LESION_REGIONS,
-                  names or _GLIOMA_NAMES, seed)
+                  names or _GLIOMA_NAMES, seed, training or {})
+
+
+_WITH_RC_TRAINING = _regions(("WT", (1, 2, 3)), ("TC", (1, 3)), ("ET", (3,)), ("RC", (4,)))
 
 
 LAYOUTS = OrderedDict([
@@ -122,18 +133,19 @@ LAYOUTS = OrderedDict([
     ("brats2024-gli", _brats2023(
         "brats2024-gli", "BraTS 2024/2025 GLI (pre- and post-treatment)", "GLI", {0: 0, 1: 1, 2: 2, 3: 3, 4: 4},
         _regions(("WT", (1, 2, 3)), ("TC", (1, 3)), ("ET", (3,)), ("NETC", (1,)), ("SNFH", (2,)), ("RC", (4,))),
-        _WITH_RC_LESION_REGIONS, _WITH_RC_NAMES, seed=False)),
+        _WITH_RC_LESION_REGIONS, _WITH_RC_NAMES, seed=False, training=_WITH_RC_TRAINING)),
     ("brats-ssa", _brats2023("brats-ssa", "BraTS 2023+ SSA (glioma, Sub-Saharan Africa)", "SSA")),
     ("brats-men", _brats2023("brats-men", "BraTS 2023+ MEN (meningioma, pre-operative)", "MEN")),
     ("brats-met", _brats2023(
         "brats-met", "BraTS 2023+ MET (brain metastases)", "MET", {0: 0, 1: 1, 2: 2, 3: 3, 4: 4},
-        _GLIOMA_REGIONS, _WITH_RC_LESION_REGIONS, _WITH_RC_NAMES, seed=False)),
+        _GLIOMA_REGIONS, _WITH_RC_LESION_REGIONS, _WITH_RC_NAMES, seed=False, training=_WITH_RC_TRAINING)),
     ("brats-goat", _brats2023("brats-goat", "BraTS 2024 GoAT (generalisability across tumours)", "GoAT")),
     ("brats-ped", _brats2023(
         "brats-ped", "BraTS 2024/2025 PED (paediatric tumours)", "PED", {0: 0, 1: 1, 2: 2, 3: 3, 4: 4},
         _regions(("WT", (1, 2, 3, 4)), ("TC", (1, 2, 3)), ("ET", (1,))),
         _regions(("WT", (1, 2, 3, 4)), ("TC", (1, 2, 3)), ("ET", (1,)), ("NETC", (2,)), ("CC", (3,)), ("ED", (4,))),
-        {0: "background", 1: "ET", 2: "NETC", 3: "CC", 4: "ED"}, seed=False)),
+        {0: "background", 1: "ET", 2: "NETC", 3: "CC", 4: "ED"}, seed=False,
+        training=_regions(("WT", (1, 2, 3, 4)), ("TC", (1, 2, 3)), ("ET", (1,)), ("CC", (3,))))),
     ("brats2023-ped", _brats2023("brats2023-ped", "BraTS 2023 PED (paediatric, glioma labels)", "PED")),
     ("brats-men-rt", Layout(
         "brats-men-rt", "BraTS 2024 MEN-RT (meningioma radiotherapy)", {0: 0, 1: 1}, "_", {"t1ce": "t1c"}, "gtv",
@@ -153,6 +165,37 @@ COHORT_LAYOUTS = {"SSA": "brats-ssa", "MEN": "brats-men", "MET": "brats-met", "P
                   "GoAT": "brats-goat", "MEN-RT": "brats-men-rt"}
 # The first timepoint number of the 2024 GLI release (pre- and post-treatment): BraTS-GLI-NNNNN-100.
 GLI_POST_TREATMENT_TIMEPOINT = 100
+
+
+def region_painting(regions) -> List[Tuple[int, int]]:
+    """How region outputs become labels: (region index, its own label) pairs, outermost first.
+
+    A voxel takes the label of the innermost region above 0.5: painting the
+    regions from the largest to the smallest gives exactly that. Each region's
+    own label is the one label it holds that no region inside it holds.
+    Raises:
+        DataError: two regions that overlap without one holding the other, or a region without exactly one
+            label of its own (the regions cannot be turned back into labels).
+    """
+    sets = [(name, frozenset(labels)) for name, labels in regions]
+    painting = []
+    for index, (name, labels) in enumerate(sets):
+        inner = set()
+        for other, other_labels in sets:
+            if other == name:
+                continue
+            if labels & other_labels and not (other_labels <= labels or labels <= other_labels):
+                raise DataError("--target regions: regions {} and {} overlap without one holding the other".format(
+                    name, other))
+            if other_labels < labels:
+                inner |= other_labels
+        own = sorted(labels - inner)
+        if len(own) != 1:
+            raise DataError("--target regions: region {} has {} labels of its own ({}); each needs exactly one to "
+                            "be turned back into labels".format(name, len(own), own))
+        painting.append((index, own[0]))
+    painting.sort(key=lambda pair: -len(sets[pair[0]][1]))
+    return painting
 
 
 def layout_for_case_name(name: str) -> Optional[str]:

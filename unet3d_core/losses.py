@@ -1,5 +1,10 @@
 """Segmentation losses: soft Dice over the foreground classes, cross-entropy, or both.
 
+With ``--target regions`` (:func:`region_loss`) each output is one region's
+sigmoid, as nnU-Net trains BraTS: soft Dice per sample and region plus the
+binary cross-entropy of every region, the regions overlapping (WT holds TC
+holds ET).
+
 Dice is computed per sample and per foreground class (background excluded, as
 in the reference) with a smoothing term of 1 voxel in numerator and
 denominator, so a class absent from both prediction and label costs nothing
@@ -51,3 +56,34 @@ def segmentation_loss(logits, labels, num_classes: int, kind: str = "dice+ce"):
         cross_entropy = -tf.reduce_mean(tf.reduce_sum(log_probabilities * one_hot, axis=-1))
         return soft_dice_loss(tf.exp(log_probabilities), one_hot) + cross_entropy
     raise ValueError("unknown loss {!r}".format(kind))
+
+
+def region_targets(labels, regions, num_classes: int):
+    """float32 [batch, x, y, z, regions]: 1 where a voxel's label is in the region."""
+    table = [[1.0 if label in labels_of_region else 0.0 for _, labels_of_region in regions]
+             for label in range(num_classes)]
+    return tf.gather(tf.constant(table, tf.float32), labels)
+
+
+def region_loss(logits, labels, regions, num_classes: int, kind: str = "dice+ce"):
+    """The ``--loss`` of one sigmoid per region.
+
+    Args:
+        logits: float [batch, x, y, z, regions].
+        labels: int32 [batch, x, y, z] internal labels in [0, num_classes).
+        regions: (name, internal labels) per output, as ModelConfig.regions.
+    """
+    logits = tf.cast(logits, tf.float32)
+    targets = region_targets(labels, regions, num_classes)
+    terms = []
+    if kind in ("dice", "dice+ce"):
+        probabilities = tf.sigmoid(logits)
+        axes = [1, 2, 3]
+        intersection = tf.reduce_sum(probabilities * targets, axis=axes)
+        total = tf.reduce_sum(probabilities, axis=axes) + tf.reduce_sum(targets, axis=axes)
+        terms.append(1.0 - tf.reduce_mean((2.0 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)))
+    if kind in ("ce", "dice+ce"):
+        terms.append(tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits)))
+    if not terms:
+        raise ValueError("unknown loss {!r}".format(kind))
+    return tf.add_n(terms)

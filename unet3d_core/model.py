@@ -17,6 +17,7 @@ checkpoints are portable between them, as between TensorFlow 1.15 and 2.x
 from __future__ import annotations
 
 import zlib
+from typing import List
 
 import tensorflow as tf
 
@@ -128,8 +129,14 @@ def upsample(x, filters: int, name: str, ops: LayerOps = None):
         return tf.nn.bias_add(y, _bias("bias", filters))
 
 
-def build_unet3d(images, config: ModelConfig, training: bool, ops: LayerOps = None):
+def build_unet3d(images, config: ModelConfig, training: bool, ops: LayerOps = None, auxiliary: bool = False):
     """Build the network on ``images`` [batch, x, y, z, in_channels] and return logits.
+
+    ``auxiliary`` (training with ``--deep_supervision``): also return the
+    logits of 1x1x1 heads on the decoder's lower resolutions, half, quarter
+    ... down to the lowest decoder level, as ``(logits, [auxiliary])``. The
+    heads exist only in that graph, so the inference graph and its parameters
+    are the same with or without deep supervision.
 
     Spatial sizes must be multiples of ``config.divisor``. Call it inside a
     ``tf.compat.v1.variable_scope`` with ``reuse`` to share weights. ``ops``
@@ -150,15 +157,30 @@ def build_unet3d(images, config: ModelConfig, training: bool, ops: LayerOps = No
             with tf1.variable_scope(scope):
                 x = conv_unit(x, widths[level], config, training, stride=2, name="conv1", ops=ops)
                 x = conv_unit(x, widths[level], config, training, name="conv2", ops=ops)
+        heads = []
         for level in reversed(range(config.depth - 1)):
             with tf1.variable_scope("up{}".format(level)):
                 x = upsample(x, widths[level], name="upsample", ops=ops)
                 x = conv_unit([x, skips[level]], widths[level], config, training, name="conv1", ops=ops)
                 x = conv_unit(x, widths[level], config, training, name="conv2", ops=ops)
+            if auxiliary and level > 0:
+                with tf1.variable_scope("deep_supervision/level{}".format(level)):
+                    kernel = _conv_weights("kernel", [widths[level], config.outputs])
+                    heads.append(tf.nn.bias_add(tf.tensordot(x, kernel, axes=[[4], [0]]),
+                                                _bias("bias", config.outputs)))
         with tf1.variable_scope("output"):
-            kernel = _conv_weights("kernel", [3, 3, 3, widths[0], config.num_classes])
-            logits = tf.nn.bias_add(ops.output_convolution(x, kernel), _bias("bias", config.num_classes))
+            kernel = _conv_weights("kernel", [3, 3, 3, widths[0], config.outputs])
+            logits = tf.nn.bias_add(ops.output_convolution(x, kernel), _bias("bias", config.outputs))
+    if auxiliary:
+        return logits, list(reversed(heads))  # level 1 (half resolution) first
     return logits
+
+
+def deep_supervision_weights(levels: int) -> List[float]:
+    """Loss weights of the full-resolution output and ``levels - 1`` lower ones: halving per level, summing
+    to 1 (nnU-Net's scheme)."""
+    raw = [0.5 ** level for level in range(levels)]
+    return [weight / sum(raw) for weight in raw]
 
 
 def count_parameters(variables) -> int:

@@ -29,7 +29,7 @@ from unet3d_core.errors import ConfigError
 
 # Flags bound to a run, and their defaults for a new one.
 NETWORK_FLAGS = (("base_filters", 32), ("max_filters", 320), ("depth", 6), ("norm", "instancenorm"),
-                 ("input_shape", (128, 128, 128)))
+                 ("input_shape", (128, 128, 128)), ("target", "labels"), ("deep_supervision", False))
 TRAINING_FLAGS = (("max_steps", 16000), ("batch_size", 1), ("augment", False), ("loss", "dice+ce"),
                   ("learning_rate", 0.0002), ("lr_schedule", "constant"), ("lr_warmup_steps", 0),
                   ("lr_scaling", "none"), ("seed", 0))
@@ -140,7 +140,8 @@ def _bound_value(name: str, given, record: Optional[Dict], section: str, model_d
 
 def _network(options, record, model_dir: str, exec_mode: str) -> Dict:
     if record is None and has_checkpoints(model_dir):
-        missing = ["--" + name for name, _ in NETWORK_FLAGS if getattr(options, name) is None]
+        missing = ["--" + name for name, _ in NETWORK_FLAGS if getattr(options, name) is None
+                   and name not in ("target", "deep_supervision")]
         if missing:
             raise ConfigError("--model_dir {} has checkpoints but no run.json (a run made before run folders "
                               "remembered their network): pass the flags it was trained with: {}".format(
@@ -208,6 +209,28 @@ def _channels_and_classes(manifest, record, options, model_dir: str) -> Tuple[in
     return ModelConfig.in_channels, ModelConfig.num_classes
 
 
+def _target_regions(target: str, manifest, record, options) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    """--target regions: the regions the network learns (the run's, else the data's cohort's), checked to turn
+    back into labels; () for --target labels."""
+    from unet3d_core.layouts import LAYOUTS, detect_layout, region_painting
+
+    if target != "regions":
+        return ()
+    recorded = (record or {}).get("network", {}).get("regions")
+    if recorded:
+        named = [(str(name), tuple(int(label) for label in labels)) for name, labels in recorded]
+    else:
+        if manifest is not None:
+            layout = manifest.layout
+        elif options.input_dir:
+            layout = detect_layout(options.input_dir)
+        else:
+            layout = "brats2019"  # synthetic input: the glioma regions
+        named = list(LAYOUTS[layout].target_regions.items())
+    region_painting(named)
+    return tuple(named)
+
+
 def _check_postprocessing(options, manifest) -> None:
     """--min_et_component_voxels relabels enhancing tumour (3) as core (1): glioma labels only."""
     from unet3d_core.layouts import LAYOUTS, detect_layout
@@ -254,6 +277,7 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
         ConfigError / DataError: a bad flag, folder or data set, or a flag that conflicts with the run.
     """
     from unet3d_core.inference import InferenceSettings
+    from unet3d_core.layouts import region_painting
     from unet3d_core.run_folder import read_run
 
     exec_mode = options.exec_mode
@@ -276,9 +300,11 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
     if manifest is not None and exec_mode in ("evaluate", "train_and_evaluate"):
         manifest.label_scheme(getattr(options, "lesion_rules", "auto") or "auto")  # a year the cohort lacks fails now
     _check_postprocessing(options, manifest)
+    regions = _target_regions(network["target"], manifest, record, options)
     model_config = ModelConfig(in_channels=in_channels, num_classes=num_classes,
                                base_filters=network["base_filters"], max_filters=network["max_filters"],
-                               depth=network["depth"], norm=network["norm"])
+                               depth=network["depth"], norm=network["norm"], target=network["target"],
+                               regions=regions, deep_supervision=bool(network["deep_supervision"]))
     model_config.validate()
     input_shape = tuple(int(size) for size in network["input_shape"])
     if any(size % model_config.divisor for size in input_shape):
@@ -296,7 +322,8 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
         mode=options.inference_mode, window_shape=tuple(options.window_shape or input_shape),
         overlap=float(options.overlap), blend=options.blend, mirror=bool(options.tta),
         batch_size=options.inference_batch_size, eval_crop=tuple(options.eval_crop), divisor=model_config.divisor,
-        min_et_component_voxels=options.min_et_component_voxels)
+        min_et_component_voxels=options.min_et_component_voxels,
+        painting=tuple(region_painting(model_config.regions)) if model_config.target == "regions" else ())
     inference.validate()
     prediction = PredictionConfig(predict_on=options.predict_on,
                                   output_dir=options.output_dir,

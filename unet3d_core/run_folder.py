@@ -5,8 +5,9 @@ The first ``train`` in a folder writes it; ``evaluate``, ``predict``,
 plans in the model folder the same way), so no model flag is needed after the
 first command. The file holds:
 
-- ``network``: what builds the graph (widths, depth, norm, channels, classes)
-  and the training crop; a checkpoint only loads into this network;
+- ``network``: what builds the graph (widths, depth, norm, channels, classes,
+  ``target`` and, for ``--target regions``, the regions learnt) and the
+  training crop; a checkpoint only loads into this network;
 - ``data``: the data set's fingerprint (:meth:`Manifest.fingerprint`), its
   folder and the fold held out;
 - ``training``: the optimisation flags of the latest training session;
@@ -63,7 +64,9 @@ def network_record(model_config, input_shape) -> Dict:
     return dict(in_channels=model_config.in_channels, num_classes=model_config.num_classes,
                 base_filters=model_config.base_filters, max_filters=model_config.max_filters,
                 depth=model_config.depth, norm=model_config.norm, groups=model_config.groups,
-                input_shape=list(input_shape) if input_shape is not None else None)
+                input_shape=list(input_shape) if input_shape is not None else None,
+                target=model_config.target, regions=[[name, list(labels)] for name, labels in model_config.regions],
+                deep_supervision=model_config.deep_supervision)
 
 
 def versions() -> Dict[str, str]:

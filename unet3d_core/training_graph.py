@@ -125,6 +125,28 @@ class TrainingGraph:
         return fetches
 
 
+def supervised_loss(logits, auxiliary, labels, network, kind: str):
+    """The training loss of the full-resolution output and, with deep supervision, of each auxiliary output
+    against the labels taken at its resolution (every 2^level-th voxel, nearest neighbour), weighted by
+    :func:`~unet3d_core.model.deep_supervision_weights`."""
+    from unet3d_core.losses import region_loss, segmentation_loss
+    from unet3d_core.model import deep_supervision_weights
+
+    def one(output, target):
+        if network.target == "regions":
+            return region_loss(output, target, network.regions, network.num_classes, kind)
+        return segmentation_loss(output, target, network.num_classes, kind)
+
+    if not auxiliary:
+        return one(logits, labels)
+    weights = deep_supervision_weights(len(auxiliary) + 1)
+    total = weights[0] * one(logits, labels)
+    for level, (output, weight) in enumerate(zip(auxiliary, weights[1:]), start=1):
+        step = 2 ** level
+        total += weight * one(output, labels[:, ::step, ::step, ::step])
+    return total
+
+
 def build_training_graph(config, *, record_files: List[str], start_step: int, total_steps: int, backend,
                          strategy, options, layer_ops) -> TrainingGraph:
     """Build one process's training graph.
@@ -140,7 +162,6 @@ def build_training_graph(config, *, record_files: List[str], start_step: int, to
     import tensorflow as tf
 
     from unet3d_core.input_pipeline import training_dataset
-    from unet3d_core.losses import segmentation_loss
     from unet3d_core.model import build_unet3d, count_parameters
 
     tf1 = tf.compat.v1
@@ -160,8 +181,11 @@ def build_training_graph(config, *, record_files: List[str], start_step: int, to
                                        channels=network.in_channels)
         iterator = tf1.data.make_initializable_iterator(dataset)
         images, labels = iterator.get_next()
-        logits = build_unet3d(images, network, training=True, ops=layer_ops)
-        loss = segmentation_loss(logits, labels, network.num_classes, training.loss)
+        if network.deep_supervision:
+            logits, auxiliary = build_unet3d(images, network, training=True, ops=layer_ops, auxiliary=True)
+        else:
+            logits, auxiliary = build_unet3d(images, network, training=True, ops=layer_ops), []
+        loss = supervised_loss(logits, auxiliary, labels, network, training.loss)
         base_rate = training.learning_rate * (strategy.size if training.lr_scaling == "linear" else 1)
         learning_rate = learning_rate_at(global_step, base=base_rate, warmup_steps=training.lr_warmup_steps,
                                          total_steps=total_steps, schedule=training.lr_schedule)
