@@ -153,6 +153,10 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
     out.add_argument("--overwrite", action="store_true", help="replace existing prediction files")
     out.add_argument("--input_dir", default=None,
                      help="predict a folder of raw BraTS NIfTI cases (segmentations optional) instead of --data_dir")
+    out.add_argument("--folds", default=None, metavar="0,2,4",
+                     help="predict with the average of these folds' models of a --fold all run (MODEL_DIR/fold-N); "
+                          "'--fold all' with --input_dir averages every trained fold. Refused on the "
+                          "cross-validation data set itself (its cases were in the folds' training)")
     out.add_argument("--save_probabilities", action="store_true",
                      help="also write <case>_probabilities.nii.gz (float32, one channel per class)")
     out.add_argument("--inference_mode", choices=("sliding", "crop"), default="sliding",

@@ -16,7 +16,7 @@ import numpy as np
 from unet3d_core import metrics as metrics_lib
 from unet3d_core.evaluation import EVAL_RESULTS, evaluate, evaluation_is_current, write_json_atomic
 from unet3d_core.logger import RunLogger
-from unet3d_core.run_config import resolve_runs
+from unet3d_core.run_config import ensemble_folds, resolve_runs
 
 CV_RESULTS = "cv_results.json"
 CV_CASES = "cv_results.csv"
@@ -120,6 +120,14 @@ def run(*, options, backend) -> Dict:
     try:
         session_config = backend.session_config(base_session_config(), options, strategy)
         layer_ops = backend.layer_ops(options)  # the core's textbook ops unless the backend has its own
+        if ensemble_folds(options) is not None:
+            from unet3d_core.prediction import predict_ensemble
+
+            console = RunLogger(None, enabled=strategy.is_chief)
+            output_dir = options.output_dir or os.path.join(options.model_dir, "ensemble-predictions")
+            return {"predict": predict_ensemble([config for _, config in runs], output_dir=output_dir,
+                                                strategy=strategy, session_config=session_config,
+                                                layer_ops=layer_ops, logger=console)}
         every_fold = str(options.fold) == "all"
         console = RunLogger(None, enabled=strategy.is_chief)
         results: Dict = {}

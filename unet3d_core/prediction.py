@@ -136,3 +136,86 @@ def predict(config, *, strategy, session_config, layer_ops, logger):
         return benchmark_prediction(config, load, session_config=session_config, layer_ops=layer_ops,
                                     logger=logger, workers=strategy.size)
     return predict_cases(config, case_ids, load, session_config=session_config, layer_ops=layer_ops, logger=logger)
+
+
+def predict_ensemble(configs, *, output_dir: str, strategy, session_config, layer_ops, logger) -> List[str]:
+    """``predict`` with several folds' models: each case's probabilities (softmax or sigmoid) averaged over
+    the models, then turned into labels and written; ``ensemble.json`` beside them lists the folds.
+
+    The models run one after another on a case, so memory holds one window batch at a time, the running
+    sum and the current model's volume.
+    """
+    import json
+
+    from unet3d_core import volumes
+    from unet3d_core.inference import labels_of, predict_probabilities, remove_small_enhancing
+    from unet3d_core.records import Manifest
+
+    first = configs[0]
+    for config in configs[1:]:
+        theirs, ours = config.network, first.network
+        if (theirs.in_channels, theirs.outputs, theirs.target, theirs.regions) != (
+                ours.in_channels, ours.outputs, ours.target, ours.regions):
+            raise ConfigError("{} and {}: different networks (channels, outputs or target); an ensemble "
+                              "needs folds of one run".format(first.model_dir, config.model_dir))
+    prediction = first.prediction
+    if prediction.input_dir:
+        case_ids, cases = volumes.raw_folder_cases(prediction.input_dir, shard=strategy.shard)
+    else:
+        manifest = Manifest(first.data_dir)
+        chosen = strategy.shard([case for case in manifest.cases
+                                 if prediction.predict_on == "all" or case["fold"] == first.fold])
+        case_ids, cases = [case["id"] for case in chosen], volumes.record_cases(manifest, chosen, session_config)
+    if not prediction.overwrite:
+        for case_id in case_ids:
+            for path in volumes.output_paths(output_dir, case_id, prediction.save_probabilities):
+                if os.path.exists(path):
+                    raise ConfigError("{}: exists; pass --overwrite to replace predictions".format(path))
+    models = []
+    try:
+        for config in configs:
+            runner, step = restore_network(config, session_config, layer_ops, logger)
+            models.append((config, runner, step))
+        folds = [config.fold for config, _, _ in models]
+        logger.message("Ensemble of folds {} ({} models), probabilities averaged".format(
+            ", ".join(map(str, folds)), len(models)))
+        os.makedirs(output_dir, exist_ok=True)
+        settings = first.inference
+        written = []
+        started = time.time()
+        for case in cases:
+            total = None
+            for _, runner, _ in models:
+                probabilities = predict_probabilities(case.image, runner, settings)
+                if total is None:
+                    total = probabilities
+                else:
+                    total += probabilities
+                del probabilities
+            total /= len(models)
+            labels = remove_small_enhancing(labels_of(total, settings.painting), settings.min_et_component_voxels)
+            paths = volumes.output_paths(output_dir, case.case_id, prediction.save_probabilities)
+            volumes.write_label_map(paths[0], labels, case)
+            if prediction.save_probabilities:
+                volumes.write_probabilities(paths[1], total, case)
+            written.append(paths[0])
+            logger.message("  wrote {} (folds {})".format(", ".join(paths), ",".join(map(str, folds))))
+    finally:
+        for _, runner, _ in models:
+            runner.close()
+    if strategy.is_chief:
+        description = {"folds": folds,
+                       "models": [{"fold": config.fold, "model_dir": os.path.abspath(config.model_dir),
+                                   "checkpoint_step": step} for config, _, step in models],
+                       "combination": "mean of the models' {} probabilities".format(
+                           "sigmoid region" if first.network.target == "regions" else "softmax"),
+                       "inference": settings.describe(),
+                       "source": os.path.abspath(prediction.input_dir or first.data_dir),
+                       "cases": case_ids if strategy.size == 1 else None}
+        temporary = os.path.join(output_dir, "ensemble.json.partial")
+        with open(temporary, "w") as handle:
+            json.dump(description, handle, indent=1)
+        os.replace(temporary, os.path.join(output_dir, "ensemble.json"))
+    logger.metrics("predict", {"cases": len(written), "output_dir": output_dir, "folds": folds,
+                               "seconds": round(time.time() - started, 1)})
+    return written

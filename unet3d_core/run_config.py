@@ -339,6 +339,70 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
                      lesion_rules=str(getattr(options, "lesion_rules", "auto") or "auto"))
 
 
+def parse_folds(text: str) -> List[int]:
+    """``--folds 0,2,4`` -> [0, 2, 4]; a bad list is a ConfigError naming the flag."""
+    try:
+        folds = [int(part) for part in str(text).split(",") if part.strip() != ""]
+    except ValueError:
+        folds = []
+    if not folds or any(fold < 0 for fold in folds) or len(set(folds)) != len(folds):
+        raise ConfigError("--folds {}: expected distinct fold numbers separated by commas, e.g. 0,2,4".format(text))
+    return folds
+
+
+def ensemble_folds(options) -> Optional[List[int]]:
+    """The folds whose models ``predict`` averages, or None for a plain prediction.
+
+    An ensemble is ``predict --input_dir NEW --model_dir CV_DIR --fold all`` (every ``fold-N`` with a
+    checkpoint) or ``--folds 0,2,4``. On the cross-validation data set itself it is refused: every case
+    was in some fold's training set. ``predict --data_dir --fold all`` stays each fold predicting its
+    own held-out cases.
+    """
+    folds_flag = getattr(options, "folds", None)
+    if options.exec_mode != "predict" or (folds_flag is None and not (str(options.fold) == "all"
+                                                                       and options.input_dir)):
+        if folds_flag is not None:
+            raise ConfigError("--folds: averages fold models in predict; use --fold for {}".format(
+                options.exec_mode))
+        return None
+    if folds_flag is not None and str(options.fold) not in ("None", "all"):
+        raise ConfigError("--folds {} and --fold {}: give one of them".format(folds_flag, options.fold))
+    if folds_flag is not None:
+        folds = parse_folds(folds_flag)
+    else:
+        folds = sorted(int(name[len("fold-"):]) for name in os.listdir(options.model_dir)
+                       if name.startswith("fold-") and name[len("fold-"):].isdigit()
+                       and has_checkpoints(os.path.join(options.model_dir, name))) \
+            if os.path.isdir(options.model_dir) else []
+    for fold in folds:
+        folder = os.path.join(options.model_dir, "fold-{}".format(fold))
+        if not has_checkpoints(folder):
+            raise ConfigError("--model_dir {}: {} has no checkpoint (not a --fold all run, or fold {} not "
+                              "trained)".format(options.model_dir, folder, fold))
+    if not folds:
+        raise ConfigError("--model_dir {}: no fold-N folders with checkpoints; an ensemble needs a --fold all "
+                          "training run".format(options.model_dir))
+    if not options.input_dir:
+        _refuse_cross_validation_data(options, folds)
+    return folds
+
+
+def _refuse_cross_validation_data(options, folds: List[int]) -> None:
+    from unet3d_core.records import Manifest
+    from unet3d_core.run_folder import read_run
+
+    if not options.data_dir:
+        raise ConfigError("predict with --folds needs --input_dir (new cases) or --data_dir")
+    fingerprint = Manifest(options.data_dir).fingerprint()
+    for fold in folds:
+        record = read_run(os.path.join(options.model_dir, "fold-{}".format(fold))) or {}
+        if record.get("data", {}).get("fingerprint") == fingerprint:
+            raise ConfigError("--data_dir {} is the data set fold {} was trained on: every case of it was in "
+                              "some fold's training set, so an ensemble's predictions of it say nothing about "
+                              "new cases; predict --input_dir NEW_CASES, or --fold all for each fold's held-out "
+                              "cases".format(options.data_dir, fold))
+
+
 def fold_options(options, fold: int):
     """A copy of ``options`` for fold ``fold`` of ``--fold all``, run in ``MODEL_DIR/fold-N``."""
     copy = argparse.Namespace(**vars(options))
@@ -352,11 +416,11 @@ def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
 
     ``--fold all`` gives one per fold of the data set, each in ``MODEL_DIR/fold-N``.
     """
+    folds = ensemble_folds(options)
+    if folds is not None:
+        return [(per_fold, resolve(per_fold)) for per_fold in (fold_options(options, fold) for fold in folds)]
     if str(options.fold) != "all":
         return [(options, resolve(options))]
-    if options.input_dir:
-        raise ConfigError("--fold all predicts each fold's held-out cases from the data set; to predict "
-                          "--input_dir, point --model_dir at one fold's run (e.g. {}/fold-0)".format(options.model_dir))
     if options.exec_mode == "predict" and options.predict_on == "all":
         raise ConfigError("--fold all with --predict_on all would predict every case five times; "
                           "use --predict_on fold (each case once, by the fold that held it out)")

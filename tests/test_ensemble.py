@@ -1,0 +1,65 @@
+"""predict with fold ensembles: the folds' probabilities averaged, the folds listed, CV data refused."""
+import json
+import os
+
+import nibabel
+import numpy as np
+import pytest
+from conftest import TINY_MODEL, run_cli
+
+
+@pytest.fixture(scope="module")
+def cross_validation(records, tmp_path_factory):
+    model_dir = str(tmp_path_factory.mktemp("cv") / "run")
+    run_cli(["train", "--data_dir", records, "--model_dir", model_dir, "--fold", "all", "--max_steps", "1",
+             "--backend", "cpu"] + TINY_MODEL)
+    return model_dir
+
+
+def _volume(path):
+    return np.asanyarray(nibabel.load(path).dataobj)
+
+
+def test_an_ensemble_averages_the_folds_probabilities(cross_validation, raw_dataset, tmp_path):
+    flags = ["--input_dir", raw_dataset, "--inference_mode", "crop", "--save_probabilities", "--backend", "cpu"]
+    ensemble = str(tmp_path / "ensemble")
+    run_cli(["predict", "--model_dir", cross_validation, "--folds", "0,2,4", "--output_dir", ensemble] + flags)
+    with open(os.path.join(ensemble, "ensemble.json")) as handle:
+        described = json.load(handle)
+    assert described["folds"] == [0, 2, 4] and [model["fold"] for model in described["models"]] == [0, 2, 4]
+    assert "softmax" in described["combination"]
+    singles = {}
+    for fold in (0, 2, 4):
+        singles[fold] = str(tmp_path / "fold{}".format(fold))
+        run_cli(["predict", "--model_dir", os.path.join(cross_validation, "fold-{}".format(fold)),
+                 "--output_dir", singles[fold]] + flags)
+    case = sorted(name for name in os.listdir(ensemble) if name.endswith("_probabilities.nii.gz"))[0]
+    mean = np.mean([_volume(os.path.join(singles[fold], case)) for fold in (0, 2, 4)], axis=0)
+    averaged = _volume(os.path.join(ensemble, case))
+    assert np.allclose(averaged, mean, atol=1e-5)
+    labels = np.argmax(mean, axis=-1)
+    written = _volume(os.path.join(ensemble, case.replace("_probabilities", "")))
+    assert np.array_equal(written, np.where(labels == 3, 4, labels))  # BraTS 2019 labels: ET is 4
+    # Not a copy of one fold: the folds disagree somewhere.
+    assert not all(np.allclose(_volume(os.path.join(singles[fold], case)), averaged, atol=1e-4) for fold in (0, 2, 4))
+
+
+def test_fold_all_with_new_cases_uses_every_fold(cross_validation, raw_dataset, tmp_path):
+    out = str(tmp_path / "all")
+    run_cli(["predict", "--model_dir", cross_validation, "--fold", "all", "--input_dir", raw_dataset,
+             "--output_dir", out, "--inference_mode", "crop", "--backend", "cpu"])
+    with open(os.path.join(out, "ensemble.json")) as handle:
+        assert json.load(handle)["folds"] == [0, 1, 2, 3, 4]
+
+
+def test_an_ensemble_of_the_cross_validation_data_is_refused(cross_validation, records, tmp_path, capsys):
+    args = ["predict", "--model_dir", cross_validation, "--data_dir", records, "--backend", "cpu",
+            "--output_dir", str(tmp_path / "out")]
+    assert run_cli(args + ["--folds", "0,1"], check=False) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "every case of it was in some fold's training set" in err
+    assert not os.path.exists(str(tmp_path / "out"))
+    assert run_cli(args + ["--folds", "0,7"], check=False) == 1
+    assert "fold-7 has no checkpoint" in capsys.readouterr().err
+    assert run_cli(args + ["--folds", "0,x"], check=False) == 1
+    assert "--folds 0,x: expected distinct fold numbers" in capsys.readouterr().err
