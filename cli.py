@@ -264,6 +264,19 @@ def build_parser(registry) -> argparse.ArgumentParser:
     report.add_argument("--predictions", default=None,
                         help="folder of <case>.nii.gz predictions (default: the run's predictions/)")
 
+    export = commands.add_parser("export", help="write a trained run's network as a SavedModel or frozen graph",
+                                 description="Export the newest checkpoint of a run for deployment: a SavedModel "
+                                             "with a serving signature (TensorFlow 1.15/2.x, TensorFlow Serving) "
+                                             "or a frozen GraphDef with a fixed input shape (Ascend ATC, TF-TRT). "
+                                             "export.json beside it says how to normalise the input.")
+    export.add_argument("--model_dir", required=True, help="the run folder (one fold's, for --fold all runs)")
+    export.add_argument("--format", choices=("savedmodel", "frozen", "onnx"), default="savedmodel",
+                        help="savedmodel (any input size), frozen (.pb, fixed --window) or onnx (tf2onnx, an "
+                             "optional extra of the TensorFlow 2.15 environment) (default savedmodel)")
+    export.add_argument("--window", type=positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                        help="frozen: the input's spatial shape (default: the run's training crop)")
+    export.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+
     demo = commands.add_parser("demo", help="synthetic data -> preprocess -> train -> evaluate -> predict on CPU",
                                description="The whole pipeline on a small synthetic data set, on the CPU.")
     demo.add_argument("--workdir", default="demo", help="folder for data and run (default ./demo)")
@@ -351,6 +364,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if options.command == "demo":
             return command_demo(options)
+        if options.command == "export":
+            from unet3d_core.export import export
+
+            described = export(options.model_dir, options.out, fmt=options.format, window=options.window)
+            print("wrote {} ({}, input {} {}, output {} with {} channels)".format(
+                options.out, described["format"], described["input"]["name"], described["input"]["shape"],
+                described["output"]["name"], described["output"]["channels"]))
+            if "atc" in described:
+                print("convert for Ascend with: " + described["atc"])
+            return 0
         if options.command == "synth":
             from unet3d_core.progress import Progress
             from unet3d_core.synth import write_synthetic_dataset

@@ -34,6 +34,8 @@ setup(
         "test": ["pytest", "scipy"],
         # The challenge's 2026 scorer, the cross-check of tests/test_lesion_metrics.py (Python >= 3.10).
         "crosscheck": ["BraTS-evaluation==0.0.8", "panoptica==2.1.4"],
+        # 'cli.py export --format onnx' (TensorFlow 2.15 environment; tf2onnx 1.16 needs protobuf 3.20).
+        "onnx": ["tf2onnx==1.16.1", "onnx==1.16.2", "protobuf==3.20.3", "onnxruntime==1.26.0"],
     },
     entry_points={
         "console_scripts": ["unet3d = cli:main"],

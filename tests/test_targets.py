@@ -35,13 +35,13 @@ def test_region_loss_is_dice_plus_binary_cross_entropy_per_region():
 
     from unet3d_core.losses import region_loss, region_targets
 
-    labels = np.array([0, 2, 1, 3]).reshape(1, 4, 1, 1).astype(np.int32)
+    labels = np.array([0, 2, 1, 3]).reshape(2, 2, 1, 1).astype(np.int32)  # two samples: Dice over the batch
     logits = np.array([[-2.0, -1.0, 0.0], [1.0, -1.0, -2.0], [2.0, 1.0, -1.0], [3.0, 2.0, 1.0]],
-                      np.float32).reshape(1, 4, 1, 1, 3)
-    targets = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]], np.float32).reshape(1, 4, 1, 1, 3)
+                      np.float32).reshape(2, 2, 1, 1, 3)
+    targets = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [1, 1, 1]], np.float32).reshape(2, 2, 1, 1, 3)
     probabilities = 1.0 / (1.0 + np.exp(-logits))
-    dice = (2 * (probabilities * targets).sum(axis=(1, 2, 3)) + 1) / (
-        probabilities.sum(axis=(1, 2, 3)) + targets.sum(axis=(1, 2, 3)) + 1)
+    dice = (2 * (probabilities * targets).sum(axis=(0, 1, 2, 3)) + 1) / (
+        probabilities.sum(axis=(0, 1, 2, 3)) + targets.sum(axis=(0, 1, 2, 3)) + 1)
     bce = -(targets * np.log(probabilities) + (1 - targets) * np.log(1 - probabilities)).mean()
     with tf.Graph().as_default(), tf.compat.v1.Session() as session:
         built = region_targets(tf.constant(labels), GLIOMA, 4)

@@ -39,7 +39,9 @@ case "$flavour" in
         packages=("tensorflow-cpu==2.15.1" "numpy<2" "nibabel>=5" "pluggy>=1.3" "pytest>=7" "scipy<1.14" "matplotlib" "ruff" "tqdm>=4.64,<5" "surface-distance==0.1"
                   # Test-only: the challenge's 2026 scorer, the reference of tests/test_lesion_metrics.py
                   # (AGPL-3.0 metadata; never imported by unet3d itself).
-                  "BraTS-evaluation==0.0.8" "panoptica==2.1.4")
+                  "BraTS-evaluation==0.0.8" "panoptica==2.1.4"
+                  # The onnx extra of 'cli.py export' and its check (tf2onnx 1.16 wants protobuf 3.20).
+                  "tf2onnx==1.16.1" "onnx==1.16.2" "protobuf==3.20.3" "onnxruntime==1.26.0")
         ;;
     tf26)
         if ! python=$(find_python 9 3.9.18); then

@@ -1,9 +1,10 @@
 """Segmentation losses: soft Dice over the foreground classes, cross-entropy, or both.
 
 With ``--target regions`` (:func:`region_loss`) each output is one region's
-sigmoid, as nnU-Net trains BraTS: soft Dice per sample and region plus the
-binary cross-entropy of every region, the regions overlapping (WT holds TC
-holds ET).
+sigmoid, as nnU-Net trains BraTS: soft Dice per region over the whole batch
+(nnU-Net's "batch Dice": a crop without enhancing tumour does not get a Dice
+of its own) plus the binary cross-entropy of every region, the regions
+overlapping (WT holds TC holds ET).
 
 Dice is computed per sample and per foreground class (background excluded, as
 in the reference) with a smoothing term of 1 voxel in numerator and
@@ -78,7 +79,7 @@ def region_loss(logits, labels, regions, num_classes: int, kind: str = "dice+ce"
     terms = []
     if kind in ("dice", "dice+ce"):
         probabilities = tf.sigmoid(logits)
-        axes = [1, 2, 3]
+        axes = [0, 1, 2, 3]  # batch Dice
         intersection = tf.reduce_sum(probabilities * targets, axis=axes)
         total = tf.reduce_sum(probabilities, axis=axes) + tf.reduce_sum(targets, axis=axes)
         terms.append(1.0 - tf.reduce_mean((2.0 * intersection + DICE_SMOOTH) / (total + DICE_SMOOTH)))

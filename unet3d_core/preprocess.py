@@ -18,8 +18,6 @@ import collections
 import itertools
 import multiprocessing
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
@@ -29,6 +27,7 @@ from unet3d_core import __version__
 from unet3d_core.case_scan import scan_cases
 from unet3d_core.cases import CaseProblem, InvalidCaseError, LoadedCase, RawCase, load_case
 from unet3d_core.errors import ConfigError, DataError
+from unet3d_core.folders import published_folder
 from unet3d_core.layouts import AUTO, LAYOUTS
 from unet3d_core.progress import Progress
 from unet3d_core.records import FORMAT_VERSION, RECORD_SUFFIX, assemble_record, encode_case_features, write_manifest
@@ -193,10 +192,7 @@ def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0
     if len(scan.cases) < folds:
         raise DataError("{}: {} usable cases cannot be split into {} folds".format(input_dir, len(scan.cases), folds))
 
-    parent = os.path.dirname(os.path.abspath(output_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)
-    try:
+    with published_folder(output_dir, STAGING_PREFIX) as staging:
         entries, written, skipped = _convert_all(scan.cases, staging, workers, show_progress, skip_invalid, hint)
         skipped = sorted(scan.problems + skipped, key=lambda problem: problem.case_id)
         if len(written) < folds:
@@ -225,13 +221,6 @@ def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0
                         for problem in skipped],
         }
         write_manifest(staging, manifest)
-        os.chmod(staging, 0o755)  # mkdtemp's 0700 is too strict for a data set folder
-        if os.path.isdir(output_dir):
-            os.rmdir(output_dir)  # empty, checked above
-        os.rename(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 
