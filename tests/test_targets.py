@@ -67,7 +67,7 @@ def test_a_region_run_trains_evaluates_and_predicts_region_probabilities(records
         evaluated = json.load(handle)
     assert evaluated["inference"]["target"] == "regions" and "Dice_WT" in evaluated["mean"]
     # predict needs no --target: the run remembers it; the probabilities are one sigmoid per region.
-    run_cli(["predict", "--output_dir", out, "--save_probabilities", "--inference_mode", "crop"] + common)
+    run_cli(["predict", "--output_dir", out, "--save_probabilities", "--tta", "--overlap", "0.25"] + common)
     names = sorted(name for name in os.listdir(out) if name.endswith("_probabilities.nii.gz"))
     assert names
     probabilities = np.asanyarray(nibabel.load(os.path.join(out, names[0])).dataobj)
