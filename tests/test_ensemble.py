@@ -63,3 +63,22 @@ def test_an_ensemble_of_the_cross_validation_data_is_refused(cross_validation, r
     assert "fold-7 has no checkpoint" in capsys.readouterr().err
     assert run_cli(args + ["--folds", "0,x"], check=False) == 1
     assert "--folds 0,x: expected distinct fold numbers" in capsys.readouterr().err
+
+
+def test_an_ensemble_of_another_data_set_predicts_every_case(cross_validation, tmp_path):
+    from conftest import TINY_SHAPE
+
+    from unet3d_core.preprocess import preprocess
+    from unet3d_core.records import Manifest
+    from unet3d_core.synth import write_synthetic_dataset
+
+    raw, other = str(tmp_path / "raw"), str(tmp_path / "records")
+    write_synthetic_dataset(raw, cases=4, shape=TINY_SHAPE, seed=9)
+    preprocess(raw, other, folds=2, seed=0, show_progress=False)
+    out = str(tmp_path / "out")
+    run_cli(["predict", "--model_dir", cross_validation, "--folds", "1,3", "--data_dir", other, "--output_dir", out,
+             "--inference_mode", "crop", "--backend", "cpu"])
+    predicted = sorted(name[:-len(".nii.gz")] for name in os.listdir(out) if name.endswith(".nii.gz"))
+    assert predicted == sorted(case["id"] for case in Manifest(other).cases)
+    with open(os.path.join(out, "ensemble.json")) as handle:
+        assert json.load(handle)["folds"] == [1, 3]

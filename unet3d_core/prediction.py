@@ -162,9 +162,8 @@ def predict_ensemble(configs, *, output_dir: str, strategy, session_config, laye
     if prediction.input_dir:
         case_ids, cases = volumes.raw_folder_cases(prediction.input_dir, shard=strategy.shard)
     else:
-        manifest = Manifest(first.data_dir)
-        chosen = strategy.shard([case for case in manifest.cases
-                                 if prediction.predict_on == "all" or case["fold"] == first.fold])
+        manifest = Manifest(first.data_dir)  # a data set outside the cross-validation: every case
+        chosen = strategy.shard(list(manifest.cases))
         case_ids, cases = [case["id"] for case in chosen], volumes.record_cases(manifest, chosen, session_config)
     if not prediction.overwrite:
         for case_id in case_ids:

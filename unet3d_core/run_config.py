@@ -171,7 +171,8 @@ def _check_data(config_data_dir, fold, record, exec_mode: str, notes: List[str])
     from unet3d_core.records import Manifest
 
     manifest = Manifest(config_data_dir)
-    manifest.split(fold)
+    if fold is not None:
+        manifest.split(fold)
     fingerprint = manifest.fingerprint()
     recorded = (record or {}).get("data", {}).get("fingerprint")
     if recorded and recorded != fingerprint:
@@ -295,7 +296,9 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
     options.fold = fold
     fingerprint, manifest = None, None
     if not options.input_dir:
-        manifest, fingerprint = _check_data(options.data_dir, fold, record, exec_mode, notes)
+        # An ensemble member predicts a data set outside its cross-validation: its fold number is not that set's.
+        member = getattr(options, "ensemble_member", False)
+        manifest, fingerprint = _check_data(options.data_dir, None if member else fold, record, exec_mode, notes)
     in_channels, num_classes = _channels_and_classes(manifest, record, options, model_dir)
     if manifest is not None and exec_mode in ("evaluate", "train_and_evaluate"):
         manifest.label_scheme(getattr(options, "lesion_rules", "auto") or "auto")  # a year the cohort lacks fails now
@@ -418,7 +421,10 @@ def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
     """
     folds = ensemble_folds(options)
     if folds is not None:
-        return [(per_fold, resolve(per_fold)) for per_fold in (fold_options(options, fold) for fold in folds)]
+        members = [fold_options(options, fold) for fold in folds]
+        for member in members:
+            member.ensemble_member = True
+        return [(member, resolve(member)) for member in members]
     if str(options.fold) != "all":
         return [(options, resolve(options))]
     if options.exec_mode == "predict" and options.predict_on == "all":
