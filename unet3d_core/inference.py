@@ -225,13 +225,16 @@ def labels_of(probabilities: np.ndarray, painting: Sequence[Tuple[int, int]] = (
     return labels
 
 
+def final_labels(probabilities: np.ndarray, settings: InferenceSettings) -> np.ndarray:
+    """The label map written for a volume's probabilities: decoded, then post-processed."""
+    return remove_small_enhancing(labels_of(probabilities, settings.painting), settings.min_et_component_voxels)
+
+
 def segment(image: np.ndarray, run_batch: RunBatch, settings: InferenceSettings,
             keep_probabilities: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Internal label map (uint8) of a normalised volume, and its probabilities when asked for."""
     probabilities = predict_probabilities(image, run_batch, settings)
-    labels = labels_of(probabilities, settings.painting)
-    labels = remove_small_enhancing(labels, settings.min_et_component_voxels)
-    return labels, (probabilities if keep_probabilities else None)
+    return final_labels(probabilities, settings), (probabilities if keep_probabilities else None)
 
 
 # ------------------------------------------------------------------ network

@@ -52,7 +52,6 @@ import numpy as np
 from unet3d_core.errors import DataError
 
 CHANNELS = ("t1", "t1ce", "t2", "flair")
-INTERNAL_LABELS = (0, 1, 2, 3)
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 AUTO = "auto"
 # Folders that archive tools leave behind and that never hold cases.
@@ -159,6 +158,9 @@ LAYOUTS = OrderedDict([
 LAYOUT_NAMES = tuple(LAYOUTS)
 # Kept for callers of the first version: source label -> internal label per layout.
 LABEL_MAPS = {name: dict(layout.label_map) for name, layout in LAYOUTS.items()}
+# How a segmentation file's name ends after its case id, over every layout: "_seg", "-seg", "_gtv".
+SEGMENTATION_ENDINGS = tuple(OrderedDict.fromkeys(layout.separator + layout.segmentation_suffix
+                                                  for layout in LAYOUTS.values()))
 # BraTS 2023+ case folders: BraTS-<COHORT>-NNNNN-TTT (MEN-RT: BraTS-MEN-RT-NNNN-N).
 CASE_NAME = re.compile(r"^BraTS-(GLI|SSA|MEN-RT|MEN|MET|PED|GoAT)-(\d{4,5})-(\d{1,3})$")
 COHORT_LAYOUTS = {"SSA": "brats-ssa", "MEN": "brats-men", "MET": "brats-met", "PED": "brats-ped",

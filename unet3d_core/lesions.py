@@ -342,16 +342,11 @@ def pooled_hd95(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[flo
     return float(np.percentile(np.hstack((to_truth[prediction_border], to_prediction[truth_border])), 95))
 
 
-def _dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    total = int(np.count_nonzero(prediction)) + int(np.count_nonzero(truth))
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.count_nonzero(np.logical_and(prediction, truth))) / total
-
-
 # ------------------------------------------------------------------ scoring
 def _score_dilation(truth_lesions, predicted_lesions, rule: RegionRule, rules: RuleSet, spacing, penalty):
     from scipy import ndimage
+
+    from unet3d_core.metrics import dice
 
     shape = truth_lesions.shape
     voxel = float(np.prod(spacing))
@@ -381,7 +376,7 @@ def _score_dilation(truth_lesions, predicted_lesions, rule: RegionRule, rules: R
         # keeps their surfaces as in the whole volume.
         both = _union([lesion_box] + [predicted_boxes[hit - 1] for hit in hits], shape, 1)
         lesion, matched = truth_lesions[both] == number, np.isin(predicted_lesions[both], hits)
-        kept_dice.append(_dice(matched, lesion))
+        kept_dice.append(dice(matched, lesion))
         distance = surface_hd95(lesion, matched, spacing)
         kept_hd95.append(penalty if math.isinf(distance) else distance)
     present = set(int(n) for n in np.flatnonzero(np.bincount(predicted_lesions.ravel())) if n)
@@ -427,6 +422,8 @@ def _panoptica_scores(prediction, truth, spacing, regions, rules: RuleSet):
     from scipy import ndimage
     from scipy.optimize import linear_sum_assignment
 
+    from unet3d_core.metrics import dice
+
     results = OrderedDict()
     for name in rules.regions:
         labels = regions[name]
@@ -457,7 +454,7 @@ def _panoptica_scores(prediction, truth, spacing, regions, rules: RuleSet):
         for t, p in pairs:
             both = _union([truth_boxes[t - 1], predicted_boxes[p - 1]], truth.shape, 1)
             lesion, match = truth_lesions[both] == t, predicted_lesions[both] == p
-            dices.append(_dice(match, lesion))
+            dices.append(dice(match, lesion))
             distances.append(pooled_hd95(lesion, match, spacing))
         results[name] = LesionScore(float(np.mean(dices)), float(np.mean(distances)), len(pairs),
                                     n_truth - len(pairs), n_predicted - len(pairs))

@@ -35,7 +35,6 @@ BRATS_REGIONS = OrderedDict([
     ("ET", (3,)),
 ])
 SEED_NAMES = list(SEED_REGIONS) + ["MeanDice", "WholeTumor"]
-BRATS_NAMES = ["Dice_" + name for name in BRATS_REGIONS] + ["HD95_" + name for name in BRATS_REGIONS]
 HD95_ONE_EMPTY_MM = 373.13
 LESION_PREFIX = "Lesion"
 

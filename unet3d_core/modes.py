@@ -16,7 +16,7 @@ import numpy as np
 from unet3d_core import metrics as metrics_lib
 from unet3d_core.evaluation import EVAL_RESULTS, evaluate, evaluation_is_current, write_json_atomic
 from unet3d_core.logger import RunLogger
-from unet3d_core.run_config import ensemble_folds, resolve_runs
+from unet3d_core.run_config import resolve_runs
 
 CV_RESULTS = "cv_results.json"
 CV_CASES = "cv_results.csv"
@@ -120,7 +120,7 @@ def run(*, options, backend) -> Dict:
     try:
         session_config = backend.session_config(base_session_config(), options, strategy)
         layer_ops = backend.layer_ops(options)  # the core's textbook ops unless the backend has its own
-        if ensemble_folds(options) is not None:
+        if getattr(runs[0][0], "ensemble_member", False):  # resolve_runs made the folds' models members
             from unet3d_core.prediction import predict_ensemble
 
             console = RunLogger(None, enabled=strategy.is_chief)

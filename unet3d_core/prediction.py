@@ -42,6 +42,18 @@ def segment_all(cases: Iterator, runner, settings, keep_probabilities: bool = Fa
         runner.close()
 
 
+def _refuse_existing_outputs(output_dir: str, case_ids: List[str], prediction) -> None:
+    """Existing outputs are refused up front (before any work) unless ``--overwrite``."""
+    from unet3d_core import volumes
+
+    if prediction.overwrite:
+        return
+    for case_id in case_ids:
+        for path in volumes.output_paths(output_dir, case_id, prediction.save_probabilities):
+            if os.path.exists(path):
+                raise ConfigError("{}: exists; pass --overwrite to replace predictions".format(path))
+
+
 def predict_cases(config, case_ids: List[str], load_cases: Callable[[], Iterator], *, session_config, layer_ops,
                   logger) -> List[str]:
     """Segment the cases ``load_cases()`` yields and write their NIfTI outputs to the prediction folder.
@@ -52,11 +64,7 @@ def predict_cases(config, case_ids: List[str], load_cases: Callable[[], Iterator
 
     prediction = config.prediction
     output_dir = prediction.output_dir or os.path.join(config.model_dir, "predictions")
-    if not prediction.overwrite:
-        for case_id in case_ids:
-            for path in volumes.output_paths(output_dir, case_id, prediction.save_probabilities):
-                if os.path.exists(path):
-                    raise ConfigError("{}: exists; pass --overwrite to replace predictions".format(path))
+    _refuse_existing_outputs(output_dir, case_ids, prediction)
     runner, _ = restore_network(config, session_config, layer_ops, logger)
     os.makedirs(output_dir, exist_ok=True)
     written = []
@@ -145,10 +153,9 @@ def predict_ensemble(configs, *, output_dir: str, strategy, session_config, laye
     The models run one after another on a case, so memory holds one window batch at a time, the running
     sum and the current model's volume.
     """
-    import json
-
     from unet3d_core import volumes
-    from unet3d_core.inference import labels_of, predict_probabilities, remove_small_enhancing
+    from unet3d_core.evaluation import write_json_atomic
+    from unet3d_core.inference import final_labels, predict_probabilities
     from unet3d_core.records import Manifest
 
     first = configs[0]
@@ -165,11 +172,7 @@ def predict_ensemble(configs, *, output_dir: str, strategy, session_config, laye
         manifest = Manifest(first.data_dir)  # a data set outside the cross-validation: every case
         chosen = strategy.shard(list(manifest.cases))
         case_ids, cases = [case["id"] for case in chosen], volumes.record_cases(manifest, chosen, session_config)
-    if not prediction.overwrite:
-        for case_id in case_ids:
-            for path in volumes.output_paths(output_dir, case_id, prediction.save_probabilities):
-                if os.path.exists(path):
-                    raise ConfigError("{}: exists; pass --overwrite to replace predictions".format(path))
+    _refuse_existing_outputs(output_dir, case_ids, prediction)
     models = []
     try:
         for config in configs:
@@ -192,7 +195,7 @@ def predict_ensemble(configs, *, output_dir: str, strategy, session_config, laye
                     total += probabilities
                 del probabilities
             total /= len(models)
-            labels = remove_small_enhancing(labels_of(total, settings.painting), settings.min_et_component_voxels)
+            labels = final_labels(total, settings)
             paths = volumes.output_paths(output_dir, case.case_id, prediction.save_probabilities)
             volumes.write_label_map(paths[0], labels, case)
             if prediction.save_probabilities:
@@ -211,10 +214,7 @@ def predict_ensemble(configs, *, output_dir: str, strategy, session_config, laye
                        "inference": settings.describe(),
                        "source": os.path.abspath(prediction.input_dir or first.data_dir),
                        "cases": case_ids if strategy.size == 1 else None}
-        temporary = os.path.join(output_dir, "ensemble.json.partial")
-        with open(temporary, "w") as handle:
-            json.dump(description, handle, indent=1)
-        os.replace(temporary, os.path.join(output_dir, "ensemble.json"))
+        write_json_atomic(os.path.join(output_dir, "ensemble.json"), description)
     logger.metrics("predict", {"cases": len(written), "output_dir": output_dir, "folds": folds,
                                "seconds": round(time.time() - started, 1)})
     return written

@@ -28,9 +28,9 @@ from unet3d_core.errors import DataError
 
 LOG_NAME = "log.json"
 # Overlay colours by internal label (files are mapped from their own convention first).
-LABEL_COLOURS = OrderedDict([(1, ("necrotic / non-enhancing core", "#e41a1c")), (2, ("oedema", "#4daf4a")),
-                             (3, ("enhancing tumour", "#ffd700")), (4, ("label 4", "#377eb8"))])
-PALETTE = ("#e41a1c", "#4daf4a", "#ffd700", "#377eb8", "#984ea3")
+PALETTE = ("#e41a1c", "#4daf4a", "#ffd700", "#377eb8", "#984ea3")  # internal labels 1, 2, 3, ...
+LABEL_COLOURS = OrderedDict([(1, ("necrotic / non-enhancing core", PALETTE[0])), (2, ("oedema", PALETTE[1])),
+                             (3, ("enhancing tumour", PALETTE[2]))])
 CURVE_DICE = ("MeanDice", "WholeTumor", "Dice_WT", "Dice_TC", "Dice_ET", "LesionDice_WT", "LesionDice_TC",
               "LesionDice_ET", "Dice_GTV", "LesionDice_GTV")
 
@@ -142,7 +142,7 @@ def tumour_slice(truth: Optional[np.ndarray], prediction: np.ndarray) -> int:
 def _label_colours(names: Optional[Dict[int, str]]) -> "OrderedDict[int, Tuple[str, str]]":
     """Internal label -> (name, colour) for the legend: the data's label names, else the glioma ones."""
     if not names:
-        return OrderedDict(list(LABEL_COLOURS.items())[:3])
+        return LABEL_COLOURS
     return OrderedDict((label, (name, PALETTE[(label - 1) % len(PALETTE)]))
                        for label, name in sorted(names.items()) if label > 0)
 

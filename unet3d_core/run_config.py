@@ -184,20 +184,25 @@ def _check_data(config_data_dir, fold, record, exec_mode: str, notes: List[str])
     return manifest, fingerprint
 
 
-def _channels_and_classes(manifest, record, options, model_dir: str) -> Tuple[int, int]:
-    """The network's input channels and classes: the run's, else the data's; a mismatch is a ConfigError."""
+def _data_layout(manifest, options):
+    """The layout of the data this command reads (the data set's, or the raw --input_dir's), or None."""
     from unet3d_core.layouts import LAYOUTS, detect_layout
 
-    recorded = (record or {}).get("network", {})
     if manifest is not None:
-        data = (len(manifest.channels), manifest.num_classes, "--data_dir {} ({} layout)".format(
-            options.data_dir, manifest.layout))
-    elif options.input_dir:
-        layout = LAYOUTS[detect_layout(options.input_dir)]
-        data = (len(layout.channels), layout.num_classes, "--input_dir {} ({} layout)".format(
-            options.input_dir, layout.name))
-    else:
-        data = None
+        return LAYOUTS[manifest.layout]
+    if options.input_dir:
+        return LAYOUTS[detect_layout(options.input_dir)]
+    return None
+
+
+def _channels_and_classes(layout, record, options, model_dir: str) -> Tuple[int, int]:
+    """The network's input channels and classes: the run's, else the data's; a mismatch is a ConfigError."""
+    recorded = (record or {}).get("network", {})
+    data = None
+    if layout is not None:
+        source = "--data_dir {}".format(options.data_dir) if not options.input_dir else "--input_dir {}".format(
+            options.input_dir)
+        data = (len(layout.channels), layout.num_classes, "{} ({} layout)".format(source, layout.name))
     if recorded.get("in_channels") is not None:
         channels, classes = int(recorded["in_channels"]), int(recorded["num_classes"])
         if data is not None and (data[0] != channels or data[1] != classes):
@@ -210,44 +215,27 @@ def _channels_and_classes(manifest, record, options, model_dir: str) -> Tuple[in
     return ModelConfig.in_channels, ModelConfig.num_classes
 
 
-def _target_regions(target: str, manifest, record, options) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
-    """--target regions: the regions the network learns (the run's, else the data's cohort's), checked to turn
-    back into labels; () for --target labels."""
-    from unet3d_core.layouts import LAYOUTS, detect_layout, region_painting
+def _target_regions(target: str, layout, record) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
+    """--target regions: the regions the network learns (the run's, else the data's cohort's; the glioma
+    regions for synthetic input); () for --target labels."""
+    from unet3d_core.layouts import LAYOUTS
 
     if target != "regions":
         return ()
     recorded = (record or {}).get("network", {}).get("regions")
     if recorded:
-        named = [(str(name), tuple(int(label) for label in labels)) for name, labels in recorded]
-    else:
-        if manifest is not None:
-            layout = manifest.layout
-        elif options.input_dir:
-            layout = detect_layout(options.input_dir)
-        else:
-            layout = "brats2019"  # synthetic input: the glioma regions
-        named = list(LAYOUTS[layout].target_regions.items())
-    region_painting(named)
-    return tuple(named)
+        return tuple((str(name), tuple(int(label) for label in labels)) for name, labels in recorded)
+    return tuple((layout or LAYOUTS["brats2019"]).target_regions.items())
 
 
-def _check_postprocessing(options, manifest) -> None:
+def _check_postprocessing(options, layout) -> None:
     """--min_et_component_voxels relabels enhancing tumour (3) as core (1): glioma labels only."""
-    from unet3d_core.layouts import LAYOUTS, detect_layout
-
-    if not getattr(options, "min_et_component_voxels", 0):
+    if not getattr(options, "min_et_component_voxels", 0) or layout is None:
         return
-    if manifest is not None:
-        layout = manifest.layout
-    elif options.input_dir:
-        layout = detect_layout(options.input_dir)
-    else:
-        return
-    if LAYOUTS[layout].regions.get("ET") != (3,) or LAYOUTS[layout].regions.get("TC") != (1, 3):
+    if layout.regions.get("ET") != (3,) or layout.regions.get("TC") != (1, 3):
         raise ConfigError("--min_et_component_voxels: relabels enhancing tumour as tumour core in glioma labels; "
                           "the {} layout numbers its labels differently ({})".format(
-                              layout, LAYOUTS[layout].describe_labels()))
+                              layout.name, layout.describe_labels()))
 
 
 def _check_folders(options, exec_mode: str) -> None:
@@ -299,11 +287,12 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
         # An ensemble member predicts a data set outside its cross-validation: its fold number is not that set's.
         member = getattr(options, "ensemble_member", False)
         manifest, fingerprint = _check_data(options.data_dir, None if member else fold, record, exec_mode, notes)
-    in_channels, num_classes = _channels_and_classes(manifest, record, options, model_dir)
+    layout = _data_layout(manifest, options)  # detected once: a raw folder is listed whole to detect it
+    in_channels, num_classes = _channels_and_classes(layout, record, options, model_dir)
     if manifest is not None and exec_mode in ("evaluate", "train_and_evaluate"):
         manifest.label_scheme(getattr(options, "lesion_rules", "auto") or "auto")  # a year the cohort lacks fails now
-    _check_postprocessing(options, manifest)
-    regions = _target_regions(network["target"], manifest, record, options)
+    _check_postprocessing(options, layout)
+    regions = _target_regions(network["target"], layout, record)
     model_config = ModelConfig(in_channels=in_channels, num_classes=num_classes,
                                base_filters=network["base_filters"], max_filters=network["max_filters"],
                                depth=network["depth"], norm=network["norm"], target=network["target"],
@@ -326,6 +315,7 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
         overlap=float(options.overlap), blend=options.blend, mirror=bool(options.tta),
         batch_size=options.inference_batch_size, eval_crop=tuple(options.eval_crop), divisor=model_config.divisor,
         min_et_component_voxels=options.min_et_component_voxels,
+        # Also the check that the regions turn back into labels.
         painting=tuple(region_painting(model_config.regions)) if model_config.target == "regions" else ())
     inference.validate()
     prediction = PredictionConfig(predict_on=options.predict_on,

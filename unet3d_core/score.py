@@ -28,6 +28,7 @@ from unet3d_core.layouts import (
     LAYOUT_NAMES,
     LAYOUTS,
     NIFTI_SUFFIXES,
+    SEGMENTATION_ENDINGS,
     detect_layout,
     layout_for_case_name,
     map_labels,
@@ -35,7 +36,6 @@ from unet3d_core.layouts import (
 from unet3d_core.volumes import PROBABILITIES_SUFFIX
 
 AFFINE_TOLERANCE = 1e-3  # mm / direction-cosine units; other tools round headers to float32
-TRUTH_ENDINGS = ("_seg", "-seg", "_gtv")  # BraTS up to 2021, 2023+, MEN-RT
 
 
 def _strip_suffix(name: str) -> Optional[str]:
@@ -83,7 +83,7 @@ def find_truth(folder: str) -> Dict[str, str]:
                 continue
             path = os.path.join(directory, name)
             if os.path.isdir(path):
-                segmentation = [os.path.join(path, name + ending + suffix) for ending in TRUTH_ENDINGS
+                segmentation = [os.path.join(path, name + ending + suffix) for ending in SEGMENTATION_ENDINGS
                                 for suffix in NIFTI_SUFFIXES]
                 segmentation = [candidate for candidate in segmentation if os.path.isfile(candidate)]
                 if segmentation:
@@ -93,7 +93,7 @@ def find_truth(folder: str) -> Dict[str, str]:
             elif depth == 0:
                 case_id = _strip_suffix(name)
                 if case_id is not None:
-                    for ending in TRUTH_ENDINGS:
+                    for ending in SEGMENTATION_ENDINGS:
                         if case_id.endswith(ending):
                             case_id = case_id[:-len(ending)]
                             break
