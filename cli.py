@@ -10,7 +10,9 @@ synthetic data, CPU).
 from __future__ import annotations
 
 import argparse
+import glob
 import os
+import re
 import sys
 
 # TensorFlow's C++ start-up chatter drowns our progress lines; warnings and errors still show.
@@ -94,7 +96,7 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
     run.add_argument("--batch_size", type=positive_int, default=None, help="volumes per step per worker (default 1)")
     run.add_argument("--augment", action="store_true", default=None, help="flip and brightness augmentation (seed's)")
     run.add_argument("--cache", action="store_true",
-                     help="keep the decoded training cases in memory (about 36 MB per BraTS case per worker)")
+                     help="keep the decoded training cases in memory (about 45 MB per BraTS case per worker)")
     run.add_argument("--benchmark", action="store_true",
                      help="time the steps after --warmup_steps up to --max_steps and log throughput (volumes/s, "
                           "all workers) and latency; no checkpoints or evaluation. For predict a step is one "
@@ -277,8 +279,11 @@ def build_parser(registry) -> argparse.ArgumentParser:
                         help="frozen: the input's spatial shape (default: the run's training crop)")
     export.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
 
-    demo = commands.add_parser("demo", help="synthetic data -> preprocess -> train -> evaluate -> predict on CPU",
-                               description="The whole pipeline on a small synthetic data set, on the CPU.")
+    demo = commands.add_parser("demo",
+                               help="synthetic data -> preprocess -> train -> evaluate -> predict -> report (CPU)",
+                               description="The whole pipeline on a small synthetic data set, on the CPU: one "
+                                           "line per stage on the console, each stage's output in "
+                                           "WORKDIR/logs/, the run and its report in WORKDIR/run/.")
     demo.add_argument("--workdir", default="demo", help="folder for data and run (default ./demo)")
     demo.add_argument("--max_steps", type=positive_int, default=300, help="training steps (default 300)")
     return parser
@@ -318,10 +323,81 @@ def command_score(options) -> int:
     return 0
 
 
+class _StageOutput:
+    """A demo stage's standard output: every line goes to the stage's log file; training's step lines
+    (``step 25/300  loss 0.81 ...``) also move a progress bar on standard error."""
+
+    STEP = re.compile(r"^step (\d+)/(\d+)\b(?:.*?(loss \S+))?")
+
+    def __init__(self, path: str):
+        self.path = path
+        self._file = open(path, "w", buffering=1)
+        self._partial = ""
+        self._bar = None
+
+    def write(self, text: str) -> int:
+        self._file.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            match = self.STEP.match(line)
+            if match:
+                from unet3d_core.progress import Progress
+
+                if self._bar is None:
+                    self._bar = Progress("  train", int(match.group(2)), unit="step")
+                self._bar.update(int(match.group(1)), match.group(3) or "")
+        return len(text)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._file.close()
+
+    def tail(self, count: int = 10) -> List[str]:
+        with open(self.path) as handle:
+            return handle.read().splitlines()[-count:]
+
+
+def _demo_summary(stage: str, raw: str, records: str, run_dir: str) -> str:
+    """One line on what a demo stage left behind, read from its outputs."""
+    import json
+
+    def load(path):
+        with open(path) as handle:
+            return json.load(handle)
+
+    if stage == "synth":
+        return "{} synthetic cases in {}".format(len(glob.glob(os.path.join(raw, "*", "*", ""))), raw)
+    if stage == "preprocess":
+        manifest = load(os.path.join(records, "manifest.json"))
+        return "{} cases in {} folds -> {}".format(len(manifest["cases"]), manifest["folds"], records)
+    if stage == "train":
+        results = load(os.path.join(run_dir, "eval_results.json"))
+        return "step {}, {} held-out cases of fold {} evaluated -> {}".format(
+            results["checkpoint_step"], len(results["cases"]), results["fold"], run_dir)
+    if stage == "predict":
+        written = glob.glob(os.path.join(run_dir, "predictions", "*.nii.gz"))
+        return "{} label maps -> {}".format(len(written), os.path.join(run_dir, "predictions"))
+    return "curves and case overlays -> {}".format(os.path.join(run_dir, "report", "index.md"))
+
+
 def command_demo(options) -> int:
-    """Run the README's demo: each stage is the same command a user would type."""
+    """Run the README's demo: each stage is the same command a user would type.
+
+    The console gets one line per stage (and training's progress); each stage's own output, tables
+    included, goes to WORKDIR/logs/<n>-<stage>.log, and the results stay in the run folder.
+    """
+    import contextlib
+    import json
+    import time
+
     workdir = os.path.abspath(options.workdir)
-    raw, records, run_dir = (os.path.join(workdir, name) for name in ("raw", "records", "run"))
+    raw, records, run_dir, logs = (os.path.join(workdir, name) for name in ("raw", "records", "run", "logs"))
     stages = []
     if not os.path.isdir(raw):
         stages.append(["synth", "--out", raw, "--cases", "20", "--shape", "64", "64", "48", "--seed", "0"])
@@ -335,12 +411,35 @@ def command_demo(options) -> int:
                    "--seed", "1"] + folders)
     # The run folder remembers the network and the fold (run.json): the folders are enough.
     stages.append(["predict", "--overwrite"] + folders)
+    stages.append(["report", run_dir])
+    os.makedirs(logs, exist_ok=True)
+    print("[demo] unet3d on synthetic BraTS-like data, CPU backend; each stage's output: {}".format(logs), flush=True)
     for number, stage in enumerate(stages, start=1):
-        print("\n[demo {}/{}] python cli.py {}".format(number, len(stages), " ".join(stage)), flush=True)
-        code = main(stage)
+        name = stage[0]
+        output = _StageOutput(os.path.join(logs, "{}-{}.log".format(number, name)))
+        output.write("python cli.py {}\n\n".format(" ".join(stage)))
+        began = time.time()
+        try:
+            with contextlib.redirect_stdout(output):
+                code = main(stage)
+        finally:
+            output.close()
         if code:
+            print("[demo {}/{}] {} failed (exit {}); its last lines ({}):".format(
+                number, len(stages), name, code, output.path), file=sys.stderr)
+            for line in output.tail():
+                print("  " + line, file=sys.stderr)
             return code
-    print("\n[demo] done. Run folder: {} (checkpoints, log.json, eval_results.json, predictions/)".format(run_dir))
+        print("[demo {}/{}] {:<10} {:>5.1f} s  {}".format(number, len(stages), name, time.time() - began,
+                                                       _demo_summary(name, raw, records, run_dir)), flush=True)
+    with open(os.path.join(run_dir, "eval_results.json")) as handle:
+        results = json.load(handle)
+    mean = results["mean"]
+    print("[demo] Dice on the {} held-out cases: {}  (per case: {})".format(
+        len(results["cases"]), "  ".join("{} {:.3f}".format(region, mean["Dice_" + region])
+                                         for region in ("WT", "TC", "ET") if "Dice_" + region in mean),
+        os.path.join(run_dir, "eval_results.csv")))
+    print("[demo] report: {}".format(os.path.join(run_dir, "report", "index.md")))
     return 0
 
 

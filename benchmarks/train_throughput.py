@@ -16,7 +16,7 @@ one after another (never two at once), repeated and summarised by the median:
   textbook layer ops (``unet3d_core.layers.LayerOps``, what
   ``--cpu_kernels textbook`` gives: the model and loss before they were
   tuned), TensorFlow's default thread settings:
-  the reference the targets in README's Performance section were set against.
+  the reference the targets in docs/performance.md were set against.
 - ``MONAI DynUNet``: PyTorch (CPU build) in ``.venv-bench``, configured to
   the same widths, strides, kernel sizes, instance norm (affine) and leaky
   ReLU 0.01, DiceCE loss without background in the Dice, Adam.

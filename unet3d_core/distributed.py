@@ -6,7 +6,7 @@ implements the core's DistributedStrategy with Horovod's TensorFlow API, and
 launcher (Gloo on one or more hosts). Backends call these from their hooks;
 the CPU backend's ``--np`` and the GPU backend's ``--gpus`` both do.
 
-How workers share the work (documented in the README):
+How workers share the work (documented in docs/gpu-and-horovod.md and docs/training.md):
 
 - ``--max_steps`` is divided among the N workers (ceil(max_steps / N) each),
   as the seed does, so the number of volumes seen stays that of one worker.

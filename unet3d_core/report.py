@@ -98,25 +98,34 @@ def _pyplot():
 
 
 def plot_curves(curves: Dict[str, Dict[str, List]], path: str) -> None:
-    """Loss, learning rate and evaluation Dice over steps, one line per run."""
+    """Loss, learning rate and evaluation Dice over steps, one line per run.
+
+    Evaluations sit at their checkpoint's training step; when every run was evaluated once
+    (``train_and_evaluate``), the Dice panel is a bar per metric instead of lone points.
+    """
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 3, figsize=(15, 4), sharex=True)  # evaluations sit at their training step
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     # Several runs (folds): two Dice lines each keep the legend readable.
     dice_names = CURVE_DICE if len(curves) == 1 else ("Dice_WT", "LesionDice_WT", "Dice_GTV")
     for label, curve in curves.items():
         if curve["steps"]:
             axes[0].plot(curve["steps"], curve["loss"], label=label)
             axes[1].plot(curve["steps"], curve["learning_rate"], label=label)
-        for name in dice_names:
-            points = [(step, values[name]) for step, values in curve["evaluations"] if name in values]
-            if points:
-                xs, ys = zip(*points)
-                scheme = metrics_lib.scheme_of(name)
-                axes[2].plot(xs, ys, marker="o", label="{} {} ({})".format(label, name, scheme))
     axes[0].set(title="training loss", xlabel="step", ylabel="loss")
     axes[1].set(title="learning rate", xlabel="step", ylabel="rate")
     axes[1].ticklabel_format(axis="y", useOffset=False)
-    axes[2].set(title="evaluation Dice", xlabel="checkpoint step", ylabel="Dice", ylim=(0, 1))
+    if all(len(curve["evaluations"]) <= 1 for curve in curves.values()):
+        _plot_final_dice(axes[2], curves, dice_names)
+    else:
+        for label, curve in curves.items():
+            for name in dice_names:
+                points = [(step, values[name]) for step, values in curve["evaluations"] if name in values]
+                if points:
+                    xs, ys = zip(*points)
+                    axes[2].plot(xs, ys, marker="o",
+                                 label="{} {} ({})".format(label, name, metrics_lib.scheme_of(name)))
+        axes[2].set(title="evaluation Dice", xlabel="checkpoint step", ylabel="Dice", ylim=(0, 1),
+                    xlim=axes[0].get_xlim())
     for axis in axes:
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
@@ -124,6 +133,24 @@ def plot_curves(curves: Dict[str, Dict[str, List]], path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _plot_final_dice(axis, curves: Dict[str, Dict[str, List]], dice_names) -> None:
+    """One horizontal bar per run and metric of each run's only evaluation, its value written beside it."""
+    bars, steps = [], set()
+    for label, curve in curves.items():
+        for step, values in curve["evaluations"]:
+            steps.add(step)
+            bars += [("{} ({})".format(name, metrics_lib.scheme_of(name)) if len(curves) == 1
+                      else "{} {}".format(label, name), values[name]) for name in dice_names if name in values]
+    positions = list(range(len(bars)))[::-1]
+    axis.barh(positions, [value for _, value in bars], color="#4c72b0")
+    for position, (_, value) in zip(positions, bars):
+        axis.text(min(value, 1.0) + 0.01, position, "{:.3f}".format(value), va="center", fontsize=8)
+    axis.set_yticks(positions)
+    axis.set_yticklabels([name for name, _ in bars], fontsize=8)
+    title = "evaluation Dice" + (" at step {}".format(steps.pop()) if len(steps) == 1 else "")
+    axis.set(title=title, xlabel="Dice", xlim=(0, 1.12))
 
 
 def _axial_slice(volume: np.ndarray, index: int) -> np.ndarray:

@@ -418,7 +418,7 @@ def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
     if str(options.fold) != "all":
         return [(options, resolve(options))]
     if options.exec_mode == "predict" and options.predict_on == "all":
-        raise ConfigError("--fold all with --predict_on all would predict every case five times; "
+        raise ConfigError("--fold all with --predict_on all would predict every case once per fold; "
                           "use --predict_on fold (each case once, by the fold that held it out)")
     if not options.data_dir:
         raise ConfigError("--data_dir is required with --fold all")

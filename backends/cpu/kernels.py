@@ -33,7 +33,7 @@ by TensorFlow version):
   (backends/cpu/gradients.py): 2.2 -> 0.4 s for the input gradient and 1.9 ->
   0.8 s for the kernel gradient of the 64 -> 32 channel convolution at 2x64^3.
 
-Timings: README, Performance; benchmarks/profile_step.py shows them per op.
+Timings: docs/performance.md (history: docs/cpu-tuning-history.md); benchmarks/profile_step.py shows them per op.
 """
 from __future__ import annotations
 

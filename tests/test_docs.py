@@ -1,0 +1,228 @@
+"""The docs cannot drift from the code.
+
+- README.md's tour runs as written: its commands are read from the file and run
+  in a fresh folder, with the suite's tiny shapes appended (argparse keeps the
+  last value of a repeated flag), and what each leaves behind is checked.
+- Every ``--flag`` named in README.md and docs/ exists: in a ``cli.py``
+  command line (a code block or inline code), in that very subcommand; in
+  prose, in some subcommand of the CLI, in a script under benchmarks/ or
+  tools/, or in the short list of other programs' flags below.
+- ``make demo`` leaves a report with curves and case overlays, and its console
+  output stays short.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import re
+import shlex
+
+import pytest
+from conftest import ROOT, TINY_MODEL, TINY_SHAPE, run_cli
+
+DOCS = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+TOUR_MARK = "<!-- tour:"
+# The tour's commands at the suite's sizes: 10 cases of 32x32x24 (2 held out in fold 0), 2 steps.
+TINY = {"synth": ["--cases", "10", "--shape"] + [str(size) for size in TINY_SHAPE],
+        "train": ["--max_steps", "2", "--batch_size", "1"] + TINY_MODEL}
+# Flags of programs other than cli.py and our scripts that the docs quote, each with its program.
+OTHER_PROGRAMS = {
+    "--framework": "atc", "--model": "atc", "--output": "atc", "--soc_version": "atc",
+    "--input_format": "atc", "--out_nodes": "atc", "--no-deps": "pip", "--no-build-isolation": "pip",
+}
+FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9_-]*)")
+# A shell line that runs the CLI: python cli.py ..., unet3d ..., or a launcher (horovodrun, mpirun) in front.
+CLI_CALL = re.compile(r"^(?:\$\s*)?(?:(?:horovodrun|mpirun)\s.*?\s)?(?:(?:\S*python\S*\s+)?(?:\S*/)?cli\.py|unet3d)"
+                      r"\s+(.*)$")
+
+
+def _read(path):
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _code_blocks(text):
+    """(language, lines) of every fenced block."""
+    blocks, language, lines = [], None, []
+    for line in text.splitlines():
+        if line.startswith("```"):
+            if language is None:
+                language, lines = line[3:].strip() or "text", []
+            else:
+                blocks.append((language, lines))
+                language = None
+        elif language is not None:
+            lines.append(line)
+    return blocks
+
+
+def _joined(lines):
+    """Shell lines with backslash continuations joined."""
+    joined, current = [], ""
+    for line in lines:
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+        else:
+            joined.append(current + line)
+            current = ""
+    return joined
+
+
+def _cli_arguments(line):
+    """The arguments after ``cli.py`` (or ``unet3d``) of a shell line, comments dropped; None if it calls neither."""
+    match = CLI_CALL.search(line.strip())
+    if match is None:
+        return None
+    text = match.group(1)
+    try:
+        words = shlex.split(text, comments=True)
+    except ValueError:  # a quote opened in the line and closed after it (inline code in prose)
+        words = text.split("#", 1)[0].split()
+    if words and words[0].isupper():  # python cli.py COMMAND --help
+        return None
+    return [word for word in words if word != "..."]
+
+
+def _tour(text):
+    """The tour's commands: the cli.py lines of the first code block after the tour mark."""
+    start = text.index(TOUR_MARK)
+    language, lines = _code_blocks(text[start:])[0]
+    return [arguments for arguments in map(_cli_arguments, _joined(lines)) if arguments]
+
+
+def _parser_options(parser, path=()):
+    """{subcommand path: its option strings} for the parser and every subparser below it."""
+    found = {path: {option for action in parser._actions for option in action.option_strings}}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                found.update(_parser_options(child, path + (name,)))
+    return found
+
+
+@pytest.fixture(scope="module")
+def cli_options():
+    import cli
+
+    return _parser_options(cli.build_parser(cli.load_backends()))
+
+
+def _defined_flags(texts):
+    """Flags that ``add_argument("--x", ...)`` calls in these texts define."""
+    return {flag for text in texts for flag in re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9_-]*)\"", text)}
+
+
+def _script_flags():
+    """Flags of the scripts under benchmarks/ and tools/."""
+    return _defined_flags(_read(path) for folder in ("benchmarks", "tools")
+                          for path in glob.glob(os.path.join(ROOT, folder, "*.py")))
+
+
+def _plugin_flags():
+    """Flags of backends that are not installed here: the examples/ plugins and those the docs write out."""
+    sources = [_read(path) for path in glob.glob(os.path.join(ROOT, "examples", "**", "*.py"), recursive=True)]
+    sources += ["\n".join(lines) for path in DOCS for language, lines in _code_blocks(_read(path))
+                if language == "python"]
+    return _defined_flags(sources)
+
+
+def _command_path(arguments, options):
+    """(subcommand path, remaining arguments), or a problem naming the unknown subcommand."""
+    path = ()
+    while arguments and path + (arguments[0],) in options:
+        path, arguments = path + (arguments[0],), arguments[1:]
+    return path, arguments
+
+
+def test_the_readme_tour_runs_as_written(tmp_path, monkeypatch):
+    commands = _tour(_read(os.path.join(ROOT, "README.md")))
+    stages = [arguments[0] for arguments in commands]
+    assert set(stages) >= {"synth", "preprocess", "train", "evaluate", "predict", "score", "report"}, stages
+    assert len(commands) <= 10, "the tour is meant to stay about ten lines"
+    monkeypatch.chdir(tmp_path)
+    for arguments in commands:
+        run_cli(arguments + TINY.get(arguments[0], []))
+
+    with open("records/manifest.json") as handle:
+        manifest = json.load(handle)
+    assert len(manifest["cases"]) == 10
+    held_out = sorted(case["id"] for case in manifest["cases"] if case["fold"] == 0)
+    with open("run/eval_results.json") as handle:
+        results = json.load(handle)
+    assert sorted(results["cases"]) == held_out and results["checkpoint_step"] == 2
+    assert all(0.0 <= results["mean"]["Dice_" + region] <= 1.0 for region in ("WT", "TC", "ET"))
+    assert sorted(name[:-len(".nii.gz")] for name in os.listdir("pred") if name.endswith(".nii.gz")) == held_out
+    with open("pred/metrics.csv") as handle:
+        scored = [row["case"] for row in csv.DictReader(handle)]
+    assert sorted(scored) == held_out
+    index = _read("run/report/index.md")
+    pictures = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", index)
+    assert "curves.png" in pictures and any(name.startswith("case-") for name in pictures)
+    assert all(os.path.getsize(os.path.join("run", "report", name)) > 1000 for name in pictures)
+
+
+def test_every_command_line_in_the_docs_uses_flags_its_subcommand_has(cli_options):
+    problems = []
+    for path in DOCS:
+        text = _read(path)
+        lines = [line for language, block in _code_blocks(text) if language in ("sh", "bash", "console")
+                 for line in _joined(block)]
+        lines += re.findall(r"`([^`\n]*cli\.py [^`\n]*)`", text)
+        plugins = _plugin_flags()
+        for line in lines:
+            arguments = _cli_arguments(line)
+            if not arguments:
+                continue
+            command, rest = _command_path(arguments, cli_options)
+            if not command:
+                problems.append("{}: no such command: {}".format(os.path.basename(path), line.strip()))
+                continue
+            for word in rest:
+                flag = word.split("=", 1)[0]
+                if FLAG.fullmatch(flag) and flag not in cli_options[command] | plugins:
+                    problems.append("{}: cli.py {} has no {}: {}".format(
+                        os.path.basename(path), " ".join(command), flag, line.strip()))
+    assert not problems, "\n".join(problems)
+
+
+def test_every_flag_the_docs_name_exists(cli_options):
+    known = set().union(*cli_options.values()) | _script_flags() | _plugin_flags() | set(OTHER_PROGRAMS)
+    problems = ["{}: {}".format(os.path.relpath(path, ROOT), flag)
+                for path in DOCS for flag in sorted(set(FLAG.findall(_read(path)))) if flag not in known]
+    assert not problems, "flags named in the docs that nothing defines:\n" + "\n".join(problems)
+
+
+def test_the_readme_links_every_docs_page_and_every_link_resolves():
+    readme = _read(os.path.join(ROOT, "README.md"))
+    assert len(readme.splitlines()) <= 210
+    linked = set(re.findall(r"\]\((docs/[^)#]+)", readme))
+    pages = {os.path.relpath(path, ROOT) for path in DOCS[1:]}
+    assert pages <= linked, "docs pages the README does not link: {}".format(sorted(pages - linked))
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", _read(path)):
+            if "://" in target:
+                continue
+            assert os.path.exists(os.path.join(os.path.dirname(path), target)), "{}: broken link {}".format(
+                os.path.relpath(path, ROOT), target)
+
+
+def test_the_demo_prints_a_line_per_stage_and_leaves_a_report(tmp_path, capsys):
+    workdir = tmp_path / "demo"
+    assert run_cli(["demo", "--workdir", workdir, "--max_steps", 3]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) <= 10, lines
+    stages = [line.split()[2] for line in lines if line.startswith("[demo ") and "/" in line.split()[1]]
+    assert stages == ["synth", "preprocess", "train", "predict", "report"]
+    dice = re.search(r"Dice on the 4 held-out cases: WT (\S+)  TC (\S+)  ET (\S+)", "\n".join(lines))
+    with open(workdir / "run" / "eval_results.json") as handle:
+        mean = json.load(handle)["mean"]
+    assert [float(value) for value in dice.groups()] == [round(mean["Dice_" + name], 3) for name in ("WT", "TC", "ET")]
+    assert lines[-1] == "[demo] report: {}".format(workdir / "run" / "report" / "index.md")
+    report = (workdir / "run" / "report")
+    assert (report / "curves.png").stat().st_size > 1000 and len(list(report.glob("case-*.png"))) == 3
+    assert sorted(os.listdir(workdir / "logs")) == ["1-synth.log", "2-preprocess.log", "3-train.log",
+                                                   "4-predict.log", "5-report.log"]
+    assert "Dice_WT" in (workdir / "logs" / "3-train.log").read_text()
