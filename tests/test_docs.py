@@ -202,11 +202,21 @@ def test_the_readme_links_every_docs_page_and_every_link_resolves():
     pages = {os.path.relpath(path, ROOT) for path in DOCS[1:]}
     assert pages <= linked, "docs pages the README does not link: {}".format(sorted(pages - linked))
     for path in DOCS:
-        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", _read(path)):
+        for target, anchor in re.findall(r"\]\(([^)#\s]*)(?:#([^)\s]+))?\)", _read(path)):
             if "://" in target:
                 continue
-            assert os.path.exists(os.path.join(os.path.dirname(path), target)), "{}: broken link {}".format(
-                os.path.relpath(path, ROOT), target)
+            linked_file = os.path.normpath(os.path.join(os.path.dirname(path), target)) if target else path
+            assert os.path.exists(linked_file), "{}: broken link {}".format(os.path.relpath(path, ROOT), target)
+            if anchor and linked_file.endswith(".md"):
+                assert anchor in _heading_anchors(_read(linked_file)), "{}: no heading #{} in {}".format(
+                    os.path.relpath(path, ROOT), anchor, os.path.relpath(linked_file, ROOT))
+
+
+def _heading_anchors(text):
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    fenced = {line for _, lines in _code_blocks(text) for line in lines}
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for line in text.splitlines() if line.startswith("#") and line not in fenced}
 
 
 def test_the_demo_prints_a_line_per_stage_and_leaves_a_report(tmp_path, capsys):
