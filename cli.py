@@ -390,7 +390,8 @@ def command_demo(options) -> int:
     """Run the README's demo: each stage is the same command a user would type.
 
     The console gets one line per stage (and training's progress); each stage's own output, tables
-    included, goes to WORKDIR/logs/<n>-<stage>.log, and the results stay in the run folder.
+    included, goes to WORKDIR/logs/<stage>.log, and the results stay in the run folder. A second run
+    reuses the data and the finished run folder (training resumes or is already done).
     """
     import contextlib
     import json
@@ -414,9 +415,12 @@ def command_demo(options) -> int:
     stages.append(["report", run_dir])
     os.makedirs(logs, exist_ok=True)
     print("[demo] unet3d on synthetic BraTS-like data, CPU backend; each stage's output: {}".format(logs), flush=True)
+    reused = [folder for folder in (raw, records) if os.path.isdir(folder)]
+    if reused:
+        print("[demo] reusing {} (delete {} to start over)".format(" and ".join(reused), workdir), flush=True)
     for number, stage in enumerate(stages, start=1):
         name = stage[0]
-        output = _StageOutput(os.path.join(logs, "{}-{}.log".format(number, name)))
+        output = _StageOutput(os.path.join(logs, "{}.log".format(name)))
         output.write("python cli.py {}\n\n".format(" ".join(stage)))
         began = time.time()
         try:

@@ -233,6 +233,6 @@ def test_the_demo_prints_a_line_per_stage_and_leaves_a_report(tmp_path, capsys):
     assert lines[-1] == "[demo] report: {}".format(workdir / "run" / "report" / "index.md")
     report = (workdir / "run" / "report")
     assert (report / "curves.png").stat().st_size > 1000 and len(list(report.glob("case-*.png"))) == 3
-    assert sorted(os.listdir(workdir / "logs")) == ["1-synth.log", "2-preprocess.log", "3-train.log",
-                                                   "4-predict.log", "5-report.log"]
-    assert "Dice_WT" in (workdir / "logs" / "3-train.log").read_text()
+    assert sorted(os.listdir(workdir / "logs")) == ["predict.log", "preprocess.log", "report.log", "synth.log",
+                                                   "train.log"]
+    assert "Dice_WT" in (workdir / "logs" / "train.log").read_text()
