@@ -130,7 +130,7 @@ def _plugin_flags():
 
 
 def _command_path(arguments, options):
-    """(subcommand path, remaining arguments), or a problem naming the unknown subcommand."""
+    """(the longest subcommand path the arguments start with, the arguments after it); () when none."""
     path = ()
     while arguments and path + (arguments[0],) in options:
         path, arguments = path + (arguments[0],), arguments[1:]

@@ -105,6 +105,10 @@ def plot_curves(curves: Dict[str, Dict[str, List]], path: str) -> None:
     """
     plt = _pyplot()
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    once = all(len(curve["evaluations"]) <= 1 for curve in curves.values())
+    axes[1].sharex(axes[0])
+    if not once:
+        axes[2].sharex(axes[0])  # evaluations sit at their checkpoint's training step
     # Several runs (folds): two Dice lines each keep the legend readable.
     dice_names = CURVE_DICE if len(curves) == 1 else ("Dice_WT", "LesionDice_WT", "Dice_GTV")
     for label, curve in curves.items():
@@ -114,7 +118,7 @@ def plot_curves(curves: Dict[str, Dict[str, List]], path: str) -> None:
     axes[0].set(title="training loss", xlabel="step", ylabel="loss")
     axes[1].set(title="learning rate", xlabel="step", ylabel="rate")
     axes[1].ticklabel_format(axis="y", useOffset=False)
-    if all(len(curve["evaluations"]) <= 1 for curve in curves.values()):
+    if once:
         _plot_final_dice(axes[2], curves, dice_names)
     else:
         for label, curve in curves.items():
@@ -124,8 +128,7 @@ def plot_curves(curves: Dict[str, Dict[str, List]], path: str) -> None:
                     xs, ys = zip(*points)
                     axes[2].plot(xs, ys, marker="o",
                                  label="{} {} ({})".format(label, name, metrics_lib.scheme_of(name)))
-        axes[2].set(title="evaluation Dice", xlabel="checkpoint step", ylabel="Dice", ylim=(0, 1),
-                    xlim=axes[0].get_xlim())
+        axes[2].set(title="evaluation Dice", xlabel="checkpoint step", ylabel="Dice", ylim=(0, 1))
     for axis in axes:
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:

@@ -93,11 +93,11 @@ def raw_folder_cases(input_dir: str, shard: Callable[[List], List] = list) -> Tu
 
 def segmentation_beside(image_path: str, case_id: str) -> Optional[str]:
     """The ``<case>_seg``, ``<case>-seg`` or ``<case>_gtv`` (.nii[.gz]) next to one of a case's images, if present."""
-    from unet3d_core.layouts import SEGMENTATION_ENDINGS
+    from unet3d_core.layouts import NIFTI_SUFFIXES, SEGMENTATION_ENDINGS
 
     folder = os.path.dirname(image_path)
     for name in SEGMENTATION_ENDINGS:
-        for extension in (".nii.gz", ".nii"):
+        for extension in NIFTI_SUFFIXES:
             path = os.path.join(folder, "{}{}{}".format(case_id, name, extension))
             if os.path.isfile(path):
                 return path
