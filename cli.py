@@ -59,6 +59,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def checkpoint_choice(text: str) -> str:
+    """--checkpoint: best, latest or a step number."""
+    if text in ("best", "latest") or text.isdigit():
+        return text
+    raise argparse.ArgumentTypeError("must be best, latest or a step number, got {}".format(text))
+
+
 def load_backends():
     """All installed backends (see unet3d_core.plugins)."""
     import importlib
@@ -74,7 +81,17 @@ def load_backends():
 
 
 def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registry) -> None:
-    from unet3d_core.config import EXEC_MODES, LESION_RULE_CHOICES, LOSSES, LR_SCHEDULES, NORMS, TARGETS
+    from unet3d_core.config import (
+        AUGMENTATIONS,
+        EXEC_MODES,
+        LESION_RULE_CHOICES,
+        LOSSES,
+        LR_SCHEDULES,
+        NORMS,
+        OPTIMIZERS,
+        TARGETS,
+    )
+    from unet3d_core.recipes import RECIPE_NAMES
 
     data = parser.add_argument_group("data and run folders")
     data.add_argument("--data_dir", required=exec_mode != "predict",
@@ -93,8 +110,28 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                      help="device backend: {} (default cpu; see 'cli.py backends')".format(", ".join(registry.names)))
     run.add_argument("--max_steps", type=positive_int, default=None,
                      help="training steps shared out over the workers, as in the seed (default 16000)")
-    run.add_argument("--batch_size", type=positive_int, default=None, help="volumes per step per worker (default 1)")
-    run.add_argument("--augment", action="store_true", default=None, help="flip and brightness augmentation (seed's)")
+    recipe = parser.add_argument_group(
+        "recipe", "A recipe presets how the network is trained (docs/training.md, 'Recipes'); the flags below and "
+                  "in 'loss and optimiser' override its values. run.json records the recipe and every value.")
+    recipe.add_argument("--recipe", choices=RECIPE_NAMES, default=None,
+                        help="nnunet: foreground-oversampled crops, nnU-Net's spatial and intensity augmentation, "
+                             "SGD with poly decay, deep supervision, region outputs; seed: the reference port's "
+                             "uniform crops, Adam at a constant rate, label outputs (default nnunet for a new run; "
+                             "a run keeps its recipe)")
+    recipe.add_argument("--batch_size", type=positive_int, default=None,
+                        help="volumes per step per worker (nnunet 2, seed 1)")
+    recipe.add_argument("--augmentation", choices=AUGMENTATIONS, default=None,
+                        help="training augmentation: nnunet (rotation, scaling, mirroring on every axis, noise, "
+                             "blur, brightness, contrast, low resolution, gamma), seed (flip on y, brightness "
+                             "shift) or none (nnunet: nnunet, seed: none)")
+    recipe.add_argument("--augment", dest="augmentation", action="store_const", const="seed",
+                        help="the seed's spelling of --augmentation seed")
+    recipe.add_argument("--oversample_foreground", type=float, default=None, metavar="SHARE",
+                        help="share of each batch centred on a voxel of a class present in the case: the last "
+                             "round(SHARE x batch) samples (nnunet 0.33, seed 0)")
+    recipe.add_argument("--elastic_probability", type=float, default=None, metavar="P",
+                        help="with --augmentation nnunet: share of samples also deformed elastically, a smooth "
+                             "random displacement of up to a few percent of the crop (default 0, as nnU-Net)")
     run.add_argument("--cache", action="store_true",
                      help="keep the decoded training cases in memory (about 45 MB per BraTS case per worker)")
     run.add_argument("--benchmark", action="store_true",
@@ -115,9 +152,19 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
     optim = parser.add_argument_group("loss and optimiser",
                                       "A resumed run keeps the values it was started with unless these are given.")
     optim.add_argument("--loss", choices=LOSSES, default=None, help="training loss (default dice+ce)")
-    optim.add_argument("--learning_rate", type=positive_float, default=None, help="Adam's base rate (default 2e-4)")
+    optim.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
+                       help="sgd (Nesterov momentum) or adam (nnunet sgd, seed adam)")
+    optim.add_argument("--learning_rate", type=positive_float, default=None,
+                       help="base learning rate (nnunet 0.01, seed 2e-4)")
+    optim.add_argument("--momentum", type=float, default=None, help="SGD's Nesterov momentum (default 0.99)")
+    optim.add_argument("--weight_decay", type=float, default=None,
+                       help="L2 weight decay added to the gradients (nnunet 3e-5, seed 0)")
+    optim.add_argument("--grad_clip", type=float, default=None,
+                       help="clip the global gradient norm (of the unscaled, averaged gradients) at this value; "
+                            "0 = off (nnunet 12, seed 0)")
     optim.add_argument("--lr_schedule", choices=LR_SCHEDULES, default=None,
-                       help="after warm-up: constant, or cosine decay to 0 (default constant)")
+                       help="after warm-up: constant, cosine decay to 0, or poly decay (1 - step/steps)^0.9 "
+                            "(nnunet poly, seed constant)")
     optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=None,
                        help="linear learning-rate warm-up steps (default 0)")
     optim.add_argument("--lr_scaling", choices=("none", "linear"), default=None,
@@ -143,11 +190,13 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                        help="what the network outputs: labels (softmax over the data's labels, the seed's way) or "
                             "regions (one sigmoid per region of the cohort, e.g. WT, TC, ET, trained with Dice + "
                             "binary cross-entropy, as nnU-Net does for BraTS; a voxel's label is the innermost "
-                            "region above 0.5) (default labels)")
+                            "region above 0.5) (nnunet regions, seed labels)")
     model.add_argument("--deep_supervision", action="store_const", const=True, default=None,
                        help="train with auxiliary outputs on the decoder's lower resolutions, loss weights halving "
                             "per level and summing to 1 (nnU-Net's scheme); inference uses the full-resolution "
-                            "output only, so the exported network is the same")
+                            "output only, so the exported network is the same (on in nnunet, off in seed)")
+    model.add_argument("--no_deep_supervision", dest="deep_supervision", action="store_const", const=False,
+                       help="train the full-resolution output alone (the nnunet recipe's default is on)")
     out = parser.add_argument_group("prediction")
     out.add_argument("--predict_on", choices=("fold", "all"), default="fold",
                      help="predict the --fold cases or all cases of --data_dir (default fold)")
@@ -177,9 +226,26 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
     out.add_argument("--min_et_component_voxels", type=non_negative_int, default=0,
                      help="relabel enhancing-tumour components smaller than this many voxels as tumour core "
                           "(default 0: off)")
+    out.add_argument("--postprocessing", choices=("auto", "none"), default="auto",
+                     help="predict: apply the post-processing that --fold all chose on cross-validation "
+                          "(MODEL_DIR/postprocessing.json, or the one above a fold-N folder; default auto), "
+                          "or none")
     out.add_argument("--lesion_rules", choices=LESION_RULE_CHOICES, default="auto",
                      help="year whose BraTS lesion-wise rules evaluation uses, with the data's cohort "
                           "(default auto: the year the cohort's release was scored; see docs/metrics.md)")
+    best = parser.add_argument_group(
+        "best checkpoint", "train_and_evaluate keeps MODEL_DIR/best/, the checkpoint where a smoothed pseudo-Dice on "
+                           "fixed validation patches peaked (docs/training.md, 'The best checkpoint').")
+    best.add_argument("--validate_every", type=non_negative_int, default=None,
+                      help="train_and_evaluate: steps between pseudo-Dice validations, also done at the last step; "
+                           "0 = none, so no best checkpoint (default: --checkpoint_every)")
+    best.add_argument("--validation_patches", type=positive_int, default=None,
+                      help="fixed patches of the training crop's size cut from the fold's validation cases, every "
+                           "other one centred on tumour (default 16)")
+    best.add_argument("--checkpoint", type=checkpoint_choice, default=None, metavar="best|latest|STEP",
+                      help="checkpoint that evaluate and predict (and train_and_evaluate's final evaluation) "
+                           "restore: best, latest (the newest) or a step number (default: best where the run has "
+                           "one, else latest)")
     registry.add_options(parser)
 
 
@@ -190,8 +256,10 @@ def build_parser(registry) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     for name, mode, text in (("train", "train", "train (or any --exec_mode) on a backend"),
-                             ("evaluate", "evaluate", "score the newest checkpoint on the held-out fold"),
-                             ("predict", "predict", "write NIfTI label maps with the newest checkpoint")):
+                             ("evaluate", "evaluate", "score the best checkpoint (else the newest) on the held-out "
+                                                      "fold"),
+                             ("predict", "predict", "write NIfTI label maps with the best checkpoint (else the "
+                                                    "newest)")):
         sub = commands.add_parser(name, help=text, description=text)
         add_trainer_options(sub, mode, registry)
 
@@ -199,9 +267,16 @@ def build_parser(registry) -> argparse.ArgumentParser:
                                 description="Write synthetic BraTS 2019-style cases (HGG/ and LGG/).")
     synth.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     synth.add_argument("--cases", type=positive_int, default=20, help="number of cases (default 20)")
-    synth.add_argument("--shape", type=positive_int, nargs=3, default=[64, 64, 48], metavar=("X", "Y", "Z"),
-                       help="volume shape (default 64 64 48; BraTS is 240 240 155)")
+    synth.add_argument("--shape", type=positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
+                       help="volume shape (default 64 64 48; with --anatomical 80 96 80, about 2 mm voxels; "
+                            "BraTS is 240 240 155)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    synth.add_argument("--anatomical", action="store_true",
+                       help="brains warped from the MNI ICBM152 2009 template with grown gliomas, harder than the "
+                            "default disc phantoms (needs nilearn)")
+    synth.add_argument("--scanner", choices=("a", "b"), default=None,
+                       help="acquisition domain of --anatomical cases: a, or b with other contrast weights, more "
+                            "noise, 3 mm slices along z and x flipped (default a)")
 
     from unet3d_core.config import LESION_RULE_CHOICES
     from unet3d_core.layouts import LAYOUT_NAMES
@@ -267,7 +342,8 @@ def build_parser(registry) -> argparse.ArgumentParser:
                         help="folder of <case>.nii.gz predictions (default: the run's predictions/)")
 
     export = commands.add_parser("export", help="write a trained run's network as a SavedModel or frozen graph",
-                                 description="Export the newest checkpoint of a run for deployment: a SavedModel "
+                                 description="Export the best checkpoint of a run (else its newest; see "
+                                             "--checkpoint) for deployment: a SavedModel "
                                              "with a serving signature (TensorFlow 1.15/2.x, TensorFlow Serving) "
                                              "or a frozen GraphDef with a fixed input shape (Ascend ATC, TF-TRT). "
                                              "export.json beside it says how to normalise the input.")
@@ -278,6 +354,9 @@ def build_parser(registry) -> argparse.ArgumentParser:
     export.add_argument("--window", type=positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
                         help="frozen: the input's spatial shape (default: the run's training crop)")
     export.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    export.add_argument("--checkpoint", type=checkpoint_choice, default=None, metavar="best|latest|STEP",
+                        help="the checkpoint exported: best, latest (the newest) or a step number (default: best "
+                             "where the run has one, else latest)")
 
     demo = commands.add_parser("demo",
                                help="synthetic data -> preprocess -> train -> evaluate -> predict -> report (CPU)",
@@ -386,6 +465,15 @@ def _demo_summary(stage: str, raw: str, records: str, run_dir: str) -> str:
     return "curves and case overlays -> {}".format(os.path.join(run_dir, "report", "index.md"))
 
 
+def _demo_synth_options() -> List[str]:
+    """Template brains at 3 mm when nilearn is installed (the training crop is 48 x 48 x 32), else disc phantoms."""
+    import importlib.util
+
+    if importlib.util.find_spec("nilearn") is not None:
+        return ["--anatomical", "--shape", "56", "64", "56"]
+    return ["--shape", "64", "64", "48"]
+
+
 def command_demo(options) -> int:
     """Run the README's demo: each stage is the same command a user would type.
 
@@ -401,7 +489,7 @@ def command_demo(options) -> int:
     raw, records, run_dir, logs = (os.path.join(workdir, name) for name in ("raw", "records", "run", "logs"))
     stages = []
     if not os.path.isdir(raw):
-        stages.append(["synth", "--out", raw, "--cases", "20", "--shape", "64", "64", "48", "--seed", "0"])
+        stages.append(["synth", "--out", raw, "--cases", "20", "--seed", "0"] + _demo_synth_options())
     if not os.path.isdir(records):
         stages.append(["preprocess", "-i", raw, "-o", records, "--folds", "5", "--seed", "0"])
     folders = ["--data_dir", records, "--model_dir", run_dir, "--backend", "cpu"]
@@ -470,7 +558,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if options.command == "export":
             from unet3d_core.export import export
 
-            described = export(options.model_dir, options.out, fmt=options.format, window=options.window)
+            described = export(options.model_dir, options.out, fmt=options.format, window=options.window,
+                               checkpoint=options.checkpoint)
             print("wrote {} ({}, input {} {}, output {} with {} channels)".format(
                 options.out, described["format"], described["input"]["name"], described["input"]["shape"],
                 described["output"]["name"], described["output"]["channels"]))
@@ -481,9 +570,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             from unet3d_core.progress import Progress
             from unet3d_core.synth import write_synthetic_dataset
 
+            if options.shape is None:
+                from unet3d_core.synth_anatomy import DEFAULT_SHAPE
+
+                options.shape = DEFAULT_SHAPE if options.anatomical else (64, 64, 48)
             bar = Progress("synth", options.cases)
             write_synthetic_dataset(options.out, cases=options.cases, shape=tuple(options.shape),
-                                    seed=options.seed, progress=lambda done, total, case_id: bar.update(done, case_id))
+                                    seed=options.seed, progress=lambda done, total, case_id: bar.update(done, case_id),
+                                    anatomical=options.anatomical, scanner=options.scanner)
             print("wrote {} cases to {}".format(options.cases, options.out))
             return 0
         if options.command == "preprocess":

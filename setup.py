@@ -36,6 +36,8 @@ setup(
         "crosscheck": ["BraTS-evaluation==0.0.8", "panoptica==2.1.4"],
         # 'cli.py export --format onnx' (TensorFlow 2.15 environment; tf2onnx 1.16 needs protobuf 3.20).
         "onnx": ["tf2onnx==1.16.1", "onnx==1.16.2", "protobuf==3.20.3", "onnxruntime==1.26.0"],
+        # 'cli.py synth --anatomical': the MNI ICBM152 2009 template that nilearn's wheel ships (Python >= 3.10).
+        "anatomy": ["nilearn==0.14.1"],
     },
     entry_points={
         "console_scripts": ["unet3d = cli:main"],

@@ -1,12 +1,16 @@
 #!/usr/bin/env python
-"""How fast preprocessing and the training input pipeline run on full-size BraTS volumes.
+"""How fast preprocessing and the training input pipeline run on full-size BraTS volumes, beside MONAI.
 
 Builds N synthetic 240x240x155 cases (unet3d_core.synth), preprocesses them,
-then times the training pipeline alone (the seed's 128^3 crops, augmentation
-on, batch 2) for a fixed number of batches after a warm-up, without and with
-the in-memory case cache. Prints a table; takes a minute or two on 2 cores.
+then times the training pipeline alone (``--recipe``'s sampling and
+augmentation, ``--shape`` crops, batch 2, cases cached in memory) with each
+``--threads`` count of host threads (tf.data's private thread pool and the
+session's op threads), printing ``volumes/s X`` per count. In the same run the
+same cases go through MONAI's equivalent transform chain in .venv-bench
+(``benchmarks/monai_side.py transforms``: DataLoader workers with one torch
+thread each), so both columns come from one machine under one load.
 
-    python benchmarks/input_pipeline.py [--cases 4] [--batches 20] [--warmup 5] [--workers 2]
+    python benchmarks/input_pipeline.py --recipe nnunet --shape 128 128 128 --threads 1 2 [--cases 4]
 
 Compare volumes/s with the training step rate (``train --benchmark`` logs
 ``throughput_train``): the pipeline must deliver more than the step consumes.
@@ -14,8 +18,10 @@ Compare volumes/s with the training step rate (``train --benchmark`` logs
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,23 +32,35 @@ if ROOT not in sys.path:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 BRATS_SHAPE = (240, 240, 155)
+BENCH_PYTHON = os.path.join(ROOT, ".venv-bench", "bin", "python")
+SEED_DEVICE_RATE = 2.3  # volumes/s per device of the seed's NPU run, which the host must feed
+CORES_PER_DEVICE = 24  # an Atlas 800 training server: 192 host cores for 8 NPUs
 
 
-def time_pipeline(files, *, cache: bool, batches: int, warmup: int, batch_size: int, crop: int) -> float:
+def time_pipeline(files, *, recipe: str, batches: int, warmup: int, batch_size: int, crop, threads: int,
+                  cache: bool = True) -> float:
     """Volumes per second of the training pipeline over ``batches`` batches after ``warmup``."""
     import tensorflow as tf
 
     from unet3d_core.input_pipeline import training_dataset
+    from unet3d_core.recipes import preset
 
     tf1 = tf.compat.v1
+    settings = preset(recipe)
     graph = tf.Graph()
     with graph.as_default():
-        dataset = training_dataset(files, batch_size=batch_size, crop_shape=(crop, crop, crop), augment=True,
-                                   seed=0, cache=cache)
+        dataset = training_dataset(files, batch_size=batch_size, crop_shape=tuple(crop),
+                                   augmentation="nnunet" if recipe == "nnunet" else "seed",
+                                   oversample_foreground=float(settings["oversample_foreground"]), seed=0,
+                                   cache=cache)
+        options = tf.data.Options()
+        options.experimental_threading.private_threadpool_size = threads
+        dataset = dataset.with_options(options)
         images, labels = tf1.data.make_one_shot_iterator(dataset).get_next()
         # Fetch something tiny so the timing is the pipeline's, not the copy of the batch into Python.
         fetch = tf.group(images, labels)
-        with tf1.Session(graph=graph) as session:
+        config = tf1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+        with tf1.Session(graph=graph, config=config) as session:
             for _ in range(warmup):
                 session.run(fetch)
             started = time.perf_counter()
@@ -52,15 +70,43 @@ def time_pipeline(files, *, cache: bool, batches: int, warmup: int, batch_size: 
     return batches * batch_size / elapsed
 
 
+def monai_rate(files, workdir: str, *, shape, threads: int, samples: int):
+    """MONAI's volumes/s on the same cases (benchmarks/monai_side.py in .venv-bench); None without it."""
+    import numpy as np
+
+    from unet3d_core.records import read_record
+
+    if not os.path.isfile(BENCH_PYTHON):
+        print("[bench] no .venv-bench (tools/make_bench_venv.sh): the MONAI column is skipped", flush=True)
+        return None
+    folder = os.path.join(workdir, "npz")
+    if not os.path.isdir(folder):
+        os.makedirs(folder)
+        for path in files:
+            case = read_record(path)
+            np.savez(os.path.join(folder, os.path.basename(path) + ".npz"), image=case["image"], label=case["label"])
+    result = os.path.join(workdir, "monai-{}.json".format(threads))
+    subprocess.run([BENCH_PYTHON, os.path.join(ROOT, "benchmarks", "monai_side.py"), "transforms", "--cases", folder,
+                    "--shape"] + [str(size) for size in shape] + [
+                        "--threads", str(threads), "--samples", str(samples), "--json", result], check=True)
+    with open(result) as handle:
+        return float(json.load(handle)["volumes_per_second"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", choices=("nnunet", "seed"), default="nnunet",
+                        help="whose sampling and augmentation to time (default nnunet)")
+    parser.add_argument("--shape", type=int, nargs=3, default=[128, 128, 128], help="crop (default 128 128 128)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="host threads to time (default 1 2)")
     parser.add_argument("--cases", type=int, default=4, help="synthetic full-size cases (default 4)")
     parser.add_argument("--batches", type=int, default=20, help="timed batches (default 20)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed batches first (default 5)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
     parser.add_argument("--batch_size", type=int, default=2, help="volumes per batch (default 2)")
-    parser.add_argument("--crop", type=int, default=128, help="training crop edge (default 128)")
     parser.add_argument("--workers", type=int, default=2, help="preprocessing processes (default 2)")
+    parser.add_argument("--no_monai", action="store_true", help="time unet3d alone")
     parser.add_argument("--workdir", default=None, help="keep data here (default: a temporary folder, removed)")
+    parser.add_argument("--json", default=None, help="also write the results here")
     options = parser.parse_args(argv)
 
     import tensorflow as tf
@@ -70,24 +116,42 @@ def main(argv=None) -> int:
     from unet3d_core.synth import write_synthetic_dataset
 
     workdir = options.workdir or tempfile.mkdtemp(prefix="unet3d-bench-")
-    rows = []
+    rows, results = [], {"recipe": options.recipe, "shape": options.shape, "threads": {}}
     try:
         raw, records = os.path.join(workdir, "raw"), os.path.join(workdir, "records")
-        started = time.perf_counter()
-        write_synthetic_dataset(raw, cases=options.cases, shape=BRATS_SHAPE, seed=0)
-        rows.append(("synthesise {} cases of {}".format(options.cases, "x".join(map(str, BRATS_SHAPE))),
-                     "{:.1f} s per case".format((time.perf_counter() - started) / options.cases)))
-        started = time.perf_counter()
-        preprocess(raw, records, folds=2, seed=0, workers=options.workers, show_progress=False)
-        rows.append(("preprocess, --workers {}".format(options.workers),
-                     "{:.2f} s per case".format((time.perf_counter() - started) / options.cases)))
+        if not os.path.isdir(records):
+            started = time.perf_counter()
+            write_synthetic_dataset(raw, cases=options.cases, shape=BRATS_SHAPE, seed=0)
+            rows.append(("synthesise {} cases of {}".format(options.cases, "x".join(map(str, BRATS_SHAPE))),
+                         "{:.1f} s per case".format((time.perf_counter() - started) / options.cases)))
+            started = time.perf_counter()
+            preprocess(raw, records, folds=2, seed=0, workers=options.workers, show_progress=False)
+            rows.append(("preprocess, --workers {}".format(options.workers),
+                         "{:.2f} s per case".format((time.perf_counter() - started) / options.cases)))
         manifest = Manifest(records)
         files = [manifest.record_path(case) for case in manifest.cases]
-        for cache in (False, True):
-            rate = time_pipeline(files, cache=cache, batches=options.batches, warmup=options.warmup,
-                                 batch_size=options.batch_size, crop=options.crop)
-            rows.append(("training pipeline, {}^3 crops, augment, batch {}, cache {}".format(
-                options.crop, options.batch_size, "on" if cache else "off"), "{:.1f} volumes/s".format(rate)))
+        crop = "x".join(map(str, options.shape))
+        for threads in options.threads:
+            ours = time_pipeline(files, recipe=options.recipe, batches=options.batches, warmup=options.warmup,
+                                 batch_size=options.batch_size, crop=options.shape, threads=threads)
+            print("unet3d {} pipeline, {} crops, {} thread(s): volumes/s {:.3f}".format(
+                options.recipe, crop, threads, ours), flush=True)
+            theirs = None if options.no_monai else monai_rate(files, workdir, shape=options.shape, threads=threads,
+                                                              samples=options.batches * options.batch_size)
+            results["threads"][str(threads)] = {"unet3d": ours, "monai": theirs}
+            rows.append(("unet3d {} sampling + augmentation, {} crops, {} thread(s)".format(
+                options.recipe, crop, threads), "{:.3f} volumes/s".format(ours)))
+            if theirs is not None:
+                rows.append(("MONAI's equivalent chain, {} crops, {} worker(s)".format(crop, threads),
+                             "{:.3f} volumes/s".format(theirs)))
+                rows.append(("unet3d / MONAI at {} thread(s)".format(threads), "{:.2f}x".format(ours / theirs)))
+        single = results["threads"].get("1")
+        if single:
+            fed = single["unet3d"] * CORES_PER_DEVICE
+            rows.append(("unet3d, 1 thread x {} cores (one device's share)".format(CORES_PER_DEVICE),
+                         "{:.1f} volumes/s".format(fed)))
+            rows.append(("  = x the seed's device rate ({} volumes/s)".format(SEED_DEVICE_RATE),
+                         "{:.1f}x".format(fed / SEED_DEVICE_RATE)))
     finally:
         if options.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -99,6 +163,9 @@ def main(argv=None) -> int:
     print("|-{}-|-{}:|".format("-" * width, "-" * 18))
     for name, value in rows:
         print("| {:<{}} | {:>18} |".format(name, width, value))
+    if options.json:
+        with open(options.json, "w") as handle:
+            json.dump(results, handle, indent=1)
     return 0
 
 

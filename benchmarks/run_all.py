@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Every benchmark, one after another, and one table at the end: what ``make bench`` runs.
 
-1. Input pipeline (``input_pipeline.py``) in each TensorFlow environment,
-   with crops of the training benchmark's size, so its volumes/s stand next
-   to the training step's; its full-size records are kept for step 2.
+1. Input pipeline (``input_pipeline.py``, both recipes) in each TensorFlow
+   environment, with crops of the training benchmark's size, so its volumes/s
+   stand next to the training step's; its full-size records are kept for step 2.
 2. Training step throughput, roofline and MONAI (``train_throughput.py``),
    also training from those records with augmentation.
 3. Whole-volume prediction of one 240x240x155 case, wall time and peak
@@ -50,18 +50,19 @@ def run_script(environment: str, arguments) -> str:
 
 
 def input_pipeline(environment: str, crop: int, workdir=None) -> dict:
-    """Training-pipeline volumes/s, cache off and on, parsed from input_pipeline.py's table."""
-    arguments = [os.path.join(HERE, "input_pipeline.py"), "--crop", str(crop)]
-    if workdir:
-        arguments += ["--workdir", workdir]
-    output = run_script(environment, arguments)
+    """Training-pipeline volumes/s of each recipe's sampling and augmentation (cached cases, every core),
+    parsed from input_pipeline.py's ``volumes/s`` lines."""
     rates = {}
-    for line in output.splitlines():
-        match = re.search(r"training pipeline, .*cache (on|off)\s*\|\s*([0-9.]+) volumes/s", line)
-        if match:
-            rates["cache_" + match.group(1)] = float(match.group(2))
-    if len(rates) != 2:
-        raise RuntimeError("input_pipeline.py ({}) printed no rates:\n{}".format(environment, output[-2000:]))
+    for recipe in ("nnunet", "seed"):
+        arguments = [os.path.join(HERE, "input_pipeline.py"), "--recipe", recipe, "--shape"] + [str(crop)] * 3 + [
+            "--threads", str(os.cpu_count() or 1), "--no_monai"]
+        if workdir:
+            arguments += ["--workdir", workdir]
+        output = run_script(environment, arguments)
+        match = re.search(r"pipeline, .* thread\(s\): volumes/s ([0-9.]+)", output)
+        if not match:
+            raise RuntimeError("input_pipeline.py ({}) printed no rate:\n{}".format(environment, output[-2000:]))
+        rates[recipe] = float(match.group(1))
     return rates
 
 
@@ -117,15 +118,14 @@ def main(argv=None) -> int:
 
     train_throughput.print_table(results["training"])
     rows = results["training"]["rows"]
-    print("\ninput pipeline ({0}^3 crops, augmentation, batch {1}) next to the training step it feeds "
-          "(target: at least 3x)".format(train_options.size, train_options.batch))
+    print("\ninput pipeline ({0}^3 crops, each recipe's sampling and augmentation, batch 2, every core) next to "
+          "the training step it feeds (target: at least 3x)".format(train_options.size))
     for environment, rates in results["pipeline"].items():
         step = rows.get("ours|{}".format(environment))
-        for cache in ("off", "on"):
-            rate = rates["cache_" + cache]
+        for recipe, rate in rates.items():
             ratio = " = {:.0f}x the training step ({:.3f} volumes/s)".format(
                 rate / step["volumes_per_second"], step["volumes_per_second"]) if step else ""
-            print("| {} | cache {} | {:.1f} volumes/s{} |".format(NAMES[environment], cache, rate, ratio))
+            print("| {} | {} | {:.1f} volumes/s{} |".format(NAMES[environment], recipe, rate, ratio))
     print("\npredict one 240x240x155 case with the default network (cli.py predict --input_dir, whole command)")
     for key, measured in results["predict"].items():
         environment, mode = key.split("|")

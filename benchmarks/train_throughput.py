@@ -9,8 +9,8 @@ one after another (never two at once), repeated and summarised by the median:
   default network (full widths, 31.2 M parameters) at ``--size``^3 x 4,
   batch ``--batch``; seconds per step from its ``latency_train_mean_ms``.
 - ``ours, record pipeline + augment`` (with ``--records DIR``): the same,
-  reading full-size cases from the records with the seed's augmentation,
-  the input pipeline sharing the cores with the step.
+  reading full-size cases from the records with the recipe's sampling and
+  augmentation, the input pipeline sharing the cores with the step.
 - ``plain graph``: the same network, loss and Adam as a bare
   ``tf.compat.v1`` graph and session loop, the model built with the
   textbook layer ops (``unet3d_core.layers.LayerOps``, what
@@ -307,11 +307,11 @@ def run_trainer(environment: str, records: str, workdir: str, options, warmup: i
     """Seconds per step of ``cli.py train --benchmark`` (full widths) in ``environment``, plus ``flags``.
 
     ``synthetic``: ``--synthetic_input`` (the records are not read); else the
-    record pipeline with ``--augment``, as in real training.
+    record pipeline with the recipe's sampling and augmentation, as in real training.
     """
     model_dir = tempfile.mkdtemp(prefix="train-", dir=workdir)
     command = [os.path.join(ROOT, "cli.py"), "train", "--data_dir", records, "--model_dir", model_dir,
-               "--benchmark", "--synthetic_input" if synthetic else "--augment", "--input_shape"] + [
+               "--benchmark"] + (["--synthetic_input"] if synthetic else []) + ["--input_shape"] + [
         str(options.size)] * 3 + [
         "--batch_size", str(options.batch), "--warmup_steps", str(warmup), "--max_steps", str(warmup + steps)]
     run_child(environment, command + list(flags))
@@ -459,7 +459,8 @@ def parse_arguments(argv=None):
                              "with --cpu_kernels textbook (the model before it was tuned)")
     parser.add_argument("--records", default=None,
                         help="a preprocessed data set of full-size cases: adds a row training from its records "
-                             "(--augment) instead of --synthetic_input, the input pipeline sharing the cores")
+                             "(the recipe's augmentation) instead of --synthetic_input, the input pipeline sharing "
+                             "the cores")
     parser.add_argument("--json", default=None, help="also write every measurement to this file")
     return parser.parse_args(argv)
 

@@ -11,8 +11,9 @@ from conftest import TINY_MODEL, run_cli
 @pytest.fixture(scope="module")
 def cross_validation(records, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("cv") / "run")
+    # The seed recipe's softmax outputs: the averaging checked below is of label probabilities.
     run_cli(["train", "--data_dir", records, "--model_dir", model_dir, "--fold", "all", "--max_steps", "1",
-             "--backend", "cpu"] + TINY_MODEL)
+             "--backend", "cpu", "--recipe", "seed"] + TINY_MODEL)
     return model_dir
 
 
@@ -82,3 +83,18 @@ def test_an_ensemble_of_another_data_set_predicts_every_case(cross_validation, t
     assert predicted == sorted(case["id"] for case in Manifest(other).cases)
     with open(os.path.join(out, "ensemble.json")) as handle:
         assert json.load(handle)["folds"] == [1, 3]
+
+
+def test_an_ensemble_restores_the_checkpoint_asked_for(cross_validation, raw_dataset, tmp_path, capsys):
+    args = ["predict", "--model_dir", cross_validation, "--folds", "0,1", "--input_dir", raw_dataset,
+            "--inference_mode", "crop", "--backend", "cpu"]
+    out = str(tmp_path / "step1")
+    run_cli(args + ["--output_dir", out, "--checkpoint", "1"])
+    with open(os.path.join(out, "ensemble.json")) as handle:
+        models = json.load(handle)["models"]
+    assert [(model["checkpoint"], model["checkpoint_step"]) for model in models] == [("model.ckpt-1", 1)] * 2
+    capsys.readouterr()
+    # --fold all trained with --exec_mode train: no fold has a best checkpoint to ask for.
+    assert run_cli(args + ["--output_dir", str(tmp_path / "best"), "--checkpoint", "best"], check=False) == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and error.startswith("error: --checkpoint best: ") and "it has: step 1" in error

@@ -7,7 +7,8 @@
 - 2026 rules: the ``BraTS-evaluation`` package itself, run here on the same
   cases (a test-only dependency of the TensorFlow 2.15 environment).
 
-Dice must agree to 1e-6, HD95 to 1e-3 mm, and the lesion counts exactly.
+Dice and the normalised surface Dice (NSD; 2025 and 2026) must agree to 1e-6,
+HD95 to 1e-3 mm, and the lesion counts exactly.
 """
 import json
 import os
@@ -69,6 +70,67 @@ def test_lesion_wise_scores_match_the_challenge_scripts(name, year):
         assert score.hd95 == pytest.approx(float(reference["LesionWise_Score_HD95"]), abs=1e-3), where
         assert (score.true_positives, score.false_positives, score.false_negatives) == (
             int(float(reference["Num_TP"])), int(float(reference["Num_FP"])), int(float(reference["Num_FN"]))), where
+        if year == "2025":  # the 2025 scripts added NSD at 0.5 and 1.0 mm
+            assert rules.nsd_names == ("NSD05", "NSD10"), where
+            assert score.nsd[0] == pytest.approx(float(reference["LesionWise_Score_NSD @ 0.5"]), abs=1e-6), where
+            assert score.nsd[1] == pytest.approx(float(reference["LesionWise_Score_NSD @ 1.0"]), abs=1e-6), where
+        else:
+            assert score.nsd == () and rules.nsd_names == (), where
+
+
+def test_the_2025_nsd_cases_are_not_all_trivial():
+    """The script's NSD values the comparison above meets include partial ones, at both tolerances."""
+    values = {(tolerance, round(float(region["LesionWise_Score_NSD @ " + tolerance]), 6))
+              for content in _reference()["cases"].values() if "2025" in content
+              for region in content["2025"].values() for tolerance in ("0.5", "1.0")}
+    partial = {tolerance for tolerance, value in values if 0.0 < value < 0.99}
+    assert partial == {"0.5", "1.0"}
+
+
+def test_nsd_counts_border_voxels_within_the_tolerance():
+    """A 4x4x4 cube (56 border voxels) against the same cube shifted one voxel along x: at 1.0 mm every
+    border voxel of each is within reach of the other's border; at 0.5 mm only the 36 on both borders
+    (the rings of the three shared x layers) are, so NSD = 36/56."""
+    from unet3d_core.lesions import normalized_surface_dice
+
+    truth = np.zeros((10, 10, 10), bool)
+    truth[2:6, 2:6, 2:6] = True
+    shifted = np.roll(truth, 1, axis=0)
+    assert normalized_surface_dice(truth, shifted, (1.0, 1.0, 1.0), 1.0) == pytest.approx(1.0, abs=1e-8)
+    assert normalized_surface_dice(truth, shifted, (1.0, 1.0, 1.0), 0.5) == pytest.approx(36 / 56, abs=1e-8)
+    # 2 mm voxels along x: the 16 voxels of the trailing x face are 2 mm from the other border, but the 4
+    # inner ones of the leading face stay one 1 mm step (in y or z) from the other's side faces: 40/56.
+    assert normalized_surface_dice(truth, shifted, (2.0, 1.0, 1.0), 1.0) == pytest.approx(40 / 56, abs=1e-8)
+    assert normalized_surface_dice(truth, np.zeros_like(truth), (1.0, 1.0, 1.0), 1.0) == 0.0
+    assert normalized_surface_dice(np.zeros_like(truth), np.zeros_like(truth), (1.0, 1.0, 1.0), 1.0) == 1.0
+
+
+def test_nsd_metrics_are_named_for_the_rules_that_define_them():
+    from unet3d_core.metrics import LabelScheme
+
+    assert [name for name in LabelScheme.for_layout("brats-met", "2025").names if "NSD" in name] == [
+        "LesionNSD05_WT", "LesionNSD05_TC", "LesionNSD05_ET", "LesionNSD05_RC",
+        "LesionNSD10_WT", "LesionNSD10_TC", "LesionNSD10_ET", "LesionNSD10_RC"]
+    assert [name for name in LabelScheme.for_layout("brats-met", "2026").names if "NSD" in name] == [
+        "LesionNSD_WT", "LesionNSD_TC", "LesionNSD_ET", "LesionNSD_RC"]
+    for year in ("2023", "2024"):
+        assert not [name for name in LabelScheme.for_layout("brats-met", year).names if "NSD" in name]
+    assert "NSD05 at 0.5 mm, NSD10 at 1 mm" in LabelScheme.for_layout("brats-met", "2025").descriptions()["lesion"]
+    assert "NSD at the smallest voxel spacing" in LabelScheme.for_layout("brats2023", "2026").descriptions()["lesion"]
+    assert not rules_for("2025", "GoAT", ["WT", "TC", "ET"]).nsd  # no 2025 GoAT script, so no NSD
+    # Every table (evaluate, cv_results, score, report) takes its values from case_metrics.
+    from unet3d_core.layouts import map_labels
+    from unet3d_core.metrics import case_metrics
+
+    case = CASES["metastases"]
+    layout = LAYOUTS[COHORT_LAYOUT[case.cohort]]
+    scheme = LabelScheme.for_layout(layout.name, "2025")
+    prediction, truth = (map_labels(labels, dict(layout.label_map), case.name) for labels in (case.prediction,
+                                                                                             case.truth))
+    values = case_metrics(prediction, truth, case.spacing, scheme)
+    expected = _reference()["cases"]["metastases"]["2025"]["ET"]
+    assert values["LesionNSD05_ET"] == pytest.approx(float(expected["LesionWise_Score_NSD @ 0.5"]), abs=1e-6)
+    assert values["LesionNSD10_ET"] == pytest.approx(float(expected["LesionWise_Score_NSD @ 1.0"]), abs=1e-6)
 
 
 def test_rules_follow_the_cohort_and_year():
@@ -137,9 +199,10 @@ def test_2026_scores_match_the_brats_evaluation_package(name):
             group["tp"], group["fp"], group["fn"]), where
         if group["n_ref_instances"] == 0 and group["n_pred_instances"] == 0:
             # Nothing on either side: the package reports NaN (its parsers skip the case); we report 1 and 0.
-            assert np.isnan(group["sq_dsc"]) and (score.dice, score.hd95) == (1.0, 0.0), where
+            assert np.isnan(group["sq_dsc"]) and (score.dice, score.hd95, score.nsd) == (1.0, 0.0, (1.0,)), where
             continue
         assert score.dice == pytest.approx(group["sq_dsc"], abs=1e-6), where
+        assert score.nsd[0] == pytest.approx(group["sq_nsd"], abs=1e-6), where
         expected_hd95 = 373.0 if np.isinf(group["sq_hd95"]) else group["sq_hd95"]
         assert score.hd95 == pytest.approx(expected_hd95, abs=1e-3), where
         compared += 1

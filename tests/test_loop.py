@@ -24,7 +24,8 @@ def session_runs(monkeypatch):
 
     def counting_run(self, fetches, feed_dict=None, *args, **kwargs):
         names = {op.name for op in self.graph.get_operations()}
-        if "global_step" in names and "Adam" in " ".join(names):
+        optimizer_ops = " ".join(names)
+        if "global_step" in names and ("Adam" in optimizer_ops or "Momentum" in optimizer_ops):
             calls.append((_signature(fetches), sorted(getattr(key, "name", str(key)) for key in (feed_dict or {}))))
         return original(self, fetches, feed_dict, *args, **kwargs)
 

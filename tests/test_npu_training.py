@@ -60,6 +60,10 @@ def test_two_devices_train_with_hccl_and_write_one_checkpoint_set(records, tmp_p
     assert "skipped_steps 0" in out and "loss_scale" in out
     # One checkpoint set, written by rank 0 only; one log folder per device.
     assert sorted(n for n in os.listdir(model_dir) if n.endswith(".index")) == ["model.ckpt-4.index"]
+    # The chief validated the last step on its own inference session while rank 1 waited, and kept it as best.
+    assert "validation at step 4: pseudo-Dice" in out
+    assert sorted(os.listdir(os.path.join(model_dir, "best"))) == ["model.ckpt-4.data-00000-of-00001",
+                                                                  "model.ckpt-4.index"]
     assert os.path.isfile(os.path.join(model_dir, "Device-0", "train.log"))
     assert os.path.isfile(os.path.join(model_dir, "Device-1", "train.log"))
     with open(os.path.join(model_dir, "rank_table.json")) as handle:

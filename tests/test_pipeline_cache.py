@@ -11,7 +11,7 @@ tf1 = tf.compat.v1
 def _batches(files, first_sample, count, cache, seed=5):
     graph = tf.Graph()
     with graph.as_default():
-        dataset = input_pipeline.training_dataset(files, batch_size=2, crop_shape=(16, 16, 16), augment=True,
+        dataset = input_pipeline.training_dataset(files, batch_size=2, crop_shape=(16, 16, 16), augmentation="seed",
                                                   seed=seed, first_sample=first_sample, cache=cache)
         next_batch = tf1.data.make_one_shot_iterator(dataset).get_next()
         with tf1.Session(graph=graph) as session:

@@ -21,7 +21,7 @@ def _index_files(model_dir):
 @pytest.fixture(scope="module")
 def run_dir(records, tmp_path_factory):
     model_dir = str(tmp_path_factory.mktemp("remembered") / "run")
-    run_cli(train_args(records, model_dir, "--max_steps", "2", "--learning_rate", "0.001"))
+    run_cli(train_args(records, model_dir, "--max_steps", "2", "--learning_rate", "0.001", "--lr_schedule", "constant"))
     return model_dir
 
 
@@ -113,7 +113,8 @@ def test_an_older_folder_without_run_json_asks_for_the_flags(copied_run, records
     assert len(lines) == 1
     assert "has checkpoints but no run.json" in lines[0]
     assert "--base_filters, --max_filters, --norm, --input_shape" in lines[0]
-    run_cli(["evaluate", "--data_dir", records, "--model_dir", copied_run, "--norm", "instancenorm"] + TINY_MODEL)
+    run_cli(["evaluate", "--data_dir", records, "--model_dir", copied_run, "--norm", "instancenorm",
+             "--target", "regions"] + TINY_MODEL)  # a folder without run.json is taken as the seed recipe's: labels
 
 
 def test_a_checkpoint_of_another_network_is_one_line_not_a_traceback(copied_run, records, capsys):
@@ -153,3 +154,84 @@ def test_a_copied_run_folder_restores_its_own_checkpoints(run_dir, tmp_path, rec
     shutil.copytree(run_dir, copy)
     run_cli(["evaluate", "--data_dir", records, "--model_dir", copy])
     assert "Restored {}".format(os.path.join(copy, "model.ckpt-2")) in capsys.readouterr().out
+
+
+def _resolved(args):
+    """The RunConfig a command line resolves to (nothing is run)."""
+    import cli
+    from unet3d_core.run_config import resolve
+
+    options = cli.build_parser(cli.load_backends()).parse_args([str(arg) for arg in args])
+    return resolve(options)
+
+
+def test_new_runs_use_the_nnunet_recipe_and_record_every_resolved_value(run_dir):
+    from unet3d_core.recipes import RECIPES
+
+    with open(os.path.join(run_dir, "run.json")) as handle:
+        content = json.load(handle)
+    training, network = content["training"], content["network"]
+    assert training["recipe"] == "nnunet"
+    for name, value in RECIPES["nnunet"].items():
+        recorded = network[name] if name in ("target", "deep_supervision") else training[name]
+        expected = {"learning_rate": 0.001, "lr_schedule": "constant"}.get(name, value)  # the fixture's flags
+        assert recorded == expected, name
+
+
+def test_the_seed_recipe_is_the_reference_ports_and_single_flags_override_it(records, tmp_path):
+    config = _resolved(["train", "--data_dir", records, "--model_dir", str(tmp_path / "seed"), "--recipe", "seed"])
+    assert (config.training.optimizer, config.training.learning_rate, config.training.lr_schedule) == (
+        "adam", 0.0002, "constant")
+    assert (config.training.batch_size, config.training.augmentation, config.training.oversample_foreground) == (
+        1, "none", 0.0)
+    assert (config.network.target, config.network.deep_supervision) == ("labels", False)
+    config = _resolved(["train", "--data_dir", records, "--model_dir", str(tmp_path / "seed"), "--recipe", "seed",
+                        "--augment", "--optimizer", "sgd", "--oversample_foreground", "0.5"])
+    assert (config.training.augmentation, config.training.optimizer, config.training.oversample_foreground,
+            config.training.learning_rate) == ("seed", "sgd", 0.5, 0.0002)
+    config = _resolved(["train", "--data_dir", records, "--model_dir", str(tmp_path / "new"),
+                        "--no_deep_supervision", "--target", "labels"])
+    assert config.training.recipe == "nnunet" and config.training.optimizer == "sgd"
+    assert (config.network.target, config.network.deep_supervision) == ("labels", False)
+
+
+def test_a_run_keeps_its_recipe_and_refuses_another(copied_run, records, capsys):
+    code = run_cli(["train", "--data_dir", records, "--model_dir", copied_run, "--max_steps", "3",
+                    "--recipe", "seed"], check=False)
+    assert code == 1
+    line = _error_lines(capsys)[0]
+    assert "--recipe seed conflicts with the run" in line and "trained with --recipe nnunet" in line
+    config = _resolved(["train", "--data_dir", records, "--model_dir", copied_run, "--max_steps", "3"])
+    assert config.training.recipe == "nnunet" and config.training.learning_rate == 0.001
+
+
+def test_a_run_made_before_recipes_resumes_with_the_seeds_values(copied_run, records):
+    path = os.path.join(copied_run, "run.json")
+    with open(path) as handle:
+        content = json.load(handle)
+    # What run.json held before recipes: no recipe, the --augment flag, no optimiser keys.
+    for name in ("recipe", "augmentation", "oversample_foreground", "optimizer", "momentum", "weight_decay",
+                 "grad_clip"):
+        del content["training"][name]
+    content["training"]["augment"] = True
+    with open(path, "w") as handle:
+        json.dump(content, handle)
+    config = _resolved(["train", "--data_dir", records, "--model_dir", copied_run, "--max_steps", "3"])
+    assert config.training.recipe == "seed"
+    assert (config.training.augmentation, config.training.optimizer, config.training.weight_decay,
+            config.training.grad_clip, config.training.oversample_foreground) == ("seed", "adam", 0.0, 0.0, 0.0)
+    assert config.training.learning_rate == 0.001  # recorded values still win over the recipe's
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--oversample_foreground", "1.5", "--oversample_foreground 1.5: a share of the batch, between 0 and 1"),
+    ("--elastic_probability", "-0.1", "--elastic_probability -0.1: a probability, between 0 and 1"),
+    ("--grad_clip", "-1", "--grad_clip -1.0: must be >= 0 (0 = off)"),
+    ("--weight_decay", "-3e-5", "--weight_decay -3e-05: must be >= 0 (0 = off)"),
+    ("--momentum", "1", "--momentum 1.0: must be in [0, 1)"),
+])
+def test_a_recipe_value_out_of_range_is_one_line_naming_the_flag(records, tmp_path, capsys, flag, value, message):
+    model_dir = str(tmp_path / "run")
+    code = run_cli(["train", "--data_dir", records, "--model_dir", model_dir, flag + "=" + value], check=False)
+    assert code == 1 and _error_lines(capsys) == ["error: " + message]
+    assert not os.path.exists(model_dir)

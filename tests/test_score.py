@@ -172,6 +172,19 @@ def test_fold_all_trains_evaluates_each_fold_and_pools_every_case_once(records, 
         assert pooled["mean_of_folds"][name] == pytest.approx(
             sum(report["mean"][name] for report in per_fold) / 5, rel=1e-9)
     assert "Cross-validation over 5 folds" in capsys.readouterr().out
+    # Each fold kept its held-out label maps; post-processing was chosen on all of them pooled, starting from
+    # the same Dice the evaluations report (docs/evaluation.md).
+    for fold, report in enumerate(per_fold):
+        assert sorted(os.listdir(os.path.join(model_dir, "fold-{}".format(fold), "heldout"))) == sorted(
+            case + ".npz" for case in report["cases"])
+    with open(os.path.join(model_dir, "postprocessing.json")) as handle:
+        chosen = json.load(handle)
+    assert chosen["cases"] == len(labelled) and chosen["folds"] == 5
+    pooled_dice = sum(pooled["pooled"]["Dice_" + region]["mean"] for region in ("WT", "TC", "ET")) / 3
+    assert chosen["dice_before"] == pytest.approx(pooled_dice, abs=1e-9)
+    assert pooled["postprocessing"]["mean_dice_before"] == chosen["dice_before"]
+    assert chosen["dice_after"] >= chosen["dice_before"]
+    assert len(chosen["tried"]) == 5 and len(chosen["tried"][0]["dice_by_threshold"]) == 76
     # Resumable: a second run finds every fold finished and every evaluation current.
     run_cli(args)
     output = capsys.readouterr().out

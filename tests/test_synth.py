@@ -217,3 +217,186 @@ def test_progress_called(tmp_path):
     ids = write_synthetic_dataset(tmp_path / "brats", cases=3, shape=(16, 16, 16),
                                   progress=lambda done, total, case_id: calls.append((done, total, case_id)))
     assert calls == [(1, 3, ids[0]), (2, 3, ids[1]), (3, 3, ids[2])]
+
+
+# Anatomical mode (--anatomical): template brains with grown gliomas. They need nilearn, which only the
+# TF 2.15 environment installs; each fixture skips without it.
+ANATOMY_SHAPE = (80, 96, 80)  # the default grid: 2 mm voxels
+ANATOMY_CASES = [("HGG", seed) for seed in range(4)] + [("LGG", seed) for seed in range(3)]
+
+
+def _best_threshold_dice(image, truth):
+    """The best Dice any single threshold (above or below, over 200 quantiles) reaches against `truth`."""
+    levels = np.unique(np.percentile(image, np.linspace(0.0, 100.0, 201)))
+    best = 0.0
+    for level in levels:
+        for guess in (image > level, image < level):
+            best = max(best, 2.0 * (truth & guess).sum() / (truth.sum() + guess.sum()))
+    return best
+
+
+@pytest.fixture(scope="module")
+def anatomy():
+    pytest.importorskip("nilearn")
+    from unet3d_core import synth_anatomy
+
+    return synth_anatomy
+
+
+@pytest.fixture(scope="module")
+def anatomical_cases(anatomy):
+    return {(grade, seed): anatomy.make_anatomical_case(ANATOMY_SHAPE, seed, grade) for grade, seed in ANATOMY_CASES}
+
+
+def test_anatomical_case_has_brats_dtypes_labels_and_one_brain_mask(anatomical_cases):
+    for (grade, seed), case in anatomical_cases.items():
+        brain = case["t1"] != 0
+        for modality in MODALITIES:
+            assert case[modality].shape == ANATOMY_SHAPE and case[modality].dtype == np.int16
+            assert np.array_equal(case[modality] != 0, brain), "skull-stripped: one mask for all four"
+            assert case[modality].min() >= 0
+        assert case["seg"].dtype == np.uint8 and set(np.unique(case["seg"])) <= {0, 1, 2, 4}
+        assert 0.1 < brain.mean() < 0.5, (grade, seed, brain.mean())
+        for axis in range(3):
+            assert not brain.take([0, -1], axis).any()
+
+
+def test_anatomical_tumour_lies_in_the_brain_mostly_in_white_matter(anatomical_cases):
+    for (grade, seed), case in anatomical_cases.items():
+        tumour, brain = case["seg"] > 0, case["t1"] > 0
+        assert not (tumour & ~brain).any()
+        assert (case["wm"][tumour] > 0.5).mean() > 0.5, (grade, seed)
+        assert case["wm"][brain].mean() < 0.5, "white matter is well under half the brain"
+        core = (case["seg"] == 1) | (case["seg"] == 4)
+        assert core.any() and (case["seg"] == 2).any()
+
+
+def test_anatomical_hgg_cases_enhance_and_lgg_cases_mostly_do_not(anatomical_cases):
+    for (grade, seed), case in anatomical_cases.items():
+        seg = case["seg"]
+        if grade == "HGG":
+            assert (seg == 4).any() and (seg == 1).any(), seed
+            assert (seg == 4).sum() < 0.5 * (seg > 0).sum(), "enhancing tumour is a rim, not the whole tumour"
+        else:
+            assert (seg == 1).sum() > 3 * (seg == 4).sum(), seed
+
+
+def test_anatomical_tumours_vary_in_size(anatomical_cases):
+    fractions = [(case["seg"] > 0).sum() / (case["t1"] > 0).sum() for case in anatomical_cases.values()]
+    assert min(fractions) > 0.002 and max(fractions) < 0.3
+    assert max(fractions) > 3 * min(fractions)
+
+
+def test_anatomical_contrasts_look_like_mr(anatomical_cases):
+    for (grade, seed), case in anatomical_cases.items():
+        seg, brain = case["seg"], case["t1"] > 0
+        white = brain & (seg == 0) & (case["wm"] > 0.9)
+        image = {m: case[m].astype(np.float64) for m in MODALITIES}
+        assert np.median(image["t1"][white]) > np.median(image["t1"][brain & (seg == 0)]), "T1: white matter bright"
+        assert np.median(image["t2"][white]) < np.median(image["t2"][brain & (seg == 0)]), "T2: white matter dark"
+        assert image["flair"][seg == 2].mean() > 1.2 * image["flair"][white].mean(), (grade, seed)
+        if grade == "HGG":
+            assert image["t1ce"][seg == 4].mean() > 1.2 * image["t1ce"][white].mean(), seed
+
+
+def test_no_single_contrast_threshold_segments_the_whole_tumour(anatomical_cases):
+    for (grade, seed), case in anatomical_cases.items():
+        brain = case["t1"] > 0
+        truth = (case["seg"] > 0)[brain]
+        for modality in MODALITIES:
+            dice = _best_threshold_dice(case[modality][brain].astype(np.float64), truth)
+            assert dice < 0.8, (grade, seed, modality, dice)
+
+
+def test_anatomical_same_arguments_give_identical_arrays(anatomy):
+    first = anatomy.make_anatomical_case((48, 56, 48), 11, "LGG", "b")
+    second = anatomy.make_anatomical_case((48, 56, 48), 11, "LGG", "b")
+    other = anatomy.make_anatomical_case((48, 56, 48), 12, "LGG", "b")
+    for key in first:
+        assert first[key].tobytes() == second[key].tobytes(), key
+    assert not np.array_equal(first["flair"], other["flair"])
+
+
+def test_grid_spacing_fits_the_brain_with_padding(anatomy):
+    assert anatomy.grid_geometry((240, 240, 155))[0] == pytest.approx(1.0)
+    assert anatomy.grid_geometry(anatomy.DEFAULT_SHAPE)[0] == pytest.approx(2.0)
+    spacing, affine = anatomy.grid_geometry((96, 112, 96))
+    assert np.allclose(np.abs(np.diag(affine)[:3]), spacing)
+
+
+def _z_sharpness(image, brain):
+    """Mean |step| along z over mean |step| along y, each smoothed across the other axes to quiet the noise."""
+    from scipy import ndimage
+
+    along_z = np.abs(np.diff(ndimage.gaussian_filter(image, (2.0, 2.0, 0.0)), axis=2))[brain[:, :, 1:]].mean()
+    along_y = np.abs(np.diff(ndimage.gaussian_filter(image, (2.0, 0.0, 2.0)), axis=1))[brain[:, 1:, :]].mean()
+    return along_z / along_y
+
+
+def test_scanner_b_scans_the_same_patient_flipped_noisier_and_with_thick_slices(anatomy, anatomical_cases):
+    from scipy import ndimage
+
+    a, b = anatomical_cases["HGG", 0], anatomy.make_anatomical_case(ANATOMY_SHAPE, 0, "HGG", "b")
+    # Same patient: b's arrays are a's with x reversed, and its affine says so (same world positions).
+    assert np.array_equal(b["seg"][::-1], a["seg"]) and np.array_equal(b["t1"][::-1] > 0, a["t1"] > 0)
+    corner = np.array([ANATOMY_SHAPE[0] - 1, 0, 0, 1.0])
+    assert np.allclose(b["affine"] @ [0, 0, 0, 1.0], a["affine"] @ corner)
+    assert np.sign(b["affine"][0, 0]) == -np.sign(a["affine"][0, 0])
+    assert np.allclose(b["affine"][1:, 1:], a["affine"][1:, 1:])
+    deep = ndimage.binary_erosion(a["t1"] > 0, iterations=3) & (a["seg"] == 0) & (a["wm"] > 0.95)
+    brain = ndimage.binary_erosion(a["t1"] > 0, iterations=4)
+
+    def noise(image):
+        """Relative high-pass spread in deep white matter (some anatomy leaks in, so it overestimates)."""
+        residual = image - ndimage.uniform_filter(image, 3)
+        return residual[deep].std() / np.median(image[deep])
+
+    noisier, sharpness = [], []
+    for modality in MODALITIES:
+        image_a, image_b = a[modality].astype(np.float64), b[modality][::-1].astype(np.float64)
+        noisier.append(noise(image_b) / noise(image_a))
+        sharpness.append(_z_sharpness(image_b, brain) / _z_sharpness(image_a, brain))
+    assert min(noisier) > 1.15 and np.mean(noisier) > 1.4, noisier  # noise sigma about doubled
+    assert max(sharpness) < 0.95 and np.mean(sharpness) < 0.92, sharpness  # 3 mm slices blur along z
+
+
+@pytest.mark.parametrize("scanner", ["a", "b"])
+def test_anatomical_dataset_has_brats_layout_and_preprocess_reads_it(anatomy, tmp_path, scanner):
+    from unet3d_core.preprocess import preprocess
+
+    raw = tmp_path / "raw"
+    ids = write_synthetic_dataset(raw, cases=2, shape=(48, 56, 48), seed=1, lgg_fraction=0.5,
+                                  anatomical=True, scanner=scanner)
+    assert sorted(os.listdir(str(raw))) == ["HGG", "LGG"]
+    case_dir = raw / "HGG" / ids[0] if (raw / "HGG" / ids[0]).exists() else raw / "HGG" / ids[1]
+    spacing, _ = anatomy.grid_geometry((48, 56, 48))
+    for name in (*MODALITIES, "seg"):
+        image, data = _load(case_dir / f"{case_dir.name}_{name}.nii.gz")
+        assert data.dtype == (np.uint8 if name == "seg" else np.int16)
+        assert np.allclose(image.header.get_zooms(), spacing)
+        assert np.sign(image.affine[0, 0]) == (-1 if scanner == "a" else 1)
+    manifest = preprocess(str(raw), str(tmp_path / "records"), folds=2, show_progress=False)
+    assert len(manifest["cases"]) == 2 and not manifest["skipped"]
+
+
+def test_scanner_without_anatomical_is_refused(tmp_path, capsys):
+    from conftest import run_cli
+
+    assert run_cli(["synth", "--out", tmp_path / "raw", "--cases", "1", "--scanner", "b"], check=False) != 0
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "--scanner" in error and "--anatomical" in error
+    assert not (tmp_path / "raw").exists()
+
+
+def test_anatomical_without_nilearn_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from conftest import run_cli
+
+    for name in [name for name in sys.modules if name == "nilearn" or name.startswith("nilearn.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "nilearn", None)  # "import nilearn" now raises ImportError
+    assert run_cli(["synth", "--out", tmp_path / "raw", "--cases", "1", "--anatomical"], check=False) != 0
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "pip install nilearn" in error
+    assert not (tmp_path / "raw").exists()

@@ -9,7 +9,7 @@ venv="$root/.venv-bench"
 stamp="$venv/.unet3d-ready"
 # Exact pins: a bare "torch" (or a range a newer release satisfies) makes pip
 # fetch a CUDA build of several GB; 2.13.0's CPU wheel is what we measured with.
-packages=("torch==2.13.0" "monai==1.6.1" "numpy<2.3")
+packages=("torch==2.13.0" "monai==1.6.1" "numpy<2.3" "nibabel>=5" "scipy")
 [ -f "$stamp" ] && exit 0
 
 python=$(command -v python3.11 || command -v python3)

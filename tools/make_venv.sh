@@ -41,7 +41,9 @@ case "$flavour" in
                   # (AGPL-3.0 metadata; never imported by unet3d itself).
                   "BraTS-evaluation==0.0.8" "panoptica==2.1.4"
                   # The onnx extra of 'cli.py export' and its check (tf2onnx 1.16 wants protobuf 3.20).
-                  "tf2onnx==1.16.1" "onnx==1.16.2" "protobuf==3.20.3" "onnxruntime==1.26.0")
+                  "tf2onnx==1.16.1" "onnx==1.16.2" "protobuf==3.20.3" "onnxruntime==1.26.0"
+                  # 'cli.py synth --anatomical' (the anatomy extra): the MNI152 template in nilearn's wheel.
+                  "nilearn==0.14.1")
         ;;
     tf26)
         if ! python=$(find_python 9 3.9.18); then

@@ -13,7 +13,7 @@ flavours=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do flavours+=("$1"); shift; done
 [ "${1:-}" = "--" ] && shift
 [ ${#flavours[@]} -eq 0 ] && flavours=(tf2 tf1 tf26)
-TF26_TESTS=(tests/test_npu_training.py tests/test_npu_check.py tests/test_npu_launcher.py
+TF26_TESTS=(tests/test_npu_training.py tests/test_augmentation.py tests/test_optimizers.py tests/test_npu_check.py tests/test_npu_launcher.py
             tests/test_npu_rank_table.py tests/test_npu_sync_mode.py tests/test_loop.py tests/test_model.py
             tests/test_run_folder.py tests/test_input_pipeline.py tests/test_metrics.py
             tests/test_lesion_metrics.py tests/test_cohorts.py tests/test_npu_device_adapter.py)

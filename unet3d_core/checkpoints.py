@@ -19,6 +19,8 @@ from typing import List, Optional, Tuple
 from unet3d_core.errors import ConfigError, UNet3DError
 
 CHECKPOINT_PREFIX = "model.ckpt"
+BEST_FOLDER = "best"  # MODEL_DIR/best/model.ckpt-STEP: outside the rotation of the newest checkpoints
+CHECKPOINT_CHOICES = "best, latest or a step number"
 _STEP = re.compile(r"-(\d+)$")
 
 
@@ -181,3 +183,91 @@ def restore_checkpoint(saver, session, checkpoint: str) -> None:
         first_line = (getattr(error, "message", None) or str(error)).strip().splitlines()[0]
         raise ConfigError("{}: does not fit the network built from the run's settings ({}); check the model "
                           "flags against the run folder's run.json".format(checkpoint, first_line[:240])) from None
+
+
+def best_checkpoint(model_dir: str) -> Tuple[Optional[str], int]:
+    """Prefix and step of the run's ``best`` checkpoint (``MODEL_DIR/best/``), or (None, 0).
+
+    A new best always comes later in training than the one it replaces, so
+    where a kill left two, the newest complete one is the best.
+    """
+    folder = os.path.join(model_dir, BEST_FOLDER)
+    indexes = glob.glob(os.path.join(glob.escape(folder), CHECKPOINT_PREFIX + "-*.index"))
+    for prefix in sorted((index[:-len(".index")] for index in indexes), key=checkpoint_step, reverse=True):
+        if is_complete(prefix):
+            return prefix, checkpoint_step(prefix)
+    return None, 0
+
+
+def keep_as_best(prefix: str, model_dir: str) -> str:
+    """Copy the checkpoint ``prefix`` into ``MODEL_DIR/best/`` and remove the best it replaces; returns the copy.
+
+    Copying the files, rather than saving again, adds no operation to the
+    training session (a device that compiles one graph per fetch list would
+    compile a second saver's). Each file lands under its final name in one
+    step, the index last, so a kill leaves the previous best usable.
+    """
+    folder = os.path.join(model_dir, BEST_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    sources = sorted(glob.glob(glob.escape(prefix) + ".*"), key=lambda path: path.endswith(".index"))
+    if not any(path.endswith(".index") for path in sources):
+        raise CheckpointWriteError("{}: no such checkpoint to keep as the best one".format(prefix))
+    try:
+        for source in sources:
+            target = os.path.join(folder, os.path.basename(source))
+            shutil.copyfile(source, target + ".partial")
+            os.replace(target + ".partial", target)
+    except OSError as error:
+        raise CheckpointWriteError("could not copy {} to {}: {}; free space and run the same command to "
+                                   "resume".format(prefix, folder, error.strerror or error)) from None
+    copy = os.path.join(folder, os.path.basename(prefix))
+    for path in glob.glob(os.path.join(glob.escape(folder), CHECKPOINT_PREFIX + "-*")):
+        if not path.startswith(copy + "."):
+            os.remove(path)
+    return copy
+
+
+def describe_checkpoints(model_dir: str) -> str:
+    """What ``--checkpoint`` can choose in ``model_dir``, e.g. "best (step 300), steps 400, 500"."""
+    parts = []
+    best, best_step = best_checkpoint(model_dir)
+    if best is not None:
+        parts.append("best (step {})".format(best_step))
+    steps = sorted(checkpoint_step(prefix) for prefix in _candidates(model_dir) if os.path.isfile(prefix + ".index"))
+    if steps:
+        parts.append("step{} {}".format("s" if len(steps) > 1 else "", ", ".join(map(str, steps))))
+    return ", ".join(parts) or "no checkpoint"
+
+
+def select_checkpoint(model_dir: str, choice: Optional[str] = None) -> Tuple[str, int, str]:
+    """The checkpoint ``--checkpoint`` names: (prefix, step, "best" | "latest" | "step").
+
+    ``choice`` None (the default) is the best checkpoint where the run has
+    one, else the newest; "best", "latest" or a step number select that one.
+
+    Raises:
+        ConfigError: naming --checkpoint and the checkpoints the folder has.
+    """
+    text = "auto" if choice is None else str(choice).strip()
+    best, best_step = best_checkpoint(model_dir)
+    if text in ("auto", "best") and best is not None:
+        return best, best_step, "best"
+    if text == "best":
+        raise ConfigError("--checkpoint best: {} has no best checkpoint (train --exec_mode train_and_evaluate "
+                          "keeps one in {}/); it has: {}".format(model_dir, BEST_FOLDER,
+                                                                 describe_checkpoints(model_dir)))
+    if text in ("auto", "latest"):
+        latest, step = latest_checkpoint(model_dir)
+        if latest is None:
+            raise ConfigError("--checkpoint {}: {} has no complete checkpoint; train first".format(text, model_dir))
+        return latest, step, "latest"
+    if not text.isdigit():
+        raise ConfigError("--checkpoint {}: choose {}".format(text, CHECKPOINT_CHOICES))
+    wanted = int(text)
+    for prefix in _candidates(model_dir):
+        if checkpoint_step(prefix) == wanted and is_complete(prefix):
+            return prefix, wanted, "step"
+    if best is not None and best_step == wanted:
+        return best, wanted, "step"
+    raise ConfigError("--checkpoint {}: {} has no complete checkpoint of that step; it has: {}".format(
+        text, model_dir, describe_checkpoints(model_dir)))

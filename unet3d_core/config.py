@@ -5,7 +5,9 @@ from dataclasses import dataclass
 from typing import List, Tuple
 
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict")
-LR_SCHEDULES = ("constant", "cosine")
+LR_SCHEDULES = ("constant", "cosine", "poly")
+OPTIMIZERS = ("sgd", "adam")
+AUGMENTATIONS = ("nnunet", "seed", "none")
 LOSSES = ("dice", "ce", "dice+ce")
 NORMS = ("instancenorm", "groupnorm", "batchnorm", "none")
 # --target: what the network's outputs are (softmax over exclusive labels, or one sigmoid per region).

@@ -2,8 +2,11 @@
 lesion-wise, on the regions of the data's cohort.
 
 Writes ``eval_results.json`` (means, statistics, per-case values, the
-checkpoint's step and the inference settings), ``eval_results.csv`` and the
-means as TensorBoard scalars under ``eval/`` at the checkpoint's step.
+checkpoint's path and step and the inference settings), ``eval_results.csv`` and the
+means as TensorBoard scalars under ``eval/`` at the checkpoint's step. Each
+case's label map (before any post-processing) and truth are kept in
+``heldout/<case>.npz``, so ``--fold all`` can choose post-processing on the
+pooled held-out cases without predicting again (:mod:`unet3d_core.postprocessing`).
 """
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ from typing import Dict
 import numpy as np
 
 from unet3d_core import metrics as metrics_lib
-from unet3d_core.checkpoints import latest_checkpoint
+from unet3d_core.checkpoints import select_checkpoint
 from unet3d_core.errors import ConfigError, UNet3DError
-from unet3d_core.prediction import restore_network, segment_all
+from unet3d_core.postprocessing import HELDOUT_DIR, heldout_complete, save_heldout
+from unet3d_core.prediction import checkpoint_name, restore_network, segment_all
 
 EVAL_RESULTS = "eval_results.json"
 EVAL_CASES = "eval_results.csv"
@@ -44,10 +48,16 @@ def write_eval_summaries(folder: str, summary: Dict, step: int) -> None:
 
 
 def evaluation_is_current(config) -> bool:
-    """Whether ``eval_results.json`` already scores the newest checkpoint with these settings and metrics."""
+    """Whether ``eval_results.json`` already scores the checkpoint ``--checkpoint`` selects (the best one, else
+    the newest) with these settings and metrics."""
     from unet3d_core.records import Manifest
 
-    names = Manifest(config.data_dir).label_scheme(config.lesion_rules).names
+    manifest = Manifest(config.data_dir)
+    names = manifest.label_scheme(config.lesion_rules).names
+    # Evaluations from before the label maps were kept are redone once, so post-processing can be chosen.
+    if not heldout_complete(os.path.join(config.model_dir, HELDOUT_DIR),
+                            [case["id"] for case in manifest.split(config.fold)[1]]):
+        return False
     path = os.path.join(config.model_dir, EVAL_RESULTS)
     if not os.path.isfile(path):
         return False
@@ -56,7 +66,8 @@ def evaluation_is_current(config) -> bool:
             previous = json.load(handle)
     except (OSError, ValueError):
         return False
-    return (previous.get("checkpoint_step") == latest_checkpoint(config.model_dir)[1]
+    # A best checkpoint is a copy of the step's own: the step names the weights.
+    return (previous.get("checkpoint_step") == select_checkpoint(config.model_dir, config.checkpoint)[1]
             and previous.get("inference") == config.inference.describe()
             and previous.get("lesion_rules") == config.lesion_rules
             and all(name in previous.get("mean", {}) for name in names))
@@ -72,11 +83,15 @@ def _case_line(case_id: str, values: Dict, scheme) -> str:
         line += "  lesion-wise ({}) Dice {} HD95 {}".format(
             scheme.lesion_rules.year, "/".join("{:.4f}".format(values["LesionDice_" + name]) for name in scored),
             "/".join("{:.2f}".format(values["LesionHD95_" + name]) for name in scored))
+        for nsd in scheme.lesion_rules.nsd_names:
+            line += " {} {}".format(nsd, "/".join("{:.4f}".format(values["Lesion{}_{}".format(nsd, name)])
+                                                  for name in scored))
     return line
 
 
 def evaluate(config, *, strategy, session_config, layer_ops, logger) -> Dict:
-    """Score the fold's validation cases with the newest checkpoint; returns the mean metrics."""
+    """Score the fold's validation cases with the checkpoint ``--checkpoint`` selects (the best one where the
+    run has one, else the newest); returns the mean metrics."""
     from unet3d_core import volumes
     from unet3d_core.records import Manifest
 
@@ -90,9 +105,12 @@ def evaluate(config, *, strategy, session_config, layer_ops, logger) -> Dict:
     table = np.zeros((len(cases), len(names) + 1), dtype=np.float64)
     started = time.time()
     runner, step = restore_network(config, session_config, layer_ops, logger)
+    checkpoint = checkpoint_name(config, runner)
     source = volumes.record_cases(manifest, strategy.shard(cases), session_config)
+    heldout = os.path.join(config.model_dir, HELDOUT_DIR)
     for case, prediction, _ in segment_all(source, runner, config.inference):
         values = metrics_lib.case_metrics(prediction, case.label, case.geometry.spacing, scheme)
+        save_heldout(heldout, case.case_id, prediction, case.label)  # every rank keeps its own cases
         row = positions[case.case_id]
         table[row, :-1] = [values[name] for name in names]
         table[row, -1] = 1.0  # evaluated-once marker
@@ -109,6 +127,7 @@ def evaluate(config, *, strategy, session_config, layer_ops, logger) -> Dict:
         logger.message(metrics_lib.format_table(statistics, len(cases), scheme.descriptions()))
         report = {
             "fold": config.fold,
+            "checkpoint": checkpoint,  # relative to the run folder: best/model.ckpt-N or model.ckpt-N
             "checkpoint_step": step,
             "inference": config.inference.describe(),
             "layout": scheme.layout,

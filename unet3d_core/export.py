@@ -16,7 +16,8 @@
   TensorFlow 2.15 environment.
 
 The network is built with the core's own layers (no backend's kernels), from
-the run's ``run.json``, and restored from its newest checkpoint. Beside the
+the run's ``run.json``, and restored from the checkpoint ``--checkpoint`` selects
+(the run's best one where it has one, else the newest). Beside the
 model: a copy of ``run.json`` and ``export.json`` saying how inputs must be
 prepared, what comes out and, for ``frozen``, the ATC command. The export is
 written to a temporary folder and moved to ``--out`` when complete.
@@ -80,15 +81,17 @@ def _to_onnx(frozen_graph_def, path: str) -> None:
                                        output_names=[OUTPUT_NAME + ":0"], opset=ONNX_OPSET, output_path=path)
 
 
-def export(model_dir: str, out_dir: str, *, fmt: str = "savedmodel", window: Optional[Sequence[int]] = None) -> Dict:
-    """Export ``model_dir``'s newest checkpoint to ``out_dir``; returns the content of ``export.json``.
+def export(model_dir: str, out_dir: str, *, fmt: str = "savedmodel", window: Optional[Sequence[int]] = None,
+           checkpoint: Optional[str] = None) -> Dict:
+    """Export the checkpoint of ``model_dir`` that ``checkpoint`` names (best, latest or a step; by default the
+    best one where the run has one, else the newest) to ``out_dir``; returns the content of ``export.json``.
 
     Raises:
         ConfigError: no run.json or checkpoint, an existing --out, an unknown format, a bad window.
     """
     import tensorflow as tf
 
-    from unet3d_core.checkpoints import latest_checkpoint, restore_checkpoint
+    from unet3d_core.checkpoints import latest_checkpoint, restore_checkpoint, select_checkpoint
     from unet3d_core.inference import output_probabilities
     from unet3d_core.model import build_unet3d
     from unet3d_core.run_folder import read_run, run_file_path
@@ -105,9 +108,9 @@ def export(model_dir: str, out_dir: str, *, fmt: str = "savedmodel", window: Opt
     if record is None:
         raise ConfigError("--model_dir {}: no run.json (not a unet3d run folder, or trained before run folders "
                           "existed)".format(model_dir))
-    checkpoint, step = latest_checkpoint(model_dir)
-    if checkpoint is None:
+    if checkpoint is None and latest_checkpoint(model_dir)[0] is None:
         raise ConfigError("--model_dir {}: no checkpoint to export; train first".format(model_dir))
+    checkpoint, step, selected = select_checkpoint(model_dir, checkpoint)
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise ConfigError("--out {}: already exists and is not empty; choose another or remove it".format(out_dir))
     config = model_config_of(record["network"])
@@ -148,8 +151,9 @@ def export(model_dir: str, out_dir: str, *, fmt: str = "savedmodel", window: Opt
         description = {
             "format": fmt,
             "model": {"savedmodel": "savedmodel", "frozen": "model.pb", "onnx": "model.onnx"}[fmt],
-            "source": {"model_dir": os.path.abspath(model_dir), "checkpoint": os.path.basename(checkpoint),
-                       "step": step},
+            "source": {"model_dir": os.path.abspath(model_dir),
+                       "checkpoint": os.path.relpath(checkpoint, model_dir).replace(os.sep, "/"), "step": step,
+                       "selected": selected},
             "tensorflow": tf.__version__,
             "input": {"name": INPUT_NAME + ("" if fmt == "savedmodel" else ":0"), "dtype": "float32",
                       "shape": ([1] + window if fmt == "frozen" else ["batch", "x", "y", "z"])

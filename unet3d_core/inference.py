@@ -263,11 +263,20 @@ class NetworkRunner:
                                           name="images")
             logits = build_unet3d(self.images, model_config, training=False, ops=ops)
             self.probabilities = output_probabilities(logits, model_config)
-            saver = tf1.train.Saver()
+            self.saver = tf1.train.Saver()
             self.graph.finalize()
             self.session = tf1.Session(graph=self.graph, config=session_config)
             # Inside the graph's context: under TensorFlow 2 a restore outside it takes the eager path and fails.
-            restore_checkpoint(saver, self.session, checkpoint)
+            restore_checkpoint(self.saver, self.session, checkpoint)
+        self.checkpoint = checkpoint
+
+    def restore(self, checkpoint: str) -> None:
+        """Load another checkpoint of the same network into this graph (no rebuild, no recompile)."""
+        from unet3d_core.checkpoints import restore_checkpoint
+
+        with self.graph.as_default():
+            restore_checkpoint(self.saver, self.session, checkpoint)
+        self.checkpoint = checkpoint
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(self.probabilities, {self.images: batch})

@@ -1,10 +1,12 @@
-"""tf.data input pipelines: training crops with the reference's augmentation, whole-volume evaluation.
+"""tf.data input pipelines: training crops with the recipe's sampling and augmentation, whole-volume evaluation.
 
-Training (reference order): random crop to ``--input_shape`` -> cast to
-float32 -> [augment] flip along y with p=0.5 -> z-score normalise voxels > 0
-with the record's statistics -> [augment] brightness: with p=0.5 add a
-per-channel shift drawn from U(0.9, 1.1) to voxels > 0. (The code flips
-the uint8 crop before the cast, which gives the same numbers faster.)
+Training with the nnunet recipe (or any foreground oversampling): see
+:mod:`unet3d_core.augmentation`. Training with the seed recipe (reference
+order): random crop to ``--input_shape`` -> cast to float32 -> [augment]
+flip along y with p=0.5 -> z-score normalise voxels > 0 with the record's
+statistics -> [augment] brightness: with p=0.5 add a per-channel shift
+drawn from U(0.9, 1.1) to voxels > 0. (The code flips the uint8 crop
+before the cast, which gives the same numbers faster.)
 
 Every random number of a sample comes from a stateless generator keyed by
 (seed, global sample number), so the pipeline gives the same samples for the
@@ -21,6 +23,7 @@ from typing import List, Sequence
 
 import tensorflow as tf
 
+from unet3d_core import augmentation as recipe_augmentation
 from unet3d_core.records import parse_case
 
 FLIP_AXIS = 1  # y of [x, y, z, c]: the axis the reference's "horizontal" flip reverses
@@ -88,16 +91,64 @@ def training_transform(image, label, mean, std, draws, crop_shape: Sequence[int]
     return image, label
 
 
+def recipe_transform(case, sample_number, *, seed: int, crop_shape: Sequence[int], batch_size: int,
+                     oversample_foreground: float, augmentation: str, elastic_probability: float = 0.0):
+    """One training sample of the nnunet recipe's sampling (and augmentation unless ``augmentation`` is not
+    ``nnunet``): float32 [cx, cy, cz, C] image and int32 [cx, cy, cz] label."""
+    crop = [int(size) for size in crop_shape]
+    image, label = case["image"], case["label"]
+    channels = int(image.shape[-1])
+    draws = recipe_augmentation.sample_draws(seed, sample_number, channels)
+    on_foreground = recipe_augmentation.foreground_samples_per_batch(batch_size, oversample_foreground)
+    position = tf.math.floormod(tf.cast(sample_number, tf.int64), batch_size)
+    centre_on_foreground = position >= batch_size - on_foreground
+    start = recipe_augmentation.crop_start(tf.shape(label), crop, draws, case["foreground_counts"],
+                                           case["foreground_locations"], centre_on_foreground)
+    if augmentation == "nnunet":
+        image, label = recipe_augmentation.spatial_crop(
+            image, label, start, draws, crop, elastic_probability=elastic_probability,
+            elastic_seed=recipe_augmentation.elastic_key(seed, sample_number))
+    else:
+        image = tf.cast(recipe_augmentation.slice_padded(image, start, crop), tf.float32)
+        label = recipe_augmentation.slice_padded(label, start, crop)
+    image = normalize(image, case["mean"], case["std"])
+    if augmentation == "nnunet":
+        image = recipe_augmentation.intensity_augmentation(image, draws, recipe_augmentation.noise_key(
+            seed, sample_number), channels)
+    elif augmentation == "seed":
+        # The seed's two transforms with this sample's draws: flip on y, brightness shift on voxels > 0.
+        flip = draws[recipe_augmentation.MIRROR_ROW, 0] < FLIP_PROBABILITY
+        image = tf.cond(flip, lambda: tf.reverse(image, [FLIP_AXIS]), lambda: image)
+        label = tf.cond(flip, lambda: tf.reverse(label, [FLIP_AXIS]), lambda: label)
+        low, high = BRIGHTNESS_RANGE
+        shift = low + (high - low) * draws[recipe_augmentation.BRIGHTNESS_ROW, :channels]
+        brighten = draws[recipe_augmentation.MIRROR_ROW, 1] < BRIGHTNESS_PROBABILITY
+        image = tf.cond(brighten, lambda: image + shift * tf.cast(image > 0, tf.float32), lambda: image)
+    image.set_shape(crop + [channels])
+    label = tf.cast(label, tf.int32)
+    label.set_shape(crop)
+    return image, label
+
+
+def uses_recipe_sampling(augmentation: str, oversample_foreground: float) -> bool:
+    """Whether training samples come from :func:`recipe_transform` (else the seed's ``training_transform``,
+    kept as it was so that the seed recipe gives the same samples as before recipes existed)."""
+    return augmentation == "nnunet" or oversample_foreground > 0
+
+
 def sample_draws(seed: int, sample_number):
     """The uniform draws of one sample, keyed by (seed, sample number)."""
     key = tf.stack([tf.constant(seed, tf.int64), tf.cast(sample_number, tf.int64)])
     return tf.random.stateless_uniform([DRAWS_PER_SAMPLE], seed=key, dtype=tf.float32)
 
 
-def training_dataset(record_files: List[str], *, batch_size: int, crop_shape: Sequence[int], augment: bool,
+def training_dataset(record_files: List[str], *, batch_size: int, crop_shape: Sequence[int], augmentation: str,
                      seed: int, first_sample: int = 0, parallel_reads: int = 4, cache: bool = False,
-                     channels: int = 4):
+                     channels: int = 4, oversample_foreground: float = 0.0, elastic_probability: float = 0.0):
     """An endless, deterministic stream of (image, label) batches.
+
+    ``augmentation``: none, seed or nnunet; ``oversample_foreground``: the share
+    of each batch centred on a foreground voxel (see :mod:`unet3d_core.augmentation`).
 
     Case order: shuffled with ``seed`` each epoch. ``first_sample`` skips that
     many samples (the resume point: step x batch size) without transforming them.
@@ -128,11 +179,17 @@ def training_dataset(record_files: List[str], *, batch_size: int, crop_shape: Se
             lambda number, name: tf.data.TFRecordDataset(name).map(lambda record: (number, record)),
             cycle_length=parallel_reads, block_length=1)
 
+    recipe_sampling = uses_recipe_sampling(augmentation, oversample_foreground)
+
     def transform(number, case):
         if not cache:
             case = parse_case(case, channels)  # here, in the parallel map, not in the sequential read
+        if recipe_sampling:
+            return recipe_transform(case, number, seed=seed, crop_shape=crop_shape, batch_size=batch_size,
+                                    oversample_foreground=oversample_foreground, augmentation=augmentation,
+                                    elastic_probability=elastic_probability)
         return training_transform(case["image"], case["label"], case["mean"], case["std"],
-                                  sample_draws(seed, number), crop_shape, augment)
+                                  sample_draws(seed, number), crop_shape, augmentation == "seed")
 
     dataset = dataset.map(transform, num_parallel_calls=AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=True).prefetch(2)

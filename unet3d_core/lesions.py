@@ -38,6 +38,17 @@ parameters:
     reports infinity, its parsers 373); no lesion on either side gives Dice 1
     and HD95 0 (the package reports NaN, which its parsers leave out).
 
+Normalised surface Dice (NSD), where the rules define it: the 2025 scripts
+score ``LesionNSD05_<R>`` and ``LesionNSD10_<R>`` (tolerances 0.5 and 1.0 mm)
+lesion by lesion exactly as their Dice (a miss and a false positive score 0);
+the 2026 package scores ``LesionNSD_<R>`` per matched pair at a tolerance of
+the smallest voxel spacing (1 mm on BraTS), a mean over matched pairs, no
+match 0. Both use nnU-Net's definition, not DeepMind's surface Dice: the mean
+of two fractions, the share of each mask's border voxels (voxels with a face
+neighbour outside the mask) lying within the tolerance of the other's border.
+DeepMind's ``compute_surface_dice_at_tolerance`` weights surface elements by
+area and counts both surfaces together, so it gives other numbers.
+
 Components and dilations are ``scipy.ndimage``; 2023-2025 HD95 is DeepMind's
 ``surface_distance`` (the package those scripts vendor) with the voxel
 spacing; 2026 matching is ``scipy.optimize.linear_sum_assignment``.
@@ -58,6 +69,12 @@ YEARS = tuple(choice for choice in LESION_RULE_CHOICES if choice != "auto")
 AUTO = "auto"
 DIAGONAL = None  # penalty: the diagonal of the image grid, in voxels
 NO_MATCH_HD95_2026 = 373.0  # BraTS-evaluation's value for an infinite HD95
+# NSD tolerances (mm) -> metric name; None is the smallest voxel spacing (the 2026 package's default).
+NSD_2025 = ((0.5, "NSD05"), (1.0, "NSD10"))
+NSD_2026 = ((None, "NSD"),)
+# What keeps the NSD quotient finite: the 2025 scripts add 1e-8, panoptica the smallest positive float.
+NSD_EPSILON_2025 = 1e-8
+NSD_EPSILON_2026 = 2.2250738585072014e-308
 
 
 @dataclass(frozen=True)
@@ -83,13 +100,28 @@ class RuleSet:
     prediction_threshold_in_mm3: bool = False  # MEN-RT: the prediction filter compares mm^3, not voxels
     count_false_positives: bool = True
     source: str = ""
+    nsd: Tuple[Tuple[Optional[float], str], ...] = ()  # (tolerance in mm or None, metric name) the rules score
+
+    @property
+    def nsd_names(self) -> Tuple[str, ...]:
+        """The NSD metric names of these rules (``NSD05``, ``NSD10`` or ``NSD``), empty when none."""
+        return tuple(name for _, name in self.nsd)
+
+    def _describe_nsd(self) -> str:
+        if not self.nsd:
+            return ""
+        tolerances = ", ".join("{} at {}".format(name, "the smallest voxel spacing (1 mm on BraTS)"
+                                                 if tolerance is None else "{:g} mm".format(tolerance))
+                               for tolerance, name in self.nsd)
+        return "; normalised surface Dice {} (border voxels within the tolerance)".format(tolerances)
 
     def describe(self) -> str:
         """One line naming the rules and their source, for reports."""
         if self.method == "panoptica":
             return ("BraTS {} rules for {} ({}): 26-connected lesions matched one to one on Dice; means over "
-                    "matched lesions; no match: Dice 0, HD95 {:g}".format(self.year, self.cohort, self.source,
-                                                                          NO_MATCH_HD95_2026))
+                    "matched lesions; no match: Dice 0, HD95 {:g}{}".format(
+                        self.year, self.cohort, self.source, NO_MATCH_HD95_2026,
+                        self._describe_nsd() + (", no match 0" if self.nsd else "")))
         parts = ", ".join("{} d={} >{:g} mm3".format(name, rule.dilation, rule.threshold)
                           for name, rule in self.regions.items())
         penalty = "image diagonal" if self.penalty is None else "{:g}".format(self.penalty)
@@ -100,8 +132,9 @@ class RuleSet:
             extras.append("touching regions merged")
         if not self.count_false_positives:
             extras.append("false positives not counted")
-        return "BraTS {} rules for {} ({}): {}; HD95 penalty {}{}".format(
-            self.year, self.cohort, self.source, parts, penalty, "; " + ", ".join(extras) if extras else "")
+        return "BraTS {} rules for {} ({}): {}; HD95 penalty {}{}{}".format(
+            self.year, self.cohort, self.source, parts, penalty, "; " + ", ".join(extras) if extras else "",
+            self._describe_nsd())
 
 
 def _rules(*entries):
@@ -144,7 +177,7 @@ def rules_for(year: str, cohort: str, regions: Sequence[str], layout: str = "") 
         names = [name for name in _PANOPTICA_REGIONS.get(cohort, ("WT", "TC", "ET")) if name in regions]
         source = "BraTS-evaluation 0.0.8 config_{}".format(_PANOPTICA_CONFIG.get(cohort, "gli"))
         return RuleSet(year, cohort, "panoptica", _rules(*[(name, 0, 0.0) for name in names]), OrderedDict(),
-                       NO_MATCH_HD95_2026, source=source)
+                       NO_MATCH_HD95_2026, source=source, nsd=NSD_2026)
     if cohort == "MEN-RT":
         if year == "2023":
             raise ConfigError("--lesion_rules 2023: the 2023 rules have no MEN-RT cohort (it started in 2024); "
@@ -152,13 +185,15 @@ def rules_for(year: str, cohort: str, regions: Sequence[str], layout: str = "") 
         commit = "9a0ab9c" if year == "2024" else "9e8879a"
         return RuleSet(year, cohort, "dilation", _rules(("GTV", 1, 50.0)), OrderedDict(), DIAGONAL,
                        merge_predictions=True, prediction_threshold_in_mm3=True, count_false_positives=False,
-                       source=_R24.format(commit, "MEN_RT"))
+                       source=_R24.format(commit, "MEN_RT"), nsd=NSD_2025 if year == "2025" else ())
     if year == "2023" or cohort in ("MEN", "GoAT"):
         rules = _rules_2023(cohort, regions)
         if year != "2023":
             source = (_R24.format("9e8879a", "MEN") if cohort == "MEN" and year == "2025"
                       else _R23 + " (no {} script in {})".format(cohort, year))
-            rules = RuleSet(year, cohort, "dilation", rules.regions, OrderedDict(), 374.0, source=source)
+            # 2025's metrics_MEN.py adds NSD; GoAT has no script, so no NSD.
+            nsd = NSD_2025 if cohort == "MEN" and year == "2025" else ()
+            rules = RuleSet(year, cohort, "dilation", rules.regions, OrderedDict(), 374.0, source=source, nsd=nsd)
         return rules
     commit = "9a0ab9c" if year == "2024" else "9e8879a"
     if cohort == "GLI":
@@ -185,7 +220,8 @@ def rules_for(year: str, cohort: str, regions: Sequence[str], layout: str = "") 
                                      tuple(partner for partner in rule.merge_with if partner in regions))
     partners = OrderedDict((name, rule) for name, rule in partners.items() if name in regions)
     source = _R24.format(commit, cohort)
-    return RuleSet(year, cohort, "dilation", table, partners, penalty, merge_predictions=True, source=source)
+    return RuleSet(year, cohort, "dilation", table, partners, penalty, merge_predictions=True, source=source,
+                   nsd=NSD_2025 if year == "2025" else ())
 
 
 @dataclass(frozen=True)
@@ -197,6 +233,7 @@ class LesionScore:
     true_positives: int  # ground-truth lesions above the threshold that were found
     false_negatives: int  # ground-truth lesions above the threshold that were missed
     false_positives: int
+    nsd: Tuple[float, ...] = ()  # normalised surface Dice at each of the rules' tolerances (RuleSet.nsd)
 
 
 # ------------------------------------------------------------------ components
@@ -326,9 +363,14 @@ def _border(mask: np.ndarray) -> np.ndarray:
     return np.logical_xor(mask, ndimage.binary_erosion(mask, structure=structure, iterations=1))
 
 
-def pooled_hd95(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> float:
-    """95th percentile of the surface distances of both directions pooled (panoptica's HD95, and the
-    whole-volume HD95): borders are the voxels with a face neighbour outside the mask; both masks non-empty."""
+def border_distances(truth: np.ndarray, prediction: np.ndarray,
+                     spacing: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) from each border voxel of ``truth`` to ``prediction``'s border, and the reverse.
+
+    Borders are the voxels with a face neighbour outside the mask (medpy's and
+    panoptica's surfaces); both masks must be non-empty. Only the box around
+    both masks is transformed: every border voxel lies inside it.
+    """
     from scipy import ndimage
 
     present = np.argwhere(np.logical_or(truth, prediction))
@@ -339,7 +381,41 @@ def pooled_hd95(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[flo
     sampling = [float(size) for size in spacing]
     to_truth = ndimage.distance_transform_edt(~truth_border, sampling=sampling)
     to_prediction = ndimage.distance_transform_edt(~prediction_border, sampling=sampling)
-    return float(np.percentile(np.hstack((to_truth[prediction_border], to_prediction[truth_border])), 95))
+    return to_prediction[truth_border], to_truth[prediction_border]
+
+
+def pooled_hd95(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> float:
+    """95th percentile of the surface distances of both directions pooled (panoptica's HD95, and the
+    whole-volume HD95); both masks non-empty."""
+    from_truth, from_prediction = border_distances(truth, prediction, spacing)
+    return float(np.percentile(np.hstack((from_prediction, from_truth)), 95))
+
+
+def nsd_of_distances(from_truth: np.ndarray, from_prediction: np.ndarray, tolerance: float,
+                     epsilon: float = NSD_EPSILON_2025) -> float:
+    """Normalised surface Dice from :func:`border_distances`' output: the mean of the shares of each
+    border within ``tolerance`` mm of the other (nnU-Net's definition, which the challenge uses)."""
+    within_truth = np.count_nonzero(from_truth <= tolerance) / from_truth.size
+    within_prediction = np.count_nonzero(from_prediction <= tolerance) / from_prediction.size
+    outside_truth = np.count_nonzero(from_truth > tolerance) / from_truth.size
+    outside_prediction = np.count_nonzero(from_prediction > tolerance) / from_prediction.size
+    # The references' own quotient (it is 2 in exact arithmetic); the epsilon is theirs.
+    return float((within_truth + within_prediction)
+                 / (within_truth + within_prediction + outside_truth + outside_prediction + epsilon))
+
+
+def normalized_surface_dice(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
+                            tolerance: float, epsilon: float = NSD_EPSILON_2025) -> float:
+    """Normalised surface Dice of two boolean masks at ``tolerance`` mm: 1 when both are empty, 0 when
+    exactly one is (the 2025 scripts' and panoptica's edge cases)."""
+    truth = np.asarray(truth, dtype=bool)
+    prediction = np.asarray(prediction, dtype=bool)
+    has_truth, has_prediction = bool(truth.any()), bool(prediction.any())
+    if not has_truth and not has_prediction:
+        return 1.0
+    if has_truth != has_prediction:
+        return 0.0
+    return nsd_of_distances(*border_distances(truth, prediction, spacing), tolerance, epsilon)
 
 
 # ------------------------------------------------------------------ scoring
@@ -354,6 +430,7 @@ def _score_dilation(truth_lesions, predicted_lesions, rule: RegionRule, rules: R
     predicted_boxes = ndimage.find_objects(predicted_lesions)
     found = set()
     kept_dice, kept_hd95 = [], []
+    kept_nsd = []  # per kept lesion, one value per tolerance of rules.nsd
     true_positives = false_negatives = 0
     for number, lesion_box in enumerate(ndimage.find_objects(truth_lesions), start=1):
         if lesion_box is None:
@@ -370,6 +447,7 @@ def _score_dilation(truth_lesions, predicted_lesions, rule: RegionRule, rules: R
             false_negatives += 1
             kept_dice.append(0.0)
             kept_hd95.append(penalty)
+            kept_nsd.append([0.0] * len(rules.nsd))
             continue
         true_positives += 1
         # Everything of the lesion and of its true positives lies in this box, and a voxel of margin
@@ -379,14 +457,19 @@ def _score_dilation(truth_lesions, predicted_lesions, rule: RegionRule, rules: R
         kept_dice.append(dice(matched, lesion))
         distance = surface_hd95(lesion, matched, spacing)
         kept_hd95.append(penalty if math.isinf(distance) else distance)
+        if rules.nsd:
+            distances = border_distances(lesion, matched, spacing)
+            kept_nsd.append([nsd_of_distances(*distances, tolerance) for tolerance, _ in rules.nsd])
     present = set(int(n) for n in np.flatnonzero(np.bincount(predicted_lesions.ravel())) if n)
     false_positives = len(present - found)
     counted = false_positives if rules.count_false_positives else 0
     denominator = len(kept_dice) + counted
     if denominator == 0:
-        return LesionScore(1.0, 0.0, 0, 0, false_positives)
+        return LesionScore(1.0, 0.0, 0, 0, false_positives, (1.0,) * len(rules.nsd))
+    # A false positive adds 0 to the NSD sum, as to the Dice sum.
+    nsd = tuple(sum(values[index] for values in kept_nsd) / denominator for index in range(len(rules.nsd)))
     return LesionScore(sum(kept_dice) / denominator, (sum(kept_hd95) + counted * penalty) / denominator,
-                       true_positives, false_negatives, false_positives)
+                       true_positives, false_negatives, false_positives, nsd)
 
 
 def _dilation_scores(prediction, truth, spacing, regions, rules: RuleSet):
@@ -431,7 +514,7 @@ def _panoptica_scores(prediction, truth, spacing, regions, rules: RuleSet):
         predicted_lesions = components(np.isin(prediction, labels))
         n_truth, n_predicted = int(truth_lesions.max()), int(predicted_lesions.max())
         if n_truth == 0 and n_predicted == 0:
-            results[name] = LesionScore(1.0, 0.0, 0, 0, 0)
+            results[name] = LesionScore(1.0, 0.0, 0, 0, 0, (1.0,) * len(rules.nsd))
             continue
         pairs = []
         if n_truth and n_predicted:
@@ -447,17 +530,23 @@ def _panoptica_scores(prediction, truth, spacing, regions, rules: RuleSet):
             rows, columns = linear_sum_assignment(cost)
             pairs = [(row + 1, column + 1) for row, column in zip(rows, columns) if cost[row, column] < 1.0]
         if not pairs:
-            results[name] = LesionScore(0.0, NO_MATCH_HD95_2026, 0, n_truth, n_predicted)
+            results[name] = LesionScore(0.0, NO_MATCH_HD95_2026, 0, n_truth, n_predicted, (0.0,) * len(rules.nsd))
             continue
-        dices, distances = [], []
+        dices, distances, surface_dices = [], [], []
+        # panoptica's default tolerance: the smallest voxel spacing
+        tolerances = [min(spacing) if tolerance is None else tolerance for tolerance, _ in rules.nsd]
         truth_boxes, predicted_boxes = ndimage.find_objects(truth_lesions), ndimage.find_objects(predicted_lesions)
         for t, p in pairs:
             both = _union([truth_boxes[t - 1], predicted_boxes[p - 1]], truth.shape, 1)
             lesion, match = truth_lesions[both] == t, predicted_lesions[both] == p
             dices.append(dice(match, lesion))
-            distances.append(pooled_hd95(lesion, match, spacing))
+            from_truth, from_prediction = border_distances(lesion, match, spacing)
+            distances.append(float(np.percentile(np.hstack((from_prediction, from_truth)), 95)))
+            surface_dices.append([nsd_of_distances(from_truth, from_prediction, tolerance, NSD_EPSILON_2026)
+                                  for tolerance in tolerances])
+        nsd = tuple(float(np.mean([values[index] for values in surface_dices])) for index in range(len(tolerances)))
         results[name] = LesionScore(float(np.mean(dices)), float(np.mean(distances)), len(pairs),
-                                    n_truth - len(pairs), n_predicted - len(pairs))
+                                    n_truth - len(pairs), n_predicted - len(pairs), nsd)
     return results
 
 

@@ -10,7 +10,9 @@ A :class:`LabelScheme` says what is measured; it comes from the data's layout
   the voxel spacing. Both empty -> Dice 1 and HD95 0; exactly one empty ->
   Dice 0 and HD95 373.13 mm (the diagonal of a 240x240x155 mm box).
 - ``LesionDice_<R>`` and ``LesionHD95_<R>``: the challenge's lesion-wise scores,
-  by the rules of the year ``--lesion_rules`` picks (:mod:`unet3d_core.lesions`).
+  by the rules of the year ``--lesion_rules`` picks (:mod:`unet3d_core.lesions`),
+  and the normalised surface Dice where those rules define it
+  (``LesionNSD05_<R>`` and ``LesionNSD10_<R>`` in 2025, ``LesionNSD_<R>`` in 2026).
 - The seed's scheme (kept for continuity with its result table), Dice only, for
   the four-label glioma layouts: ``TumorCore`` = label 1 alone,
   ``PeritumoralEdema`` = label 2, ``EnhancingTumor`` = label 3, ``MeanDice`` =
@@ -76,6 +78,8 @@ class LabelScheme:
             scored = list(self.lesion_rules.regions)
             names += [LESION_PREFIX + "Dice_" + region for region in scored]
             names += [LESION_PREFIX + "HD95_" + region for region in scored]
+            for nsd in self.lesion_rules.nsd_names:
+                names += [LESION_PREFIX + nsd + "_" + region for region in scored]
         return names
 
     def descriptions(self) -> "OrderedDict[str, str]":
@@ -90,7 +94,8 @@ class LabelScheme:
                          "95th-percentile Hausdorff distance in mm (both empty: 0, one empty: 373.13)".format(
                              self.cohort, self.layout, regions))
         if self.lesion_rules is not None:
-            text["lesion"] = "lesion-wise Dice and HD95 (mm): " + self.lesion_rules.describe()
+            text["lesion"] = "lesion-wise Dice{} HD95 (mm): ".format(
+                ", NSD and" if self.lesion_rules.nsd else " and") + self.lesion_rules.describe()
         return text
 
 
@@ -173,6 +178,9 @@ def case_metrics(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[fl
             values[LESION_PREFIX + "Dice_" + name] = score.dice
         for name, score in scores.items():
             values[LESION_PREFIX + "HD95_" + name] = score.hd95
+        for index, nsd in enumerate(scheme.lesion_rules.nsd_names):
+            for name, score in scores.items():
+                values[LESION_PREFIX + nsd + "_" + name] = score.nsd[index]
     return values
 
 
@@ -217,7 +225,7 @@ def format_table(statistics: Dict[str, Dict], cases: int, descriptions: Optional
     for name, row in statistics.items():
         lines.append("{:<18} {:<6} {:>9.4f} {:>9.4f} {:>9.4f} {:>9.4f} {:>9.4f}".format(
             name, row["scheme"], row["mean"], row["median"], row["std"], row["min"], row["max"]))
-    lines.append("HD95 in mm. Schemes:")
+    lines.append("HD95 in mm; NSD = normalised surface Dice. Schemes:")
     lines.extend("  {}: {}".format(scheme, text) for scheme, text in descriptions.items())
     return "\n".join(lines)
 

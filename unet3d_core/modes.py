@@ -96,16 +96,34 @@ def write_cross_validation(model_dir: str, folds: int, logger: RunLogger):
         "per_fold": {str(fold): {"checkpoint_step": report["checkpoint_step"], "cases": len(report["cases"]),
                                  "mean": report["mean"]} for fold, report in per_fold.items()},
     }
-    write_json_atomic(os.path.join(model_dir, CV_RESULTS), content)
-    metrics_lib.write_case_table(os.path.join(model_dir, CV_CASES), cases)
     logger.message("\nCross-validation over {} folds, {} cases (pooled):".format(folds, len(cases)))
     logger.message(metrics_lib.format_table(statistics, len(cases), naming))
+    content["postprocessing"] = _choose_postprocessing(model_dir, per_fold, first.get("layout"), logger)
+    write_json_atomic(os.path.join(model_dir, CV_RESULTS), content)
+    metrics_lib.write_case_table(os.path.join(model_dir, CV_CASES), cases)
     for fold, report in per_fold.items():
         mean = report["mean"]
         shown = [name for name in mean if name.startswith(("Dice_", "LesionDice_"))]
         logger.message("  fold {}: {}".format(fold, "  ".join("{} {:.4f}".format(name, mean[name]) for name in shown)))
     logger.message("wrote {} and {}".format(os.path.join(model_dir, CV_RESULTS), os.path.join(model_dir, CV_CASES)))
     return statistics
+
+
+def _choose_postprocessing(model_dir: str, per_fold: Dict, layout, logger):
+    """Post-processing chosen on the folds' held-out label maps (``postprocessing.json``); for cv_results.json
+    its pooled Dice before and after, or None when it could not be chosen."""
+    from unet3d_core.layouts import LAYOUTS
+    from unet3d_core.postprocessing import POSTPROCESSING_FILE, choose_for_cross_validation
+
+    if layout not in LAYOUTS:
+        return None
+    chosen = choose_for_cross_validation(model_dir, {fold: list(report["cases"]) for fold, report in per_fold.items()},
+                                         LAYOUTS[layout].regions, logger, layout)
+    if chosen is None:
+        return None
+    return {"file": POSTPROCESSING_FILE, "chosen": chosen["description"], "dice_regions": chosen["dice_regions"],
+            "mean_dice_before": chosen["dice_before"], "mean_dice_after": chosen["dice_after"],
+            "per_region": chosen["per_region"]}
 
 
 def run(*, options, backend) -> Dict:

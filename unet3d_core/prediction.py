@@ -1,7 +1,8 @@
 """Prediction: NIfTI label maps (and probabilities) in each source's geometry, and ``predict --benchmark``.
 
-Every prediction restores the newest checkpoint of the run folder into a
-fresh inference graph built from the run's own network (``run.json``).
+Every prediction restores the checkpoint ``--checkpoint`` selects (the run's
+best one where it has one, else the newest) into a fresh inference graph
+built from the run's own network (``run.json``).
 """
 from __future__ import annotations
 
@@ -11,23 +12,31 @@ from typing import Callable, Iterator, List
 
 import numpy as np
 
-from unet3d_core.checkpoints import latest_checkpoint
+from unet3d_core.checkpoints import best_checkpoint, latest_checkpoint, select_checkpoint
 from unet3d_core.errors import ConfigError
 from unet3d_core.listeners import benchmark_report
 
 
 def restore_network(config, session_config, layer_ops, logger):
-    """The network of ``config`` restored from the newest checkpoint of its run folder, and that step."""
+    """The network of ``config`` restored from the checkpoint ``--checkpoint`` selects (the best one where the
+    run has one, else the newest), and that step; ``runner.checkpoint`` is its path."""
     from unet3d_core import inference
 
-    checkpoint, step = latest_checkpoint(config.model_dir)
-    if checkpoint is None:
+    if latest_checkpoint(config.model_dir)[0] is None and best_checkpoint(config.model_dir)[0] is None:
         raise ConfigError("--model_dir {}: no checkpoint to evaluate or predict with; train first".format(
             config.model_dir))
+    checkpoint, step, kind = select_checkpoint(config.model_dir, config.checkpoint)
     runner = inference.NetworkRunner(config.network, checkpoint, session_config, ops=layer_ops)
     described = ", ".join("{} {}".format(key, value) for key, value in config.inference.describe().items())
-    logger.message("Restored {} (step {}); inference: {}".format(checkpoint, step, described))
+    logger.message("Restored {} (step {}, {}); inference: {}".format(
+        checkpoint, step, {"best": "the best checkpoint", "latest": "the newest checkpoint"}.get(kind, "--checkpoint"),
+        described))
     return runner, step
+
+
+def checkpoint_name(config, runner) -> str:
+    """The restored checkpoint, relative to the run folder (``best/model.ckpt-300``, ``model.ckpt-500``)."""
+    return os.path.relpath(runner.checkpoint, config.model_dir).replace(os.sep, "/")
 
 
 def segment_all(cases: Iterator, runner, settings, keep_probabilities: bool = False):
@@ -58,19 +67,24 @@ def predict_cases(config, case_ids: List[str], load_cases: Callable[[], Iterator
                   logger) -> List[str]:
     """Segment the cases ``load_cases()`` yields and write their NIfTI outputs to the prediction folder.
 
-    Existing outputs are refused up front (before any work) unless ``--overwrite``.
+    Existing outputs are refused up front (before any work) unless ``--overwrite``. The post-processing
+    chosen on cross-validation is applied where the run (or its CV folder) has one and ``--postprocessing
+    auto``.
     """
-    from unet3d_core import volumes
+    from unet3d_core import postprocessing, volumes
 
     prediction = config.prediction
     output_dir = prediction.output_dir or os.path.join(config.model_dir, "predictions")
     _refuse_existing_outputs(output_dir, case_ids, prediction)
+    chosen = postprocessing.for_run(config.model_dir, prediction.postprocessing, logger)
     runner, _ = restore_network(config, session_config, layer_ops, logger)
     os.makedirs(output_dir, exist_ok=True)
     written = []
     started = time.time()
     for case, labels, probabilities in segment_all(load_cases(), runner, config.inference,
                                                    prediction.save_probabilities):
+        if chosen is not None:
+            labels = chosen.apply(labels)
         paths = volumes.output_paths(output_dir, case.case_id, prediction.save_probabilities)
         volumes.write_label_map(paths[0], labels, case)
         if probabilities is not None:
@@ -153,7 +167,7 @@ def predict_ensemble(configs, *, output_dir: str, strategy, session_config, laye
     The models run one after another on a case, so memory holds one window batch at a time, the running
     sum and the current model's volume.
     """
-    from unet3d_core import volumes
+    from unet3d_core import postprocessing, volumes
     from unet3d_core.evaluation import write_json_atomic
     from unet3d_core.inference import final_labels, predict_probabilities
     from unet3d_core.records import Manifest
@@ -173,11 +187,15 @@ def predict_ensemble(configs, *, output_dir: str, strategy, session_config, laye
         chosen = strategy.shard(list(manifest.cases))
         case_ids, cases = [case["id"] for case in chosen], volumes.record_cases(manifest, chosen, session_config)
     _refuse_existing_outputs(output_dir, case_ids, prediction)
+    # The folds' CV folder holds the choice (fold-N/.. of the first member).
+    chosen_postprocessing = postprocessing.for_run(first.model_dir, prediction.postprocessing, logger)
     models = []
+    names = {}
     try:
         for config in configs:
             runner, step = restore_network(config, session_config, layer_ops, logger)
             models.append((config, runner, step))
+            names[config.fold] = checkpoint_name(config, runner)
         folds = [config.fold for config, _, _ in models]
         logger.message("Ensemble of folds {} ({} models), probabilities averaged".format(
             ", ".join(map(str, folds)), len(models)))
@@ -196,6 +214,8 @@ def predict_ensemble(configs, *, output_dir: str, strategy, session_config, laye
                 del probabilities
             total /= len(models)
             labels = final_labels(total, settings)
+            if chosen_postprocessing is not None:
+                labels = chosen_postprocessing.apply(labels)
             paths = volumes.output_paths(output_dir, case.case_id, prediction.save_probabilities)
             volumes.write_label_map(paths[0], labels, case)
             if prediction.save_probabilities:
@@ -208,10 +228,13 @@ def predict_ensemble(configs, *, output_dir: str, strategy, session_config, laye
     if strategy.is_chief:
         description = {"folds": folds,
                        "models": [{"fold": config.fold, "model_dir": os.path.abspath(config.model_dir),
-                                   "checkpoint_step": step} for config, _, step in models],
+                                   "checkpoint": names[config.fold], "checkpoint_step": step}
+                                  for config, _, step in models],
                        "combination": "mean of the models' {} probabilities".format(
                            "sigmoid region" if first.network.target == "regions" else "softmax"),
                        "inference": settings.describe(),
+                       "postprocessing": (chosen_postprocessing.source if chosen_postprocessing is not None
+                                          else None),
                        "source": os.path.abspath(prediction.input_dir or first.data_dir),
                        "cases": case_ids if strategy.size == 1 else None}
         write_json_atomic(os.path.join(output_dir, "ensemble.json"), description)

@@ -30,7 +30,15 @@ from unet3d_core.errors import ConfigError, DataError
 from unet3d_core.folders import published_folder
 from unet3d_core.layouts import AUTO, LAYOUTS
 from unet3d_core.progress import Progress
-from unet3d_core.records import FORMAT_VERSION, RECORD_SUFFIX, assemble_record, encode_case_features, write_manifest
+from unet3d_core.records import (
+    FOREGROUND_SAMPLES,
+    FORMAT_VERSION,
+    RECORD_SUFFIX,
+    assemble_record,
+    encode_case_features,
+    foreground_locations,
+    write_manifest,
+)
 
 CLIP_FRACTION = 0.85
 STAGING_PREFIX = ".unet3d-preprocess-"
@@ -107,7 +115,8 @@ def _convert_case(raw: RawCase):
     image = scale_intensities(case.image)
     del case.image  # the float copy is 4x the uint8 one; free it early
     mean, std = foreground_statistics(image)
-    return ConvertedCase(raw, encode_case_features(image, case.label, mean, std), list(image.shape[:3]),
+    foreground = foreground_locations(case.label, LAYOUTS[raw.layout].num_classes, raw.case_id)
+    return ConvertedCase(raw, encode_case_features(image, case.label, mean, std, foreground), list(image.shape[:3]),
                          case.label is not None, mean, std, case.affine, case.spacing)
 
 
@@ -216,6 +225,8 @@ def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0
             "folds": folds,
             "fold_seed": seed,
             "intensity": "clip [0, {} x max] per modality, scale to uint8".format(CLIP_FRACTION),
+            # Sampled once here for foreground-oversampled crops (records.foreground_locations).
+            "foreground_locations": {"per_class": FOREGROUND_SAMPLES},
             "cases": entries,
             "skipped": [{"id": problem.case_id, "file": problem.path, "reason": problem.reason}
                         for problem in skipped],

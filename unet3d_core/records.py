@@ -8,6 +8,13 @@ Record schema (one ``tf.train.Example`` per file):
   ``has_label`` 0 for cases without segmentation)
 - ``shape``: int64 [3]; ``mean``, ``std``: float [C] over voxels > 0
 - ``case_index``: int64, the case's position in the manifest
+- ``foreground_counts``: bytes, int32 [K-1]: how many locations of each
+  foreground class (internal labels 1..K-1) follow (format 2; absent in 1)
+- ``foreground_locations``: bytes, int32 [sum of counts, 3]: voxel indices
+  (x, y, z) of each class in turn, at most ``FOREGROUND_SAMPLES`` per class,
+  drawn once here so that training centres crops on a class without
+  scanning the volume (format 2; absent in 1, whose cases train on uniform
+  crops alone)
 
 The manifest records, per case: id, grade, fold, file, shape, affine,
 spacing, crop box, statistics and source files; and for the data set: the
@@ -27,7 +34,9 @@ from typing import Dict, List, Optional
 
 from unet3d_core.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no foreground locations
+FOREGROUND_SAMPLES = 10000  # per class, as nnU-Net's preprocessing keeps
 MANIFEST_NAME = "manifest.json"
 RECORD_SUFFIX = ".tfrecord"
 
@@ -67,14 +76,50 @@ def _int64s(values) -> bytes:
     return b"".join(_varint(int(value)) for value in values)  # non-negative here
 
 
-def encode_case_features(image, label, mean, std) -> bytes:
-    """Every feature of a case's record except ``case_index``, encoded (see ``assemble_record``)."""
+def foreground_locations(label, num_classes: int, key: str, limit: int = FOREGROUND_SAMPLES):
+    """Up to ``limit`` voxel indices of each foreground class, drawn without replacement.
+
+    Args:
+        label: uint8 [x, y, z] internal labels, or None (no classes).
+        num_classes: K; classes 1..K-1 get a count each (0 where absent).
+        key: the case id: the draw is seeded by it, so the same case always gives the same locations.
+    Returns:
+        (int32 [K-1] counts, int32 [sum(counts), 3] locations, class after class).
+    """
+    import zlib
+
+    import numpy as np
+
+    counts = np.zeros(max(num_classes - 1, 0), np.int32)
+    parts = []
+    if label is not None:
+        random = np.random.RandomState(zlib.crc32(key.encode("utf-8")))
+        for klass in range(1, num_classes):
+            where = np.argwhere(label == klass).astype(np.int32)
+            if len(where) > limit:
+                where = where[np.sort(random.choice(len(where), limit, replace=False))]
+            counts[klass - 1] = len(where)
+            parts.append(where)
+    locations = np.concatenate(parts, axis=0) if parts else np.zeros((0, 3), np.int32)
+    return counts, locations.astype(np.int32)
+
+
+def encode_case_features(image, label, mean, std, foreground=None) -> bytes:
+    """Every feature of a case's record except ``case_index``, encoded (see ``assemble_record``).
+
+    ``foreground``: (counts, locations) from :func:`foreground_locations`; None writes a format-1 record.
+    """
     import numpy as np
 
     has_label = label is not None
     if label is None:
         label = np.zeros(image.shape[:3], dtype=np.uint8)
-    entries = [  # in key order, after "case_index"
+    entries = []  # in key order, after "case_index"
+    if foreground is not None:
+        counts, locations = foreground
+        entries += [_feature_entry("foreground_counts", 1, np.asarray(counts, dtype="<i4").tobytes()),
+                    _feature_entry("foreground_locations", 1, np.asarray(locations, dtype="<i4").tobytes())]
+    entries += [
         _feature_entry("has_label", 3, _int64s([1 if has_label else 0])),
         _feature_entry("image", 1, np.ascontiguousarray(image, dtype=np.uint8).tobytes()),
         _feature_entry("label", 1, np.ascontiguousarray(label, dtype=np.uint8).tobytes()),
@@ -102,11 +147,15 @@ def parse_case(serialized, channels: int = 4):
 
     Returns:
         dict with ``image`` uint8 [x, y, z, channels], ``label`` uint8 [x, y, z],
-        ``mean``/``std`` float32 [channels], ``case_index`` int64 scalar.
+        ``mean``/``std`` float32 [channels], ``case_index`` int64 scalar,
+        ``foreground_counts`` int32 [K-1] and ``foreground_locations`` int32 [N, 3]
+        (both empty for format-1 records).
     """
     import tensorflow as tf
 
     spec = {
+        "foreground_counts": tf.io.FixedLenFeature([], tf.string, default_value=""),
+        "foreground_locations": tf.io.FixedLenFeature([], tf.string, default_value=""),
         "image": tf.io.FixedLenFeature([], tf.string),
         "label": tf.io.FixedLenFeature([], tf.string),
         "shape": tf.io.FixedLenFeature([3], tf.int64),
@@ -119,8 +168,10 @@ def parse_case(serialized, channels: int = 4):
     image = tf.reshape(tf.io.decode_raw(features["image"], tf.uint8), tf.concat([shape, [channels]], axis=0))
     image.set_shape([None, None, None, channels])
     label = tf.reshape(tf.io.decode_raw(features["label"], tf.uint8), shape)
+    counts = tf.io.decode_raw(features["foreground_counts"], tf.int32, little_endian=True)
+    locations = tf.reshape(tf.io.decode_raw(features["foreground_locations"], tf.int32, little_endian=True), [-1, 3])
     return {"image": image, "label": label, "mean": features["mean"], "std": features["std"],
-            "case_index": features["case_index"]}
+            "case_index": features["case_index"], "foreground_counts": counts, "foreground_locations": locations}
 
 
 def read_record(path: str) -> Dict:
@@ -171,7 +222,7 @@ class Manifest:
         except (OSError, ValueError) as error:
             raise DataError("{}: unreadable manifest: {}".format(path, error)) from None
         version = self.content.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise DataError("{}: records are format version {}, this unet3d reads version {}; "
                             "run 'python cli.py preprocess' again".format(path, version, FORMAT_VERSION))
         self.cases: List[Dict] = self.content["cases"]

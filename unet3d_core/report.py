@@ -320,6 +320,25 @@ def _results_table(path: str, title: str) -> List[str]:
     return lines + [""]
 
 
+def _postprocessing_table(run_dir: str) -> List[str]:
+    """Markdown lines for the post-processing chosen on cross-validation (``postprocessing.json``), if any."""
+    from unet3d_core.postprocessing import POSTPROCESSING_FILE, summary_lines
+
+    path = os.path.join(run_dir, POSTPROCESSING_FILE)
+    if not os.path.isfile(path):
+        return []
+    try:
+        with open(path) as handle:
+            content = json.load(handle)
+        table = summary_lines(content, markdown=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError("{}: unreadable post-processing choice ({})".format(path, error)) from None
+    return ["### Post-processing chosen on cross-validation ({})".format(POSTPROCESSING_FILE), "",
+            "Pooled mean whole-volume Dice over {} and {} held-out cases before and after each step, each "
+            "tried on top of the steps kept before it; `predict` applies what is kept.".format(
+                "/".join(content["dice_regions"]), content["cases"]), ""] + table + [""]
+
+
 def build_report(run_dir: str, *, out_dir: Optional[str] = None, cases: int = 3, images_dir: Optional[str] = None,
                  predictions_dir: Optional[str] = None) -> str:
     """Render the curves, a few case overlays and ``index.md``; returns the index's path.
@@ -347,6 +366,7 @@ def build_report(run_dir: str, *, out_dir: Optional[str] = None, cases: int = 3,
     cross_validation = os.path.join(run_dir, "cv_results.json")
     if os.path.isfile(cross_validation):
         lines += _results_table(cross_validation, "Cross-validation, all folds pooled")
+    lines += _postprocessing_table(run_dir)
     for label, folder in folders.items():
         results = os.path.join(folder, "eval_results.json")
         if os.path.isfile(results):

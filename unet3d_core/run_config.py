@@ -30,9 +30,10 @@ from unet3d_core.errors import ConfigError
 # Flags bound to a run, and their defaults for a new one.
 NETWORK_FLAGS = (("base_filters", 32), ("max_filters", 320), ("depth", 6), ("norm", "instancenorm"),
                  ("input_shape", (128, 128, 128)), ("target", "labels"), ("deep_supervision", False))
-TRAINING_FLAGS = (("max_steps", 16000), ("batch_size", 1), ("augment", False), ("loss", "dice+ce"),
-                  ("learning_rate", 0.0002), ("lr_schedule", "constant"), ("lr_warmup_steps", 0),
-                  ("lr_scaling", "none"), ("seed", 0))
+TRAINING_FLAGS = (("max_steps", 16000), ("batch_size", 1), ("augmentation", "none"), ("oversample_foreground", 0.0),
+                  ("elastic_probability", 0.0), ("loss", "dice+ce"), ("optimizer", "adam"),
+                  ("learning_rate", 0.0002), ("momentum", 0.99), ("weight_decay", 0.0), ("grad_clip", 0.0),
+                  ("lr_schedule", "constant"), ("lr_warmup_steps", 0), ("lr_scaling", "none"), ("seed", 0))
 DEFAULTS = dict(NETWORK_FLAGS + TRAINING_FLAGS, fold=0)
 TRAINING_MODES = ("train", "train_and_evaluate")
 
@@ -43,13 +44,20 @@ class TrainingConfig:
 
     max_steps: int
     batch_size: int
-    augment: bool
+    augmentation: str  # none, seed (the reference's flip and brightness), nnunet
+    oversample_foreground: float  # share of each batch centred on foreground (the last round(share x batch))
+    elastic_probability: float  # nnunet augmentation: share of samples elastically deformed
     loss: str
+    optimizer: str  # adam, or sgd (Nesterov momentum)
     learning_rate: float
+    momentum: float
+    weight_decay: float  # L2 added to the gradients, as torch's SGD does
+    grad_clip: float  # global gradient norm cap, 0 = off
     lr_schedule: str
     lr_warmup_steps: int
     lr_scaling: str
     seed: int
+    recipe: str = "seed"
     log_every: int = 100
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
@@ -57,6 +65,8 @@ class TrainingConfig:
     benchmark: bool = False
     warmup_steps: int = 200
     synthetic_input: bool = False
+    validate_every: int = 0  # steps between pseudo-Dice validations for the best checkpoint; 0 = none
+    validation_patches: int = 16
 
 
 @dataclass(frozen=True)
@@ -68,6 +78,7 @@ class PredictionConfig:
     overwrite: bool = False
     input_dir: Optional[str] = None
     save_probabilities: bool = False
+    postprocessing: str = "auto"  # --postprocessing: apply postprocessing.json (auto) or not (none)
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,7 @@ class RunConfig:
     data_fingerprint: Optional[str] = None
     notes: Tuple[str, ...] = field(default_factory=tuple)
     lesion_rules: str = "auto"  # --lesion_rules: the year of the BraTS lesion-wise rules evaluation uses
+    checkpoint: Optional[str] = None  # --checkpoint: best, latest or a step; None = best where there is one
 
     @property
     def trains(self) -> bool:
@@ -100,8 +112,10 @@ class RunConfig:
         return network_record(self.network, self.input_shape)
 
     def training_record(self) -> Dict:
-        """The ``training`` section of ``run.json``: the optimisation flags."""
-        return {name: getattr(self.training, name) for name, _ in TRAINING_FLAGS}
+        """The ``training`` section of ``run.json``: the recipe and every optimisation flag's resolved value."""
+        record = {name: getattr(self.training, name) for name, _ in TRAINING_FLAGS}
+        record["recipe"] = self.training.recipe
+        return record
 
     def data_record(self) -> Dict:
         return {"data_dir": os.path.abspath(self.data_dir) if self.data_dir else None,
@@ -138,7 +152,22 @@ def _bound_value(name: str, given, record: Optional[Dict], section: str, model_d
     return recorded if given is None else given
 
 
-def _network(options, record, model_dir: str, exec_mode: str) -> Dict:
+def _recipe(options, record: Optional[Dict], model_dir: str) -> str:
+    """--recipe: bound to the run like the network flags; runs from before recipes were the seed's."""
+    from unet3d_core.recipes import DEFAULT_RECIPE, LEGACY_RECIPE
+
+    given = getattr(options, "recipe", None)
+    if record is None:
+        return given or (LEGACY_RECIPE if has_checkpoints(model_dir) else DEFAULT_RECIPE)
+    recorded = record.get("training", {}).get("recipe") or LEGACY_RECIPE
+    if given is not None and given != recorded:
+        raise ConfigError("--recipe {} conflicts with the run in {}, trained with --recipe {} ({}); omit the flag "
+                          "or use a new --model_dir".format(given, model_dir, recorded,
+                                                            os.path.join(model_dir, "run.json")))
+    return recorded
+
+
+def _network(options, record, model_dir: str, exec_mode: str, recipe: Dict) -> Dict:
     if record is None and has_checkpoints(model_dir):
         missing = ["--" + name for name, _ in NETWORK_FLAGS if getattr(options, name) is None
                    and name not in ("target", "deep_supervision")]
@@ -149,20 +178,39 @@ def _network(options, record, model_dir: str, exec_mode: str) -> Dict:
     values = {}
     for name, default in NETWORK_FLAGS:
         value = _bound_value(name, getattr(options, name), record, "network", model_dir)
-        values[name] = default if value is None else value
+        values[name] = recipe.get(name, default) if value is None else value
     return values
 
 
-def _training(options, record, exec_mode: str, notes: List[str]) -> Dict:
+def _recorded_training(record: Optional[Dict], name: str):
+    """A training value from run.json; runs from before --augmentation recorded the seed's --augment flag."""
+    section = record["training"]
+    if name == "augmentation" and name not in section and "augment" in section:
+        return "seed" if section["augment"] else "none"
+    return section.get(name)
+
+
+def _training(options, record, exec_mode: str, notes: List[str], recipe: Dict) -> Dict:
     values = {}
     inherit = record is not None and exec_mode in TRAINING_MODES
     for name, default in TRAINING_FLAGS:
         given = getattr(options, name)
-        recorded = record["training"].get(name) if inherit else None
+        recorded = _recorded_training(record, name) if inherit else None
         if given is not None and recorded is not None and not _same(given, recorded):
             notes.append("--{} {} (the run used {} so far)".format(name, _shown(given), _shown(recorded)))
         value = given if given is not None else recorded
-        values[name] = default if value is None else value
+        values[name] = recipe.get(name, default) if value is None else value
+    if not 0.0 <= float(values["oversample_foreground"]) <= 1.0:
+        raise ConfigError("--oversample_foreground {}: a share of the batch, between 0 and 1".format(
+            values["oversample_foreground"]))
+    if not 0.0 <= float(values["elastic_probability"]) <= 1.0:
+        raise ConfigError("--elastic_probability {}: a probability, between 0 and 1".format(
+            values["elastic_probability"]))
+    for name in ("weight_decay", "grad_clip"):
+        if float(values[name]) < 0.0:
+            raise ConfigError("--{} {}: must be >= 0 (0 = off)".format(name, values[name]))
+    if float(values["momentum"]) < 0.0 or float(values["momentum"]) >= 1.0:
+        raise ConfigError("--momentum {}: must be in [0, 1)".format(values["momentum"]))
     return values
 
 
@@ -277,8 +325,11 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
     notes: List[str] = []
     fold = _bound_value("fold", options.fold if fold is None else fold, record, "data", model_dir)
     fold = DEFAULTS["fold"] if fold is None else int(fold)
-    network = _network(options, record, model_dir, exec_mode)
-    training = _training(options, record, exec_mode, notes)
+    from unet3d_core.recipes import preset
+
+    recipe = _recipe(options, record, model_dir)
+    network = _network(options, record, model_dir, exec_mode, preset(recipe))
+    training = _training(options, record, exec_mode, notes, preset(recipe))
     for name, value in list(network.items()) + list(training.items()):
         setattr(options, name, list(value) if name == "input_shape" else value)
     options.fold = fold
@@ -306,7 +357,9 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
         log_every=options.log_every, checkpoint_every=options.checkpoint_every,
         keep_checkpoints=options.keep_checkpoints, cache=bool(options.cache),
         benchmark=bool(options.benchmark), warmup_steps=options.warmup_steps,
-        synthetic_input=bool(options.synthetic_input), **training)
+        validate_every=_validate_every(options, exec_mode),
+        validation_patches=int(getattr(options, "validation_patches", None) or 16),
+        synthetic_input=bool(options.synthetic_input), recipe=recipe, **training)
     if training_config.benchmark and training_config.max_steps <= training_config.warmup_steps:
         raise ConfigError("--benchmark: --max_steps ({}) must be greater than --warmup_steps ({})".format(
             training_config.max_steps, training_config.warmup_steps))
@@ -322,14 +375,28 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
                                   output_dir=options.output_dir,
                                   overwrite=bool(options.overwrite),
                                   input_dir=options.input_dir,
-                                  save_probabilities=bool(options.save_probabilities))
+                                  save_probabilities=bool(options.save_probabilities),
+                                  postprocessing=getattr(options, "postprocessing", None) or "auto")
     if exec_mode in ("evaluate", "predict") and not has_checkpoints(model_dir):
         raise ConfigError("--model_dir {}: no checkpoint to {} with; train first".format(model_dir, exec_mode))
+    if exec_mode in ("evaluate", "predict") and getattr(options, "checkpoint", None) is not None:
+        from unet3d_core.checkpoints import select_checkpoint
+
+        select_checkpoint(model_dir, options.checkpoint)  # a step or best the folder lacks fails before any work
     return RunConfig(exec_mode=exec_mode, model_dir=model_dir, data_dir=options.data_dir, fold=fold,
                      backend=options.backend, network=model_config, input_shape=input_shape,
                      training=training_config, inference=inference, prediction=prediction, run_record=record,
                      data_fingerprint=fingerprint, notes=tuple(notes),
-                     lesion_rules=str(getattr(options, "lesion_rules", "auto") or "auto"))
+                     lesion_rules=str(getattr(options, "lesion_rules", "auto") or "auto"),
+                     checkpoint=getattr(options, "checkpoint", None))
+
+
+def _validate_every(options, exec_mode: str) -> int:
+    """--validate_every: train_and_evaluate validates at the checkpoint interval unless told; other modes never."""
+    if exec_mode != "train_and_evaluate" or options.benchmark:
+        return 0
+    given = getattr(options, "validate_every", None)
+    return options.checkpoint_every if given is None else int(given)
 
 
 def parse_folds(text: str) -> List[int]:

@@ -14,6 +14,7 @@ tests use cases generated here. Each models a skull-stripped, co-registered scan
   no single intensity threshold segments the tumour exactly.
 
 Files follow BraTS 2019's layout, dtypes and headers, so one pipeline reads both.
+Harder, template-based brains (``--anatomical``) live in :mod:`unet3d_core.synth_anatomy`.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from typing import Callable, Sequence
 import nibabel as nib
 import numpy as np
 
+from unet3d_core import synth_anatomy
 from unet3d_core.errors import ConfigError, DataError
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -43,13 +45,7 @@ _INTENSITY = np.array([
 
 
 def _check_shape(shape) -> tuple[int, int, int]:
-    try:
-        dims = tuple(int(n) for n in shape)
-        if len(dims) == 3 and min(dims) >= 16 and dims == tuple(shape):
-            return dims
-    except (TypeError, ValueError):
-        pass
-    raise ConfigError(f"--shape must be three integers >= 16 (e.g. 64,64,48), got {shape!r}")
+    return synth_anatomy.check_shape(shape, example="64,64,48")
 
 
 def _waves(rng, count, amplitude, frequency):
@@ -238,16 +234,27 @@ def _save(array, affine, path):
 
 def write_synthetic_dataset(out_dir, cases: int = 12, shape: Sequence[int] = (64, 64, 48), seed: int = 0,
                             lgg_fraction: float = 0.25,
-                            progress: Callable[[int, int, str], None] | None = None) -> list[str]:
+                            progress: Callable[[int, int, str], None] | None = None,
+                            anatomical: bool = False, scanner: str | None = None) -> list[str]:
     """Write out_dir/{HGG,LGG}/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz; return the ids.
 
     Ids run BraTS19_SYN_0001, ...; about `lgg_fraction` of the cases (at least one
     of 4 or more) are LGG. Case i depends only on (seed, i). The folder appears
     whole or not at all (written beside it, then renamed). `progress(done, total,
-    case_id)` is called after each case. Raises ConfigError for a bad argument and
+    case_id)` is called after each case. `anatomical` draws template-based brains
+    (unet3d_core.synth_anatomy, needs nilearn) acquired on `scanner` ("a" unless
+    given) instead of the disc phantoms. Raises ConfigError for a bad argument and
     DataError if out_dir exists and is not empty.
     """
     shape = _check_shape(shape)
+    if scanner is not None and not anatomical:
+        raise ConfigError("--scanner only applies to --anatomical cases; add --anatomical or drop --scanner")
+    if anatomical:
+
+        scanner = "a" if scanner is None else scanner
+        if scanner not in synth_anatomy.SCANNERS:
+            raise ConfigError(f"--scanner must be one of {', '.join(synth_anatomy.SCANNERS)}, got {scanner!r}")
+        synth_anatomy.require_template()
     for flag, value, least in (("--cases", cases, 1), ("--seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
             raise ConfigError(f"{flag} must be an integer >= {least}, got {value!r}")
@@ -264,7 +271,10 @@ def write_synthetic_dataset(out_dir, cases: int = 12, shape: Sequence[int] = (64
         for index, grade in enumerate(_grades(int(cases), int(seed), lgg_fraction)):
             case_id = f"BraTS19_SYN_{index + 1:04d}"
             case_seed = int(np.random.SeedSequence([int(seed), index]).generate_state(1)[0])
-            case = make_synthetic_case(shape, case_seed, grade)
+            if anatomical:
+                case = synth_anatomy.make_anatomical_case(shape, case_seed, grade, scanner)
+            else:
+                case = make_synthetic_case(shape, case_seed, grade)
             folder = os.path.join(staging, grade, case_id)
             os.makedirs(folder)
             for name in (*MODALITIES, "seg"):

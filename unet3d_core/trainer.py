@@ -6,12 +6,14 @@ resumes, and its weights reach the others by the initial broadcast.
 """
 from __future__ import annotations
 
+import os
 from typing import Dict
 
 import numpy as np
 
 from unet3d_core import listeners as listeners_lib
-from unet3d_core.checkpoints import check_run_folder, latest_checkpoint, restore_checkpoint
+from unet3d_core.best_checkpoint import BestCheckpoint
+from unet3d_core.checkpoints import BEST_FOLDER, check_run_folder, latest_checkpoint, restore_checkpoint
 from unet3d_core.distributed import steps_per_worker
 from unet3d_core.errors import ConfigError, DataError
 from unet3d_core.loop import run_training_loop
@@ -31,6 +33,24 @@ def _start(config, strategy, logger):
         if not strategy.is_chief:
             checkpoint = None
     return checkpoint, start_step
+
+
+def _validation_patches(config, write: bool, session_config, logger):
+    """The chief's fixed patches for the best checkpoint's pseudo-Dice, or None when it does not validate."""
+    from unet3d_core.best_checkpoint import validation_patches
+
+    every, count = config.training.validate_every, config.training.validation_patches
+    if not write or every <= 0:
+        return None
+    _, cases = Manifest(config.data_dir).split(config.fold)
+    if not any(case.get("has_label", True) for case in cases):
+        logger.message("note: fold {} has no labelled validation case; no best checkpoint is kept".format(config.fold))
+        return None
+    patches = validation_patches(config, count=count, session_config=session_config)
+    logger.message("Best checkpoint: pseudo-Dice on {} fixed patches of {} validation case(s) every {} steps "
+                   "and at the last, smoothed (EMA 0.9), kept in {}".format(
+                       count, min(count, len(cases)), every, os.path.join(config.model_dir, BEST_FOLDER)))
+    return patches
 
 
 def _data_loss(record_files):
@@ -76,6 +96,7 @@ def train(config, *, options, backend, strategy, session_config, layer_ops, logg
                    "steps {}..{} of {} per worker, batch {} x {} worker(s)".format(
                        len(training_cases), config.fold, len(shard), graph.parameters, layer_ops.describe(),
                        start_step + 1, total_steps, total_steps, training.batch_size, strategy.size))
+    validation_patches = _validation_patches(config, write, session_config, logger)
     guard = listeners_lib.StepGuard()
     timer = listeners_lib.BenchmarkTimer()
     listeners = [guard, listeners_lib.ProgressLog(logger, total_steps=total_steps, log_every=training.log_every,
@@ -97,6 +118,10 @@ def train(config, *, options, backend, strategy, session_config, layer_ops, logg
                           listeners_lib.CheckpointSaver(graph.saver, config.model_dir, every=training.checkpoint_every,
                                                         keep=training.keep_checkpoints, total_steps=total_steps,
                                                         guard=guard)]
+            if validation_patches is not None:  # after the saver: it validates the checkpoint just written
+                listeners.append(BestCheckpoint(config, every=training.validate_every, total_steps=total_steps,
+                                                saver=graph.saver, guard=guard, patches=validation_patches,
+                                                session_config=session_config, layer_ops=layer_ops, logger=logger))
         if graph.fingerprint is not None:
             listeners.append(listeners_lib.RankAgreement(strategy, graph.fingerprint, logger))
         graph.graph.finalize()

@@ -12,14 +12,19 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from unet3d_core.config import ModelConfig
+from unet3d_core.optimizers import build_optimizer
+
+POLY_EXPONENT = 0.9  # nnU-Net's PolyLRScheduler
 
 
 def learning_rate_at(step, *, base: float, warmup_steps: int, total_steps: int, schedule: str):
     """Learning rate as a graph op of the global step.
 
     Linear warm-up from base/warmup to ``base`` over ``warmup_steps``, then
-    ``constant`` (the default: the reference's intended schedule, without
-    its piecewise bug) or ``cosine`` decay to zero at ``total_steps``.
+    ``constant`` (the seed recipe's: the reference's intended schedule, without
+    its piecewise bug), ``cosine`` decay to zero at ``total_steps``, or ``poly``
+    decay ``base x (1 - step/total_steps)^0.9`` (nnU-Net's, over its epochs;
+    here over steps, counted from the end of warm-up).
     Being a pure function of the step, it is exact after a resume.
     """
     import tensorflow as tf
@@ -30,6 +35,10 @@ def learning_rate_at(step, *, base: float, warmup_steps: int, total_steps: int, 
         decay_steps = float(max(total_steps - warmup_steps, 1))
         progress = tf.clip_by_value((step - warmup_steps) / decay_steps, 0.0, 1.0)
         rate = base * 0.5 * (1.0 + tf.cos(math.pi * progress))
+    elif schedule == "poly":
+        decay_steps = float(max(total_steps - warmup_steps, 1))
+        progress = tf.clip_by_value((step - warmup_steps) / decay_steps, 0.0, 1.0)
+        rate = base * tf.pow(1.0 - progress, POLY_EXPONENT)
     if warmup_steps > 0:
         rate = tf.where(step < warmup_steps, base * (step + 1.0) / float(warmup_steps), rate)
     return rate
@@ -176,7 +185,9 @@ def build_training_graph(config, *, record_files: List[str], start_step: int, to
                                                  model_config=network, seed=seed)
         else:
             dataset = training_dataset(record_files, batch_size=training.batch_size, crop_shape=config.input_shape,
-                                       augment=training.augment, seed=seed,
+                                       augmentation=training.augmentation, seed=seed,
+                                       oversample_foreground=training.oversample_foreground,
+                                       elastic_probability=training.elastic_probability,
                                        first_sample=start_step * training.batch_size, cache=training.cache,
                                        channels=network.in_channels)
         iterator = tf1.data.make_initializable_iterator(dataset)
@@ -189,7 +200,8 @@ def build_training_graph(config, *, record_files: List[str], start_step: int, to
         base_rate = training.learning_rate * (strategy.size if training.lr_scaling == "linear" else 1)
         learning_rate = learning_rate_at(global_step, base=base_rate, warmup_steps=training.lr_warmup_steps,
                                          total_steps=total_steps, schedule=training.lr_schedule)
-        optimizer = tf1.train.AdamOptimizer(learning_rate)
+        optimizer = build_optimizer(name=training.optimizer, learning_rate=learning_rate, momentum=training.momentum,
+                                    weight_decay=training.weight_decay, grad_clip=training.grad_clip)
         optimizer = backend.mixed_precision(optimizer, options, strategy)
         if not getattr(optimizer, "unet3d_distributed", False):
             optimizer = strategy.wrap_optimizer(optimizer)
