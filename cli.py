@@ -493,9 +493,9 @@ def command_demo(options) -> int:
     if not os.path.isdir(records):
         stages.append(["preprocess", "-i", raw, "-o", records, "--folds", "5", "--seed", "0"])
     folders = ["--data_dir", records, "--model_dir", run_dir, "--backend", "cpu"]
+    # The default recipe (nnunet); only the sizes are made small enough for a CPU.
     stages.append(["train", "--exec_mode", "train_and_evaluate", "--max_steps", str(options.max_steps),
-                   "--batch_size", "2", "--augment", "--cache", "--learning_rate", "0.002", "--lr_schedule", "cosine",
-                   "--lr_warmup_steps", "20", "--log_every", "25", "--checkpoint_every", "100", "--fold", "0",
+                   "--cache", "--log_every", "25", "--checkpoint_every", "100", "--fold", "0",
                    "--input_shape", "48", "48", "32", "--base_filters", "8", "--max_filters", "64", "--depth", "4",
                    "--seed", "1"] + folders)
     # The run folder remembers the network and the fold (run.json): the folders are enough.
