@@ -54,6 +54,22 @@ def _pad_to_at_least(volume, minimum_shape):
     return tf.pad(volume, padding)
 
 
+def seed_flip(image, label, draw):
+    """The seed's flip: reverse y of image and label when ``draw`` < FLIP_PROBABILITY."""
+    flip = draw < FLIP_PROBABILITY
+    return (tf.cond(flip, lambda: tf.reverse(image, [FLIP_AXIS]), lambda: image),
+            tf.cond(flip, lambda: tf.reverse(label, [FLIP_AXIS]), lambda: label))
+
+
+def seed_brightness(image, gate_draw, shift_draws):
+    """The seed's brightness: when ``gate_draw`` < BRIGHTNESS_PROBABILITY, add a per-channel shift from
+    U(BRIGHTNESS_RANGE) (``shift_draws`` [C] in [0, 1)) to the voxels > 0 of the normalised ``image``."""
+    low, high = BRIGHTNESS_RANGE
+    shift = low + (high - low) * shift_draws
+    brighten = gate_draw < BRIGHTNESS_PROBABILITY
+    return tf.cond(brighten, lambda: image + shift * tf.cast(image > 0, tf.float32), lambda: image)
+
+
 def training_transform(image, label, mean, std, draws, crop_shape: Sequence[int], augment: bool):
     """Apply the training transforms to one case with the given uniform draws in [0, 1).
 
@@ -76,15 +92,10 @@ def training_transform(image, label, mean, std, draws, crop_shape: Sequence[int]
     if augment:
         # The flip commutes with the voxel-wise steps after it, so it runs on
         # the uint8 crop: a quarter of the bytes of the float32 one.
-        flip = draws[3] < FLIP_PROBABILITY
-        image = tf.cond(flip, lambda: tf.reverse(image, [FLIP_AXIS]), lambda: image)
-        label = tf.cond(flip, lambda: tf.reverse(label, [FLIP_AXIS]), lambda: label)
+        image, label = seed_flip(image, label, draws[3])
     image = normalize(image, mean, std)  # also the cast to float32
     if augment:
-        low, high = BRIGHTNESS_RANGE
-        shift = low + (high - low) * draws[5:9]
-        brighten = draws[4] < BRIGHTNESS_PROBABILITY
-        image = tf.cond(brighten, lambda: image + shift * tf.cast(image > 0, tf.float32), lambda: image)
+        image = seed_brightness(image, draws[4], draws[5:9])
     image.set_shape(crop_shape + [channels])
     label = tf.cast(label, tf.int32)
     label.set_shape(crop_shape)
@@ -116,14 +127,10 @@ def recipe_transform(case, sample_number, *, seed: int, crop_shape: Sequence[int
         image = recipe_augmentation.intensity_augmentation(image, draws, recipe_augmentation.noise_key(
             seed, sample_number), channels)
     elif augmentation == "seed":
-        # The seed's two transforms with this sample's draws: flip on y, brightness shift on voxels > 0.
-        flip = draws[recipe_augmentation.MIRROR_ROW, 0] < FLIP_PROBABILITY
-        image = tf.cond(flip, lambda: tf.reverse(image, [FLIP_AXIS]), lambda: image)
-        label = tf.cond(flip, lambda: tf.reverse(label, [FLIP_AXIS]), lambda: label)
-        low, high = BRIGHTNESS_RANGE
-        shift = low + (high - low) * draws[recipe_augmentation.BRIGHTNESS_ROW, :channels]
-        brighten = draws[recipe_augmentation.MIRROR_ROW, 1] < BRIGHTNESS_PROBABILITY
-        image = tf.cond(brighten, lambda: image + shift * tf.cast(image > 0, tf.float32), lambda: image)
+        # The seed's two transforms with this sample's draws.
+        image, label = seed_flip(image, label, draws[recipe_augmentation.MIRROR_ROW, 0])
+        image = seed_brightness(image, draws[recipe_augmentation.MIRROR_ROW, 1],
+                                draws[recipe_augmentation.BRIGHTNESS_ROW, :channels])
     image.set_shape(crop + [channels])
     label = tf.cast(label, tf.int32)
     label.set_shape(crop)

@@ -11,6 +11,8 @@ and of the number of workers.
 """
 from __future__ import annotations
 
+from unet3d_core.errors import ConfigError
+
 
 def _transforming_optimizer_class():
     """tf.compat.v1.train.Optimizer subclass applying clip + weight decay around another optimiser."""
@@ -26,7 +28,6 @@ def _transforming_optimizer_class():
             self._inner = inner
             self._grad_clip = float(grad_clip)
             self._weight_decay = float(weight_decay)
-            self.gradient_norm = None  # the global norm before clipping, a tensor once apply_gradients ran
 
         def compute_gradients(self, *args, **kwargs):
             return self._inner.compute_gradients(*args, **kwargs)
@@ -35,10 +36,10 @@ def _transforming_optimizer_class():
             pairs = [(gradient, variable) for gradient, variable in grads_and_vars if gradient is not None]
             gradients = [gradient for gradient, _ in pairs]
             variables = [variable for _, variable in pairs]
-            # float32 norm: gradients of a float16 graph summed in float32 do not overflow here.
-            self.gradient_norm = tf1.global_norm([tf.cast(gradient, tf.float32) for gradient in gradients])
             if self._grad_clip > 0:
-                gradients, _ = tf.clip_by_global_norm(gradients, self._grad_clip, use_norm=self.gradient_norm)
+                # float32 norm: gradients of a float16 graph summed in float32 do not overflow here.
+                norm = tf1.global_norm([tf.cast(gradient, tf.float32) for gradient in gradients])
+                gradients, _ = tf.clip_by_global_norm(gradients, self._grad_clip, use_norm=norm)
             if self._weight_decay > 0:
                 # Coupled L2 (added to the gradient before momentum), as torch's SGD weight_decay does.
                 gradients = [gradient + self._weight_decay * tf.cast(variable, gradient.dtype)
@@ -68,8 +69,8 @@ def build_optimizer(*, name: str, learning_rate, momentum: float = 0.99, weight_
         weight_decay: L2 coefficient added to each gradient; 0 = none.
         grad_clip: cap on the global gradient norm; 0 = none.
     Returns:
-        a ``tf.compat.v1.train.Optimizer``; with clipping or weight decay, one whose
-        ``gradient_norm`` attribute holds the pre-clip norm after ``minimize``.
+        a ``tf.compat.v1.train.Optimizer``; with clipping or weight decay, one that applies them
+        before delegating to the base optimiser.
     """
     import tensorflow as tf
 
@@ -79,8 +80,6 @@ def build_optimizer(*, name: str, learning_rate, momentum: float = 0.99, weight_
     elif name == "sgd":
         inner = tf1.train.MomentumOptimizer(learning_rate, momentum=momentum, use_nesterov=True)
     else:
-        from unet3d_core.errors import ConfigError
-
         raise ConfigError("--optimizer {}: expected sgd or adam".format(name))
     if grad_clip <= 0 and weight_decay <= 0:
         return inner  # exactly the seed's graph when neither is asked for
