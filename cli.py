@@ -280,6 +280,7 @@ def build_parser(registry) -> argparse.ArgumentParser:
 
     from unet3d_core.config import LESION_RULE_CHOICES
     from unet3d_core.layouts import LAYOUT_NAMES
+    from unet3d_core.records import DEFAULT_INTENSITY, INTENSITY_FORMATS
 
     layout_choices = ("auto",) + LAYOUT_NAMES
     prep = commands.add_parser("preprocess", help="raw NIfTI (BraTS 2018-2023+, MSD) -> records + manifest",
@@ -295,6 +296,9 @@ def build_parser(registry) -> argparse.ArgumentParser:
                       help="raw layout (default auto: detected from the folder)")
     prep.add_argument("--skip-invalid", "--skip_invalid", dest="skip_invalid", action="store_true",
                       help="leave invalid cases out and list them, instead of stopping at the first")
+    prep.add_argument("--intensity", choices=INTENSITY_FORMATS, default=DEFAULT_INTENSITY,
+                      help="how images are stored (default {}): uint16 keeps each modality's whole range; uint8 is "
+                           "the reference's (clipped at 0.85 x max, half the bytes)".format(DEFAULT_INTENSITY))
     prep.add_argument("-v", "--verbose", action="store_true",
                       help="accepted for the seed's scripts; progress is always shown")
 
@@ -584,7 +588,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             from unet3d_core.preprocess import preprocess, skipped_summary
 
             manifest = preprocess(options.input_dir, options.output_dir, folds=options.folds, seed=options.seed,
-                                  workers=options.workers, layout=options.layout, skip_invalid=options.skip_invalid)
+                                  workers=options.workers, layout=options.layout, skip_invalid=options.skip_invalid,
+                                  intensity=options.intensity)
             if manifest["skipped"]:
                 print(skipped_summary(manifest))
             print("wrote {} cases ({} layout) in {} folds to {}".format(

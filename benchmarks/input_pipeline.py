@@ -38,7 +38,7 @@ CORES_PER_DEVICE = 24  # an Atlas 800 training server: 192 host cores for 8 NPUs
 
 
 def time_pipeline(files, *, recipe: str, batches: int, warmup: int, batch_size: int, crop, threads: int,
-                  cache: bool = True) -> float:
+                  cache: bool = True, intensity: str = "uint8") -> float:
     """Volumes per second of the training pipeline over ``batches`` batches after ``warmup``."""
     import tensorflow as tf
 
@@ -52,7 +52,7 @@ def time_pipeline(files, *, recipe: str, batches: int, warmup: int, batch_size: 
         dataset = training_dataset(files, batch_size=batch_size, crop_shape=tuple(crop),
                                    augmentation="nnunet" if recipe == "nnunet" else "seed",
                                    oversample_foreground=float(settings["oversample_foreground"]), seed=0,
-                                   cache=cache)
+                                   cache=cache, intensity=intensity)
         options = tf.data.Options()
         options.experimental_threading.private_threadpool_size = threads
         dataset = dataset.with_options(options)
@@ -104,6 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches first (default 3)")
     parser.add_argument("--batch_size", type=int, default=2, help="volumes per batch (default 2)")
     parser.add_argument("--workers", type=int, default=2, help="preprocessing processes (default 2)")
+    parser.add_argument("--intensity", choices=("uint16", "uint8"), default="uint16",
+                        help="the records' intensity storage (preprocess --intensity; default uint16)")
     parser.add_argument("--no_monai", action="store_true", help="time unet3d alone")
     parser.add_argument("--workdir", default=None, help="keep data here (default: a temporary folder, removed)")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -118,22 +120,28 @@ def main(argv=None) -> int:
     workdir = options.workdir or tempfile.mkdtemp(prefix="unet3d-bench-")
     rows, results = [], {"recipe": options.recipe, "shape": options.shape, "threads": {}}
     try:
-        raw, records = os.path.join(workdir, "raw"), os.path.join(workdir, "records")
+        raw, records = os.path.join(workdir, "raw"), os.path.join(workdir, "records-" + options.intensity)
         if not os.path.isdir(records):
+            if not os.path.isdir(raw):
+                started = time.perf_counter()
+                write_synthetic_dataset(raw, cases=options.cases, shape=BRATS_SHAPE, seed=0)
+                rows.append(("synthesise {} cases of {}".format(options.cases, "x".join(map(str, BRATS_SHAPE))),
+                             "{:.1f} s per case".format((time.perf_counter() - started) / options.cases)))
             started = time.perf_counter()
-            write_synthetic_dataset(raw, cases=options.cases, shape=BRATS_SHAPE, seed=0)
-            rows.append(("synthesise {} cases of {}".format(options.cases, "x".join(map(str, BRATS_SHAPE))),
-                         "{:.1f} s per case".format((time.perf_counter() - started) / options.cases)))
-            started = time.perf_counter()
-            preprocess(raw, records, folds=2, seed=0, workers=options.workers, show_progress=False)
-            rows.append(("preprocess, --workers {}".format(options.workers),
+            preprocess(raw, records, folds=2, seed=0, workers=options.workers, show_progress=False,
+                       intensity=options.intensity)
+            rows.append(("preprocess --intensity {}, --workers {}".format(options.intensity, options.workers),
                          "{:.2f} s per case".format((time.perf_counter() - started) / options.cases)))
         manifest = Manifest(records)
+        sizes = [os.path.getsize(manifest.record_path(case)) for case in manifest.cases]
+        results["intensity"], results["record_mb"] = options.intensity, sum(sizes) / len(sizes) / 1e6
+        rows.append(("record size per case, {}".format(options.intensity), "{:.1f} MB".format(results["record_mb"])))
         files = [manifest.record_path(case) for case in manifest.cases]
         crop = "x".join(map(str, options.shape))
         for threads in options.threads:
             ours = time_pipeline(files, recipe=options.recipe, batches=options.batches, warmup=options.warmup,
-                                 batch_size=options.batch_size, crop=options.shape, threads=threads)
+                                 batch_size=options.batch_size, crop=options.shape, threads=threads,
+                                 intensity=manifest.intensity_format)
             print("unet3d {} pipeline, {} crops, {} thread(s): volumes/s {:.3f}".format(
                 options.recipe, crop, threads, ours), flush=True)
             theirs = None if options.no_monai else monai_rate(files, workdir, shape=options.shape, threads=threads,

@@ -14,7 +14,9 @@ Rows, each with the same network (``--base_filters``/``--max_filters``/
 - ``seed``: ``cli.py train --recipe seed --batch_size 2`` (the reference port's
   recipe; the batch made equal);
 - ``nnunet``: ``cli.py train --recipe nnunet``;
-- ``monai``: ``benchmarks/monai_side.py train`` in .venv-bench.
+- ``monai``: ``benchmarks/monai_side.py train`` in .venv-bench;
+- ablations (``--rows nnunet-adam ...``, see ``ABLATIONS``): the nnunet recipe with
+  one part set back to the seed's (optimiser, augmentation, target, sampling).
 
 Each trained model predicts both test sets (sliding windows, overlap 0.5,
 Gaussian blending, no test-time mirroring), and ``cli.py score`` scores every
@@ -41,6 +43,14 @@ BENCH_PYTHON = os.path.join(ROOT, ".venv-bench", "bin", "python")
 REGIONS = ("WT", "TC", "ET")
 DOMAINS = ("same scanner", "shifted scanner")
 ROWS = ("seed", "nnunet", "monai")
+# Ablations: the nnunet recipe with one of its parts set back to the seed's, to tell which part helps or hurts.
+ABLATIONS = {
+    "nnunet-adam": ("--optimizer", "adam", "--learning_rate", 0.0002, "--lr_schedule", "constant",
+                    "--weight_decay", 0, "--grad_clip", 0),
+    "nnunet-noaug": ("--augmentation", "none"),
+    "nnunet-labels": ("--target", "labels", "--no_deep_supervision"),
+    "nnunet-uniform": ("--oversample_foreground", 0),
+}
 
 
 def run(command, log_path: str) -> None:
@@ -75,9 +85,13 @@ def main(argv=None) -> int:
     parser.add_argument("--base_filters", type=int, default=8)
     parser.add_argument("--max_filters", type=int, default=64)
     parser.add_argument("--depth", type=int, default=4)
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default all)")
+    parser.add_argument("--rows", nargs="+", choices=ROWS + tuple(ABLATIONS), default=list(ROWS),
+                        help="rows to run (default seed nnunet monai; ablations: {})".format(" ".join(ABLATIONS)))
     parser.add_argument("--workdir", default=os.path.join(ROOT, "benchmarks", "work", "recipe-accuracy"),
                         help="data, runs and logs; reused when run again (default benchmarks/work/recipe-accuracy)")
+    parser.add_argument("--intensity", choices=("uint8", "uint16"), default="uint8",
+                        help="the records' intensity storage (preprocess --intensity; default uint8, the storage of "
+                             "the first results); runs on uint16 records are named ROW-uint16-seedN")
     parser.add_argument("--json", default=None, help="also write the results here")
     options = parser.parse_args(argv)
     if "monai" in options.rows and not os.path.isfile(BENCH_PYTHON):
@@ -85,7 +99,8 @@ def main(argv=None) -> int:
     work = os.path.abspath(options.workdir)
     logs = os.path.join(work, "logs")
     os.makedirs(logs, exist_ok=True)
-    train_raw, records = os.path.join(work, "train_raw"), os.path.join(work, "records")
+    suffix = "" if options.intensity == "uint8" else "-" + options.intensity
+    train_raw, records = os.path.join(work, "train_raw"), os.path.join(work, "records" + suffix)
     tests = {DOMAINS[0]: os.path.join(work, "test_a"), DOMAINS[1]: os.path.join(work, "test_b")}
     if not os.path.isdir(train_raw):
         run(cli("synth", "--anatomical", "--out", train_raw, "--cases", options.cases, "--seed", 0),
@@ -95,7 +110,8 @@ def main(argv=None) -> int:
             run(cli("synth", "--anatomical", "--out", folder, "--cases", options.test_cases, "--seed", seed,
                     "--scanner", scanner), os.path.join(logs, "synth-{}.log".format(scanner)))
     if not os.path.isdir(records):
-        run(cli("preprocess", "-i", train_raw, "-o", records, "--folds", 5, "--seed", 0),
+        run(cli("preprocess", "-i", train_raw, "-o", records, "--folds", 5, "--seed", 0, "--intensity",
+                options.intensity),
             os.path.join(logs, "preprocess.log"))
     with open(os.path.join(records, "manifest.json")) as handle:
         manifest = json.load(handle)
@@ -109,7 +125,7 @@ def main(argv=None) -> int:
     results = {row: {} for row in options.rows}
     for row in options.rows:
         for seed in options.seeds:
-            name = "{}-seed{}".format(row, seed)
+            name = "{}{}-seed{}".format(row, suffix, seed)
             run_dir = os.path.join(work, name)
             outputs = {domain: os.path.join(run_dir, "predictions-" + tag) for domain, tag in zip(DOMAINS, "ab")}
             began = time.time()
@@ -120,8 +136,9 @@ def main(argv=None) -> int:
                         + ["--crop"] + options.crop + ["--steps", options.steps, "--batch_size", 2, "--seed", seed]
                         + network, os.path.join(logs, name + ".log"))
                 else:
-                    run(cli("train", "--recipe", row, "--data_dir", records, "--model_dir", run_dir, "--fold", 0,
-                            "--batch_size", 2, "--max_steps", options.steps, "--seed", seed, "--cache",
+                    recipe, extra = (row, ()) if row in ROWS else ("nnunet", ABLATIONS[row])
+                    run(cli("train", "--recipe", recipe, *extra, "--data_dir", records, "--model_dir", run_dir,
+                            "--fold", 0, "--batch_size", 2, "--max_steps", options.steps, "--seed", seed, "--cache",
                             "--log_every", 100, "--checkpoint_every", options.steps, "--input_shape", *options.crop,
                             *network), os.path.join(logs, name + ".log"))
                     for domain, folder in tests.items():
@@ -131,14 +148,14 @@ def main(argv=None) -> int:
                                                 os.path.join(run_dir, "score-" + tag),
                                                 os.path.join(logs, name + "-score.log"))
                                   for domain, tag in zip(DOMAINS, "ab")}
-            print("{:<7} seed {}: {}  ({:.0f} s)".format(row, seed, "  ".join(
+            print("{:<14} seed {}: {}  ({:.0f} s)".format(row, seed, "  ".join(
                 "{} {}".format(domain, " ".join("{} {:.3f}".format(region, results[row][seed][domain][region])
                                                 for region in REGIONS)) for domain in DOMAINS),
                 time.time() - began), flush=True)
     summary = {}
     print("\nWhole-volume Dice, mean +- standard deviation over seeds {} ({} steps, crop {}, batch 2)".format(
         " ".join(map(str, options.seeds)), options.steps, "x".join(map(str, options.crop))))
-    print("{:<7} {:<16} {}".format("row", "test set", "  ".join("{:>15}".format(region) for region in REGIONS)))
+    print("{:<14} {:<16} {}".format("row", "test set", "  ".join("{:>15}".format(region) for region in REGIONS)))
     for row in options.rows:
         summary[row] = {}
         for domain in DOMAINS:
@@ -149,7 +166,7 @@ def main(argv=None) -> int:
                 spread = statistics.stdev(values) if len(values) > 1 else 0.0
                 summary[row][domain][region] = {"mean": statistics.mean(values), "std": spread, "runs": values}
                 cells.append("{:>7.3f} +- {:.3f}".format(statistics.mean(values), spread))
-            print("{:<7} {:<16} {}".format(row, domain, "  ".join(cells)))
+            print("{:<14} {:<16} {}".format(row, domain, "  ".join(cells)))
     if options.json:
         with open(options.json, "w") as handle:
             json.dump({"steps": options.steps, "seeds": options.seeds, "crop": options.crop,

@@ -69,6 +69,13 @@ def cli_subprocess(args, timeout=300, env=None, **kwargs):
                           timeout=timeout, env=full_env, cwd=ROOT, **kwargs)
 
 
+def record_intensity(record_files):
+    """The intensity storage of the data set holding ``record_files`` (its manifest's)."""
+    from unet3d_core.records import Manifest
+
+    return Manifest(os.path.dirname(record_files[0])).intensity_format
+
+
 def train_args(records_dir, model_dir, *extra):
     return ["train", "--data_dir", records_dir, "--model_dir", model_dir, "--batch_size", "2",
             "--log_every", "1", "--seed", "1", "--max_steps", "2"] + TINY_MODEL + list(extra)

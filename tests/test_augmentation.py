@@ -3,6 +3,7 @@ mirroring, blur, low resolution, gamma, contrast, labels, foreground-centred cro
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import record_intensity
 from scipy import ndimage
 
 from unet3d_core import augmentation, input_pipeline
@@ -191,9 +192,10 @@ def test_foreground_locations_are_of_their_class_and_capped():
 def _centre_labels(files, *, batch_size, share, samples, augmentation_name="none", crop=(8, 8, 8)):
     """Label at the crop's centre voxel (crop // 2) of the first ``samples`` samples."""
     def build():
-        dataset = input_pipeline.training_dataset(files, batch_size=batch_size, crop_shape=crop,
-                                                  augmentation=augmentation_name, seed=11,
-                                                  oversample_foreground=share).apply(tf.data.experimental.unbatch())
+        dataset = input_pipeline.training_dataset(
+            files, intensity=record_intensity(files), batch_size=batch_size, crop_shape=crop,
+            augmentation=augmentation_name, seed=11,
+            oversample_foreground=share).apply(tf.data.experimental.unbatch())
         return tf1.data.make_one_shot_iterator(dataset.batch(samples)).get_next()
 
     images, labels = _run(build)
@@ -225,9 +227,10 @@ def test_nnunet_samples_resume_exactly_and_keep_labels_in_the_label_set(records)
 
     def batches(first_sample, count):
         def build():
-            dataset = input_pipeline.training_dataset(files, batch_size=2, crop_shape=(16, 16, 16),
-                                                      augmentation="nnunet", seed=5, first_sample=first_sample,
-                                                      oversample_foreground=0.33)
+            dataset = input_pipeline.training_dataset(
+                files, intensity=record_intensity(files), batch_size=2, crop_shape=(16, 16, 16),
+                augmentation="nnunet", seed=5, first_sample=first_sample,
+                oversample_foreground=0.33)
             return tf1.data.make_one_shot_iterator(dataset.take(count).batch(count)).get_next()
         return _run(build)
 

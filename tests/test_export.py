@@ -149,3 +149,10 @@ def _tensorflow_major():
     import tensorflow as tf
 
     return int(tf.__version__.split(".")[0])
+
+
+def test_export_json_says_how_to_scale_inputs_as_the_run_was_trained():
+    from unet3d_core.export import normalisation
+
+    assert "uint16 [0, 65535], no clipping" in normalisation({"data": {"intensity": "uint16"}})
+    assert "clip [0, 0.85 x max] per modality, scale to uint8 [0, 255]" in normalisation({"data": {}})  # older runs

@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import record_intensity
 
 from unet3d_core import input_pipeline
 from unet3d_core.records import Manifest
@@ -102,8 +103,9 @@ def test_evaluation_crops_brats_volumes_like_the_reference_and_pads_depth_to_160
 def _first_batches(files, first_sample, batches, seed=5):
     graph = tf.Graph()
     with graph.as_default():
-        dataset = input_pipeline.training_dataset(files, batch_size=2, crop_shape=(16, 16, 16), augmentation="seed",
-                                                  seed=seed, first_sample=first_sample)
+        dataset = input_pipeline.training_dataset(
+            files, intensity=record_intensity(files), batch_size=2, crop_shape=(16, 16, 16), augmentation="seed",
+            seed=seed, first_sample=first_sample)
         next_batch = tf1.data.make_one_shot_iterator(dataset).get_next()
         with tf1.Session(graph=graph) as session:
             return [session.run(next_batch) for _ in range(batches)]

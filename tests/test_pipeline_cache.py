@@ -1,6 +1,7 @@
 """The in-memory case cache changes speed only: the same samples, in the same order, resumable."""
 import numpy as np
 import tensorflow as tf
+from conftest import record_intensity
 
 from unet3d_core import input_pipeline
 from unet3d_core.records import Manifest
@@ -11,8 +12,9 @@ tf1 = tf.compat.v1
 def _batches(files, first_sample, count, cache, seed=5):
     graph = tf.Graph()
     with graph.as_default():
-        dataset = input_pipeline.training_dataset(files, batch_size=2, crop_shape=(16, 16, 16), augmentation="seed",
-                                                  seed=seed, first_sample=first_sample, cache=cache)
+        dataset = input_pipeline.training_dataset(
+            files, intensity=record_intensity(files), batch_size=2, crop_shape=(16, 16, 16), augmentation="seed",
+            seed=seed, first_sample=first_sample, cache=cache)
         next_batch = tf1.data.make_one_shot_iterator(dataset).get_next()
         with tf1.Session(graph=graph) as session:
             return [session.run(next_batch) for _ in range(count)]

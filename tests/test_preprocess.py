@@ -106,6 +106,79 @@ def test_intensities_are_clipped_at_85_percent_of_max_and_scaled_to_uint8():
     assert mean[0] == pytest.approx((255 + 128) / 2) and std[0] == pytest.approx((255 - 128) / 2)
 
 
+def test_uint16_storage_keeps_the_whole_range_unclipped():
+    image = np.zeros((2, 2, 2, 2), np.float32)
+    image[0, 0, 0, 0], image[1, 0, 0, 0], image[0, 1, 0, 0] = 1000.0, 900.0, 500.0  # 900 is above uint8's clip
+    image[..., 1] = 7.0  # a flat channel: every voxel at its maximum
+    scaled = scale_intensities(image, "uint16")
+    assert scaled.dtype == np.uint16
+    assert scaled[0, 0, 0, 0] == 65535 and scaled[1, 0, 0, 0] == round(0.9 * 65535)
+    assert scaled[0, 1, 0, 0] == round(0.5 * 65535) and scaled[1, 1, 1, 0] == 0
+    assert (scaled[..., 1] == 65535).all()
+    as_uint8 = scale_intensities(image, "uint8")
+    assert as_uint8[0, 0, 0, 0] == as_uint8[1, 0, 0, 0] == 255  # the reference's clip flattens what uint16 keeps
+
+
+def test_uint16_records_read_back_and_train_inputs_match_the_raw_volume(raw_dataset, records, tmp_path):
+    """The default storage is uint16; a record decodes (numpy and graph) to the scaled volume, and its z-scored
+    voxels are the raw volume's z-scores within 16-bit rounding, where uint8's clip moves the bright ones."""
+    import tensorflow as tf
+
+    from unet3d_core.input_pipeline import normalize
+    from unet3d_core.records import parse_case, read_record
+
+    manifest = Manifest(records)
+    assert manifest.intensity_format == "uint16" and manifest.content["format_version"] == 3
+    assert "no clipping" in manifest.content["intensity"]
+    case = manifest.cases[0]
+    stored = read_record(manifest.record_path(case))
+    assert stored["image"].dtype == np.uint16
+    loaded = load_case(discover_cases(raw_dataset)[[c.case_id for c in discover_cases(raw_dataset)].index(
+        case["id"])])
+    assert np.array_equal(stored["image"], scale_intensities(loaded.image, "uint16"))
+    graph = tf.Graph()
+    with graph.as_default():
+        serialized = next(iter(tf.compat.v1.io.tf_record_iterator(manifest.record_path(case))))
+        parsed = parse_case(tf.constant(serialized), 4, manifest.intensity_format)
+        normalised = normalize(tf.cast(parsed["image"], tf.float32), parsed["mean"], parsed["std"])
+        with tf.compat.v1.Session(graph=graph) as session:
+            image, values = session.run([parsed["image"], normalised])
+    assert np.array_equal(image, stored["image"])
+    raw = np.where(loaded.image > 0, loaded.image, 0).astype(np.float64)
+    for channel in range(4):
+        inside = raw[..., channel] > 0
+        reference = (raw[..., channel] - raw[..., channel][inside].mean()) / raw[..., channel][inside].std()
+        assert np.abs(values[..., channel][inside] - reference[inside]).max() < 2e-3
+    uint8 = scale_intensities(loaded.image, "uint8").astype(np.float64)
+    mean, std = foreground_statistics(uint8)
+    inside = raw[..., 1] > 0
+    reference = (raw[..., 1] - raw[..., 1][inside].mean()) / raw[..., 1][inside].std()
+    assert np.abs((uint8[..., 1] - mean[1]) / std[1] - reference)[inside].max() > 0.05
+
+
+def test_uint8_storage_and_older_data_sets_read_as_uint8(raw_dataset, tmp_path):
+    folder = str(tmp_path / "uint8")
+    preprocess(raw_dataset, folder, folds=5, seed=0, show_progress=False, intensity="uint8")
+    manifest = Manifest(folder)
+    assert manifest.intensity_format == "uint8"
+    from unet3d_core.records import read_record
+
+    assert read_record(manifest.record_path(manifest.cases[0]))["image"].dtype == np.uint8
+    content = dict(manifest.content, format_version=2)
+    del content["intensity_format"]  # a data set written before the choice existed
+    with open(os.path.join(folder, "manifest.json"), "w") as handle:
+        json.dump(content, handle)
+    assert Manifest(folder).intensity_format == "uint8"
+    content["intensity_format"] = "float8"
+    with open(os.path.join(folder, "manifest.json"), "w") as handle:
+        json.dump(content, handle)
+    with pytest.raises(DataError, match="unknown intensity_format 'float8'"):
+        Manifest(folder)
+    with pytest.raises(Exception, match="--intensity int12"):
+        preprocess(raw_dataset, str(tmp_path / "bad"), show_progress=False, intensity="int12")
+    assert not os.path.exists(str(tmp_path / "bad"))
+
+
 def test_folds_are_seeded_case_level_and_stratified(raw_dataset):
     cases = discover_cases(raw_dataset)
     first = assign_folds(cases, 5, seed=0)

@@ -41,7 +41,7 @@ def test_first_train_writes_the_network_data_and_options(run_dir, records):
     assert {name: content["network"][name] for name in NETWORK} == NETWORK
     assert content["network"]["in_channels"] == 4 and content["network"]["num_classes"] == 4
     assert content["data"] == {"data_dir": os.path.abspath(records), "fingerprint": Manifest(records).fingerprint(),
-                               "fold": 0}
+                               "fold": 0, "intensity": "uint16"}
     assert content["training"]["learning_rate"] == 0.001 and content["training"]["batch_size"] == 2
     assert content["backend"] == "cpu" and content["versions"]["tensorflow"]
 
@@ -221,6 +221,25 @@ def test_a_run_made_before_recipes_resumes_with_the_seeds_values(copied_run, rec
     assert (config.training.augmentation, config.training.optimizer, config.training.weight_decay,
             config.training.grad_clip, config.training.oversample_foreground) == ("seed", "adam", 0.0, 0.0, 0.0)
     assert config.training.learning_rate == 0.001  # recorded values still win over the recipe's
+
+
+def test_raw_inputs_are_scaled_as_the_runs_training_data_was(copied_run, raw_dataset, tmp_path):
+    """predict --input_dir scales raw images with the storage the network learnt from: the run's data set's
+    (uint16 here), uint8 for runs recorded before the choice; another data set's storage does not change it."""
+    predict = ["predict", "--model_dir", copied_run, "--input_dir", raw_dataset, "--output_dir", str(tmp_path / "p")]
+    assert _resolved(predict).intensity == "uint16"
+    path = os.path.join(copied_run, "run.json")
+    with open(path) as handle:
+        content = json.load(handle)
+    del content["data"]["intensity"]
+    with open(path, "w") as handle:
+        json.dump(content, handle)
+    assert _resolved(predict).intensity == "uint8"
+    from unet3d_core.preprocess import preprocess
+
+    other = str(tmp_path / "other")
+    preprocess(raw_dataset, other, folds=5, seed=1, show_progress=False)  # uint16, another fingerprint
+    assert _resolved(["evaluate", "--model_dir", copied_run, "--data_dir", other]).intensity == "uint8"
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -36,9 +36,16 @@ FORMATS = ("savedmodel", "frozen", "onnx")
 ONNX_OPSET = 17
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
-NORMALISATION = ("per image channel: clip to [0, 0.85 x the volume's maximum], scale to uint8 [0, 255], then "
-                 "subtract the mean and divide by the standard deviation of the voxels > 0 (voxels that were 0 "
-                 "stay 0); channels in the order of 'channels'")
+NORMALISATION = ("per image channel: {}, then subtract the mean and divide by the standard deviation of the "
+                 "voxels > 0 (voxels that were 0 stay 0); channels in the order of 'channels'")
+
+
+def normalisation(record: Dict) -> str:
+    """How an input is normalised for the run of ``record`` (its training data's intensity storage)."""
+    from unet3d_core.preprocess import intensity_description
+    from unet3d_core.records import LEGACY_INTENSITY
+
+    return NORMALISATION.format(intensity_description((record.get("data") or {}).get("intensity", LEGACY_INTENSITY)))
 
 
 def model_config_of(network: Dict):
@@ -160,7 +167,7 @@ def export(model_dir: str, out_dir: str, *, fmt: str = "savedmodel", window: Opt
                       + [config.in_channels],
                       "spatial_multiple_of": config.divisor,
                       "channels": _channel_names(record),
-                      "normalisation": NORMALISATION},
+                      "normalisation": normalisation(record)},
             "output": {"name": OUTPUT_NAME + ("" if fmt == "savedmodel" else ":0"), "dtype": "float32",
                        "channels": config.outputs,
                        "meaning": ("one sigmoid per region: " + ", ".join(name for name, _ in config.regions)

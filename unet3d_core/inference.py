@@ -290,7 +290,7 @@ def initialize_checkpoint(model_dir: str, model_config, seed: int = 0, ops=None,
     returns the checkpoint's path.
 
     For timing inference and for tests: the prediction path runs unchanged
-    on it, no training needed.
+    on it, no training needed. Raw inputs are scaled the default way (records.DEFAULT_INTENSITY).
     """
     import tensorflow as tf
 
@@ -308,8 +308,10 @@ def initialize_checkpoint(model_dir: str, model_config, seed: int = 0, ops=None,
         with tf1.Session(graph=graph) as session:
             session.run(tf1.global_variables_initializer())
             path = saver.save(session, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=0)
+    from unet3d_core.records import DEFAULT_INTENSITY
     from unet3d_core.run_folder import network_record, write_run
 
-    write_run(model_dir, network=network_record(model_config, input_shape), data={}, training={},
+    write_run(model_dir, network=network_record(model_config, input_shape), data={"intensity": DEFAULT_INTENSITY},
+              training={},
               backend="none (initialised, not trained)")
     return path

@@ -39,12 +39,14 @@ AUTOTUNE = tf.data.experimental.AUTOTUNE
 def normalize(image, mean, std):
     """Z-score voxels > 0 with the stored per-channel statistics; zeros stay zero.
 
-    ``image``: non-negative intensities, uint8 as stored or float32. Returns float32.
+    ``image``: non-negative intensities, uint8 or uint16 as stored, or float32. Returns float32.
     """
     # Arithmetic with a 0/1 mask instead of tf.where: the same numbers (to float
     # rounding) at a third of the cost, tf.where being slow on large volumes.
+    # The comparison on the float copy: TensorFlow 1.15 has no uint16 Greater.
+    image = tf.cast(image, tf.float32)
     foreground = tf.cast(image > 0, tf.float32)
-    return (tf.cast(image, tf.float32) - mean * foreground) * (1.0 / (std + NORMALIZE_EPSILON))
+    return (image - mean * foreground) * (1.0 / (std + NORMALIZE_EPSILON))
 
 
 def _pad_to_at_least(volume, minimum_shape):
@@ -123,6 +125,7 @@ def recipe_transform(case, sample_number, *, seed: int, crop_shape: Sequence[int
         image = tf.cast(recipe_augmentation.slice_padded(image, start, crop), tf.float32)
         label = recipe_augmentation.slice_padded(label, start, crop)
     image = normalize(image, case["mean"], case["std"])
+    image.set_shape(crop + [channels])  # static, for the intensity steps' per-channel reductions
     if augmentation == "nnunet":
         image = recipe_augmentation.intensity_augmentation(image, draws, recipe_augmentation.noise_key(
             seed, sample_number), channels)
@@ -149,22 +152,23 @@ def sample_draws(seed: int, sample_number):
     return tf.random.stateless_uniform([DRAWS_PER_SAMPLE], seed=key, dtype=tf.float32)
 
 
-def training_dataset(record_files: List[str], *, batch_size: int, crop_shape: Sequence[int], augmentation: str,
-                     seed: int, first_sample: int = 0, parallel_reads: int = 4, cache: bool = False,
+def training_dataset(record_files: List[str], *, intensity: str, batch_size: int, crop_shape: Sequence[int],
+                     augmentation: str, seed: int, first_sample: int = 0, parallel_reads: int = 4, cache: bool = False,
                      channels: int = 4, oversample_foreground: float = 0.0, elastic_probability: float = 0.0):
     """An endless, deterministic stream of (image, label) batches.
 
     ``augmentation``: none, seed or nnunet; ``oversample_foreground``: the share
-    of each batch centred on a foreground voxel (see :mod:`unet3d_core.augmentation`).
+    of each batch centred on a foreground voxel (see :mod:`unet3d_core.augmentation`);
+    ``intensity``: the records' storage (``Manifest.intensity_format``).
 
     Case order: shuffled with ``seed`` each epoch. ``first_sample`` skips that
     many samples (the resume point: step x batch size) without transforming them.
 
     Args:
         parallel_reads: record files open at once, read one after another (without the cache).
-        cache: keep every decoded case (uint8, as stored) in memory after its
+        cache: keep every decoded case (as stored) in memory after its
             first read, so later epochs read no files: about 45 MB per
-            240x240x155 case. The first batch waits until every case is read.
+            240x240x155 case in uint8, 80 MB in uint16. The first batch waits until every case is read.
             The stream is the same, sample for sample, with or without it.
     """
     files = list(record_files)
@@ -172,7 +176,7 @@ def training_dataset(record_files: List[str], *, batch_size: int, crop_shape: Se
     if cache:
         # Shuffling decoded cases draws the same permutation as shuffling file
         # names would: shuffle's choices depend on its seed and buffer size only.
-        cases = tf.data.TFRecordDataset(files).map(lambda record: parse_case(record, channels),
+        cases = tf.data.TFRecordDataset(files).map(lambda record: parse_case(record, channels, intensity),
                                                    num_parallel_calls=AUTOTUNE).cache()
         cases = cases.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
         dataset = tf.data.Dataset.zip((numbers, cases.skip(first_sample)))
@@ -190,7 +194,7 @@ def training_dataset(record_files: List[str], *, batch_size: int, crop_shape: Se
 
     def transform(number, case):
         if not cache:
-            case = parse_case(case, channels)  # here, in the parallel map, not in the sequential read
+            case = parse_case(case, channels, intensity)  # here, in the parallel map, not in the sequential read
         if recipe_sampling:
             return recipe_transform(case, number, seed=seed, crop_shape=crop_shape, batch_size=batch_size,
                                     oversample_foreground=oversample_foreground, augmentation=augmentation,
@@ -221,11 +225,12 @@ def evaluation_transform(image, mean, std, eval_crop: Sequence[int], divisor: in
     return image, offsets, crop
 
 
-def evaluation_dataset(record_files: List[str], *, eval_crop: Sequence[int], divisor: int, channels: int = 4):
+def evaluation_dataset(record_files: List[str], *, intensity: str, eval_crop: Sequence[int], divisor: int,
+                       channels: int = 4):
     """Each case once, in order: dict of network input (batch 1), full label, offsets, crop, case index."""
 
     def transform(record):
-        case = parse_case(record, channels)
+        case = parse_case(record, channels, intensity)
         image, offsets, crop = evaluation_transform(case["image"], case["mean"], case["std"], eval_crop, divisor)
         return {"image": image[tf.newaxis], "label": case["label"], "offsets": offsets, "crop": crop,
                 "case_index": case["case_index"]}

@@ -142,9 +142,11 @@ def predict(config, *, strategy, session_config, layer_ops, logger):
 
     if config.prediction.input_dir:
         def load():
-            return volumes.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard)[1]
+            return volumes.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard,
+                                            intensity=config.intensity)[1]
 
-        case_ids = volumes.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard)[0]
+        case_ids = volumes.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard,
+                                            intensity=config.intensity)[0]
     else:
         manifest = Manifest(config.data_dir)
         cases = [case for case in manifest.cases
@@ -181,7 +183,8 @@ def predict_ensemble(configs, *, output_dir: str, strategy, session_config, laye
                               "needs folds of one run".format(first.model_dir, config.model_dir))
     prediction = first.prediction
     if prediction.input_dir:
-        case_ids, cases = volumes.raw_folder_cases(prediction.input_dir, shard=strategy.shard)
+        case_ids, cases = volumes.raw_folder_cases(prediction.input_dir, shard=strategy.shard,
+                                                   intensity=first.intensity)
     else:
         manifest = Manifest(first.data_dir)  # a data set outside the cross-validation: every case
         chosen = strategy.shard(list(manifest.cases))

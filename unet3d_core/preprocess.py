@@ -1,9 +1,13 @@
-"""Raw NIfTI cases -> uint8 TFRecords + manifest, with seeded case-level folds.
+"""Raw NIfTI cases -> TFRecords + manifest, with seeded case-level folds.
 
-Intensity handling follows the reference: per modality, values are clipped to
-[0, 0.85 x max] and scaled to uint8 [0, 255]; the per-channel mean and
+Intensities (``--intensity``): ``uint16`` (the default) scales each modality's
+[0, max] to [0, 65535] and clips nothing, as nnU-Net keeps MRI intensities
+whole; ``uint8`` is the reference's: values clipped to [0, 0.85 x max] and
+scaled to [0, 255], half the bytes but the brightest 15 % of the range (where
+enhancing tumour lies on T1ce) flattened. Either way the per-channel mean and
 standard deviation over voxels > 0 are stored with the record for z-score
-normalisation at load time. Labels are stored in the internal convention.
+normalisation at load time, so the scale itself cancels out. Labels are
+stored in the internal convention.
 
 Every case is checked (see ``unet3d_core.cases``) before anything of it is
 written. Worker processes read, check, scale and encode cases without
@@ -15,6 +19,7 @@ next to the output, renamed into place at the end.
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import multiprocessing
 import os
@@ -31,8 +36,10 @@ from unet3d_core.folders import published_folder
 from unet3d_core.layouts import AUTO, LAYOUTS
 from unet3d_core.progress import Progress
 from unet3d_core.records import (
+    DEFAULT_INTENSITY,
     FOREGROUND_SAMPLES,
     FORMAT_VERSION,
+    INTENSITY_FORMATS,
     RECORD_SUFFIX,
     assemble_record,
     encode_case_features,
@@ -40,21 +47,32 @@ from unet3d_core.records import (
     write_manifest,
 )
 
-CLIP_FRACTION = 0.85
+CLIP_FRACTION = 0.85  # uint8: the reference's clip
 STAGING_PREFIX = ".unet3d-preprocess-"
+# Per storage: (share of each channel's maximum kept, largest stored value).
+_SCALES = {"uint8": (CLIP_FRACTION, 255), "uint16": (1.0, 65535)}
 
 
-def scale_intensities(image: np.ndarray) -> np.ndarray:
-    """Per channel: clip to [0, 0.85 x max], scale to uint8 [0, 255]."""
-    scaled = np.empty(image.shape, dtype=np.uint8)
+def intensity_description(intensity: str) -> str:
+    """How ``intensity`` storage scales a modality, in words (manifest, export.json)."""
+    share, top = _SCALES[intensity]
+    if share == 1.0:
+        return "scale [0, max] per modality to {} [0, {}], no clipping".format(intensity, top)
+    return "clip [0, {} x max] per modality, scale to {} [0, {}]".format(share, intensity, top)
+
+
+def scale_intensities(image: np.ndarray, intensity: str = "uint8") -> np.ndarray:
+    """Per channel: negatives to 0, then [0, share x max] scaled to ``intensity``'s range (see ``_SCALES``)."""
+    share, largest = _SCALES[intensity]
+    scaled = np.empty(image.shape, dtype=intensity)
     for channel in range(image.shape[-1]):
         volume = image[..., channel]
-        top = float(volume.max()) * CLIP_FRACTION
+        top = float(volume.max()) * share
         if top <= 0:
             scaled[..., channel] = 0
             continue
         clipped = np.clip(volume, 0.0, top)
-        scaled[..., channel] = np.round(clipped * (255.0 / top)).astype(np.uint8)
+        scaled[..., channel] = np.round(clipped * (largest / top)).astype(intensity)
     return scaled
 
 
@@ -94,7 +112,7 @@ def assign_folds(cases: List[RawCase], folds: int, seed: int) -> Dict[str, int]:
 # ------------------------------------------------------------------ per-case work (runs in worker processes)
 @dataclass
 class ConvertedCase:
-    """A checked case, scaled to uint8 and encoded, ready to be written."""
+    """A checked case, scaled to its storage type and encoded, ready to be written."""
 
     raw: RawCase
     features: bytes  # records.encode_case_features: the record but for its case_index
@@ -106,14 +124,14 @@ class ConvertedCase:
     spacing: List[float]
 
 
-def _convert_case(raw: RawCase):
+def _convert_case(raw: RawCase, intensity: str = DEFAULT_INTENSITY):
     """Check, scale and encode one case; returns a ConvertedCase or the CaseProblem that stopped it."""
     try:
         case: LoadedCase = load_case(raw)
     except InvalidCaseError as error:
         return error.problem
-    image = scale_intensities(case.image)
-    del case.image  # the float copy is 4x the uint8 one; free it early
+    image = scale_intensities(case.image, intensity)
+    del case.image  # the float copy is 2-4x the stored one; free it early
     mean, std = foreground_statistics(image)
     foreground = foreground_locations(case.label, LAYOUTS[raw.layout].num_classes, raw.case_id)
     return ConvertedCase(raw, encode_case_features(image, case.label, mean, std, foreground), list(image.shape[:3]),
@@ -164,7 +182,9 @@ class _CaseRunner:
             self.pool.join()
 
 
-def _check_options(folds: Optional[int], workers: int) -> None:
+def _check_options(folds: Optional[int], workers: int, intensity: str = DEFAULT_INTENSITY) -> None:
+    if intensity not in INTENSITY_FORMATS:
+        raise ConfigError("--intensity {}: choose one of {}".format(intensity, ", ".join(INTENSITY_FORMATS)))
     if folds is not None and folds < 2:
         raise ConfigError("--folds must be at least 2, got {}".format(folds))
     if workers < 1:
@@ -176,22 +196,24 @@ INVALID_HINT = "'python cli.py validate -i {}' lists every invalid case; --skip-
 
 # ------------------------------------------------------------------ preprocess
 def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0, workers: int = 1,
-               show_progress: bool = True, layout: str = AUTO, skip_invalid: bool = False) -> Dict:
+               show_progress: bool = True, layout: str = AUTO, skip_invalid: bool = False,
+               intensity: str = DEFAULT_INTENSITY) -> Dict:
     """Convert a raw folder (any layout of ``unet3d_core.layouts``) into records and a manifest.
 
     Args:
         layout: ``auto`` or a name from ``unet3d_core.layouts.LAYOUTS``.
         skip_invalid: leave invalid cases out (listed under ``skipped`` in
             the manifest) instead of stopping at the first.
+        intensity: how images are stored, ``uint16`` or ``uint8`` (see the module's docstring).
     Returns:
         the manifest dict.
     Raises:
         InvalidCaseError: a case failed a check (without ``skip_invalid``);
             nothing is written.
         DataError: unknown layout, too few valid cases, or an existing output folder.
-        ConfigError: bad ``folds`` or ``workers``.
+        ConfigError: bad ``folds``, ``workers`` or ``intensity``.
     """
-    _check_options(folds, workers)
+    _check_options(folds, workers, intensity)
     if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
         raise DataError("{}: already exists and is not empty; choose another -o or remove it".format(output_dir))
     scan = scan_cases(input_dir, layout)
@@ -202,7 +224,8 @@ def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0
         raise DataError("{}: {} usable cases cannot be split into {} folds".format(input_dir, len(scan.cases), folds))
 
     with published_folder(output_dir, STAGING_PREFIX) as staging:
-        entries, written, skipped = _convert_all(scan.cases, staging, workers, show_progress, skip_invalid, hint)
+        entries, written, skipped = _convert_all(scan.cases, staging, workers, show_progress, skip_invalid, hint,
+                                                 intensity)
         skipped = sorted(scan.problems + skipped, key=lambda problem: problem.case_id)
         if len(written) < folds:
             raise DataError("{}: only {} valid cases ({} skipped); {} folds need at least {}".format(
@@ -224,7 +247,8 @@ def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0
             "regions": {name: list(labels) for name, labels in spec.regions.items()},
             "folds": folds,
             "fold_seed": seed,
-            "intensity": "clip [0, {} x max] per modality, scale to uint8".format(CLIP_FRACTION),
+            "intensity_format": intensity,
+            "intensity": intensity_description(intensity),
             # Sampled once here for foreground-oversampled crops (records.foreground_locations).
             "foreground_locations": {"per_class": FOREGROUND_SAMPLES},
             "cases": entries,
@@ -236,7 +260,7 @@ def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0
 
 
 def _convert_all(cases: List[RawCase], staging: str, workers: int, show_progress: bool, skip_invalid: bool,
-                 hint: str):
+                 hint: str, intensity: str):
     """Check, scale and write every case; returns (manifest entries, written cases, problems)."""
     import tensorflow as tf
 
@@ -244,7 +268,7 @@ def _convert_all(cases: List[RawCase], staging: str, workers: int, show_progress
     written: List[RawCase] = []
     problems: List[CaseProblem] = []
     progress = Progress("preprocess", len(cases)) if show_progress else None
-    with _CaseRunner(_convert_case, min(workers, len(cases))) as runner:
+    with _CaseRunner(functools.partial(_convert_case, intensity=intensity), min(workers, len(cases))) as runner:
         for done, outcome in enumerate(runner.map(cases), start=1):
             if isinstance(outcome, CaseProblem):
                 if not skip_invalid:

@@ -2,8 +2,11 @@
 
 Record schema (one ``tf.train.Example`` per file):
 
-- ``image``: bytes, uint8 [x, y, z, C] in C order, the manifest's ``channels``
-  (t1, t1ce, t2, flair for four-image layouts; t1ce alone for MEN-RT)
+- ``image``: bytes, [x, y, z, C] in C order, the manifest's ``channels``
+  (t1, t1ce, t2, flair for four-image layouts; t1ce alone for MEN-RT), in the
+  manifest's ``intensity_format``: ``uint16`` (little-endian; [0, max] per
+  channel, format 3's default) or ``uint8`` (the reference's clip at 0.85 x max;
+  every format-1 and -2 data set)
 - ``label``: bytes, uint8 [x, y, z], internal labels 0..K-1 (all zero and
   ``has_label`` 0 for cases without segmentation)
 - ``shape``: int64 [3]; ``mean``, ``std``: float [C] over voxels > 0
@@ -34,8 +37,12 @@ from typing import Dict, List, Optional
 
 from unet3d_core.errors import DataError
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: no foreground locations
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # version 1: no foreground locations; 1 and 2: uint8 images alone
+INTENSITY_FORMATS = ("uint16", "uint8")
+DEFAULT_INTENSITY = "uint16"  # preprocess --intensity
+LEGACY_INTENSITY = "uint8"  # the storage of data sets whose manifest names none
+_IMAGE_DTYPES = {"uint8": "u1", "uint16": "<u2"}
 FOREGROUND_SAMPLES = 10000  # per class, as nnU-Net's preprocessing keeps
 MANIFEST_NAME = "manifest.json"
 RECORD_SUFFIX = ".tfrecord"
@@ -121,7 +128,7 @@ def encode_case_features(image, label, mean, std, foreground=None) -> bytes:
                     _feature_entry("foreground_locations", 1, np.asarray(locations, dtype="<i4").tobytes())]
     entries += [
         _feature_entry("has_label", 3, _int64s([1 if has_label else 0])),
-        _feature_entry("image", 1, np.ascontiguousarray(image, dtype=np.uint8).tobytes()),
+        _feature_entry("image", 1, np.ascontiguousarray(image, dtype=_IMAGE_DTYPES[image.dtype.name]).tobytes()),
         _feature_entry("label", 1, np.ascontiguousarray(label, dtype=np.uint8).tobytes()),
         _feature_entry("mean", 2, np.asarray(mean, dtype="<f4").tobytes()),
         _feature_entry("shape", 3, _int64s(image.shape[:3])),
@@ -138,15 +145,16 @@ def assemble_record(case_index: int, features: bytes) -> bytes:
 
 
 def serialize_case(image, label, mean, std, case_index: int) -> bytes:
-    """Serialise one preprocessed case (uint8 arrays) as a tf.train.Example."""
+    """Serialise one preprocessed case (uint8 or uint16 image, uint8 label) as a tf.train.Example."""
     return assemble_record(case_index, encode_case_features(image, label, mean, std))
 
 
-def parse_case(serialized, channels: int = 4):
-    """Parse a serialised case of ``channels`` images into tensors (graph op).
+def parse_case(serialized, channels: int, intensity: str):
+    """Parse a serialised case of ``channels`` images stored as ``intensity`` (the manifest's
+    :attr:`Manifest.intensity_format`) into tensors (graph op).
 
     Returns:
-        dict with ``image`` uint8 [x, y, z, channels], ``label`` uint8 [x, y, z],
+        dict with ``image`` uint8 or uint16 [x, y, z, channels], ``label`` uint8 [x, y, z],
         ``mean``/``std`` float32 [channels], ``case_index`` int64 scalar,
         ``foreground_counts`` int32 [K-1] and ``foreground_locations`` int32 [N, 3]
         (both empty for format-1 records).
@@ -165,7 +173,8 @@ def parse_case(serialized, channels: int = 4):
     }
     features = tf.io.parse_single_example(serialized, spec)
     shape = tf.cast(features["shape"], tf.int32)
-    image = tf.reshape(tf.io.decode_raw(features["image"], tf.uint8), tf.concat([shape, [channels]], axis=0))
+    image = tf.io.decode_raw(features["image"], tf.as_dtype(intensity), little_endian=True)
+    image = tf.reshape(image, tf.concat([shape, [channels]], axis=0))
     image.set_shape([None, None, None, channels])
     label = tf.reshape(tf.io.decode_raw(features["label"], tf.uint8), shape)
     counts = tf.io.decode_raw(features["foreground_counts"], tf.int32, little_endian=True)
@@ -178,8 +187,8 @@ def read_record(path: str) -> Dict:
     """Read one record file into numpy arrays (for tools and tests; training uses ``parse_case``).
 
     Returns:
-        dict with ``image`` uint8 [x, y, z, C], ``label`` uint8 [x, y, z] or
-        None, ``mean``/``std`` float32 [C], ``case_index`` int.
+        dict with ``image`` uint8 or uint16 (as stored) [x, y, z, C], ``label``
+        uint8 [x, y, z] or None, ``mean``/``std`` float32 [C], ``case_index`` int.
     """
     import numpy as np
     import tensorflow as tf
@@ -190,9 +199,12 @@ def read_record(path: str) -> Dict:
     label = None
     if feature["has_label"].int64_list.value[0]:
         label = np.frombuffer(feature["label"].bytes_list.value[0], dtype=np.uint8).reshape(shape)
+    channels = len(feature["mean"].float_list.value)
+    stored = feature["image"].bytes_list.value[0]
+    width = len(stored) // (int(np.prod(shape)) * channels)  # bytes per voxel: 1 (uint8) or 2 (uint16)
     return {
-        "image": np.frombuffer(feature["image"].bytes_list.value[0], dtype=np.uint8).reshape(
-            shape + (len(feature["mean"].float_list.value),)),
+        "image": np.frombuffer(stored, dtype=_IMAGE_DTYPES["uint16" if width == 2 else "uint8"]).reshape(
+            shape + (channels,)),
         "label": label,
         "mean": np.asarray(feature["mean"].float_list.value, dtype=np.float32),
         "std": np.asarray(feature["std"].float_list.value, dtype=np.float32),
@@ -225,6 +237,9 @@ class Manifest:
         if version not in READABLE_VERSIONS:
             raise DataError("{}: records are format version {}, this unet3d reads version {}; "
                             "run 'python cli.py preprocess' again".format(path, version, FORMAT_VERSION))
+        if self.intensity_format not in INTENSITY_FORMATS:
+            raise DataError("{}: unknown intensity_format {!r} (this unet3d reads {}); run 'python cli.py "
+                            "preprocess' again".format(path, self.intensity_format, ", ".join(INTENSITY_FORMATS)))
         self.cases: List[Dict] = self.content["cases"]
         if not self.cases:
             raise DataError("{}: the data set has no cases; run 'python cli.py preprocess' on a folder of cases "
@@ -251,6 +266,11 @@ class Manifest:
     @property
     def layout(self) -> str:
         return str(self.content.get("source_layout", "brats2019"))
+
+    @property
+    def intensity_format(self) -> str:
+        """How the records store intensities: uint16 or uint8 (every data set older than format 3)."""
+        return str(self.content.get("intensity_format", LEGACY_INTENSITY))
 
     @property
     def channels(self) -> List[str]:

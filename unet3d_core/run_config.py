@@ -100,6 +100,8 @@ class RunConfig:
     notes: Tuple[str, ...] = field(default_factory=tuple)
     lesion_rules: str = "auto"  # --lesion_rules: the year of the BraTS lesion-wise rules evaluation uses
     checkpoint: Optional[str] = None  # --checkpoint: best, latest or a step; None = best where there is one
+    # How the training data stores intensities (records.INTENSITY_FORMATS): raw inputs are scaled the same way.
+    intensity: str = "uint8"
 
     @property
     def trains(self) -> bool:
@@ -119,7 +121,7 @@ class RunConfig:
 
     def data_record(self) -> Dict:
         return {"data_dir": os.path.abspath(self.data_dir) if self.data_dir else None,
-                "fingerprint": self.data_fingerprint, "fold": self.fold}
+                "fingerprint": self.data_fingerprint, "fold": self.fold, "intensity": self.intensity}
 
 
 def has_checkpoints(model_dir: str) -> bool:
@@ -388,7 +390,19 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
                      training=training_config, inference=inference, prediction=prediction, run_record=record,
                      data_fingerprint=fingerprint, notes=tuple(notes),
                      lesion_rules=str(getattr(options, "lesion_rules", "auto") or "auto"),
-                     checkpoint=getattr(options, "checkpoint", None))
+                     checkpoint=getattr(options, "checkpoint", None),
+                     intensity=_intensity(manifest, fingerprint, record))
+
+
+def _intensity(manifest, fingerprint: Optional[str], record: Optional[Dict]) -> str:
+    """The intensity storage the network learns from: the data set's when one is open (a new run's, or the
+    run's own after the fingerprint check), else the run's record (uint8 for runs made before the choice)."""
+    from unet3d_core.records import LEGACY_INTENSITY
+
+    recorded = (record or {}).get("data", {})
+    if manifest is not None and recorded.get("fingerprint") in (None, fingerprint):
+        return manifest.intensity_format
+    return str(recorded.get("intensity", LEGACY_INTENSITY))
 
 
 def _validate_every(options, exec_mode: str) -> int:

@@ -189,7 +189,7 @@ def build_training_graph(config, *, record_files: List[str], start_step: int, to
                                        oversample_foreground=training.oversample_foreground,
                                        elastic_probability=training.elastic_probability,
                                        first_sample=start_step * training.batch_size, cache=training.cache,
-                                       channels=network.in_channels)
+                                       channels=network.in_channels, intensity=config.intensity)
         iterator = tf1.data.make_initializable_iterator(dataset)
         images, labels = iterator.get_next()
         if network.deep_supervision:

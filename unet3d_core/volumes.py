@@ -3,9 +3,9 @@
 In: :func:`raw_folder_cases` reads a raw folder (any layout of
 :mod:`unet3d_core.layouts`, segmentations optional) and :func:`record_cases`
 a preprocessed data set's records. Either way a case's inputs are normalised
-exactly as the training records are read: the reference's uint8 scaling
-(unet3d_core.preprocess) then a z-score of voxels > 0 with the case's
-foreground statistics.
+exactly as the training records are read: the run's intensity storage
+(uint16 or the reference's uint8 clip, unet3d_core.preprocess) then a z-score
+of voxels > 0 with the case's foreground statistics.
 
 Out: label maps (:func:`write_label_map`, in the source's label values and
 the segmentation's dtype) and softmax probabilities
@@ -58,8 +58,10 @@ class InferenceCase:
     to_source_labels: Dict[int, int] = field(default_factory=dict)  # internal -> source label
 
 
-def raw_folder_cases(input_dir: str, shard: Callable[[List], List] = list) -> Tuple[List[str], Iterator[InferenceCase]]:
-    """Cases of a raw BraTS folder (segmentations optional), preprocessed like the records.
+def raw_folder_cases(input_dir: str, shard: Callable[[List], List] = list,
+                     intensity: str = "uint8") -> Tuple[List[str], Iterator[InferenceCase]]:
+    """Cases of a raw BraTS folder (segmentations optional), preprocessed like the records: ``intensity`` is
+    the storage of the data set the network trained on (its run's ``RunConfig.intensity``).
 
     Returns:
         (ids of this worker's cases, iterator loading them one at a time).
@@ -78,7 +80,7 @@ def raw_folder_cases(input_dir: str, shard: Callable[[List], List] = list) -> Tu
         for raw in raw_cases:
             layout = getattr(raw, "layout", None) or folder_layout
             loaded = load_case(raw, layout)
-            scaled = scale_intensities(loaded.image)
+            scaled = scale_intensities(loaded.image, intensity)
             loaded.image = None  # free the float copy before normalising
             mean, std = foreground_statistics(scaled)
             yield InferenceCase(
@@ -126,7 +128,7 @@ def record_cases(manifest, cases: List[Dict], session_config=None) -> Iterator[I
     graph = tf.Graph()
     with graph.as_default():
         def transform(record):
-            case = parse_case(record, len(manifest.channels))
+            case = parse_case(record, len(manifest.channels), manifest.intensity_format)
             return normalize_tensor(tf.cast(case["image"], tf.float32), case["mean"], case["std"]), case["label"]
 
         dataset = tf.data.TFRecordDataset([manifest.record_path(case) for case in cases])
