@@ -99,7 +99,7 @@ def test_intensities_are_clipped_at_85_percent_of_max_and_scaled_to_uint8():
     image = np.zeros((2, 2, 2, 1), np.float32)
     image[0, 0, 0, 0] = 1000.0  # the maximum: clipped to 850 -> 255
     image[1, 0, 0, 0] = 425.0  # half of 850 -> 128 (rounded)
-    scaled = scale_intensities(image)
+    scaled = scale_intensities(image, "uint8")
     assert scaled.dtype == np.uint8
     assert scaled[0, 0, 0, 0] == 255 and scaled[1, 0, 0, 0] == 128 and scaled[1, 1, 1, 0] == 0
     mean, std = foreground_statistics(scaled)

@@ -61,7 +61,7 @@ def intensity_description(intensity: str) -> str:
     return "clip [0, {} x max] per modality, scale to {} [0, {}]".format(share, intensity, top)
 
 
-def scale_intensities(image: np.ndarray, intensity: str = "uint8") -> np.ndarray:
+def scale_intensities(image: np.ndarray, intensity: str = DEFAULT_INTENSITY) -> np.ndarray:
     """Per channel: negatives to 0, then [0, share x max] scaled to ``intensity``'s range (see ``_SCALES``)."""
     share, largest = _SCALES[intensity]
     scaled = np.empty(image.shape, dtype=intensity)

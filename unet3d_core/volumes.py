@@ -22,6 +22,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from unet3d_core.errors import DataError
+from unet3d_core.records import DEFAULT_INTENSITY
 
 NORMALIZE_EPSILON = 1e-8  # as unet3d_core.input_pipeline.normalize
 PROBABILITIES_SUFFIX = "_probabilities"
@@ -59,7 +60,7 @@ class InferenceCase:
 
 
 def raw_folder_cases(input_dir: str, shard: Callable[[List], List] = list,
-                     intensity: str = "uint8") -> Tuple[List[str], Iterator[InferenceCase]]:
+                     intensity: str = DEFAULT_INTENSITY) -> Tuple[List[str], Iterator[InferenceCase]]:
     """Cases of a raw BraTS folder (segmentations optional), preprocessed like the records: ``intensity`` is
     the storage of the data set the network trained on (its run's ``RunConfig.intensity``).
 
