@@ -501,3 +501,42 @@ def test_collectives_need_hccl_started(fake_npu):
     with tf1.Session(graph=graph) as session:
         with pytest.raises(tf.errors.UnknownError, match="HCCL is not started"):
             session.run(total)
+
+
+def test_the_fakes_gradient_allreduces_run_in_one_order_whatever_the_graph_optimisers_do(fake_npu, monkeypatch):
+    """Not an adapter rule: the fake's blocking collectives must run in the same order on every rank, or two
+    ranks wait on each other forever (TensorFlow's constant folding once dropped a control-dependency chain here
+    and a two-rank run hung in CI). The order is the gradients' order, though the last layer's is ready first."""
+    from npu_bridge.estimator.npu.npu_loss_scale_manager import FixedLossScaleManager
+    from npu_bridge.estimator.npu.npu_loss_scale_optimizer import NPULossScaleOptimizer
+    from npu_bridge.estimator.npu.npu_optimizer import NPUDistributedOptimizer
+    from npu_bridge.hccl import hccl_ops
+
+    monkeypatch.setenv("RANK_SIZE", "2")
+    monkeypatch.setenv("JOB_ID", "10086")
+    order = []
+    monkeypatch.setattr(hccl_ops, "_exchange", lambda key, value: order.append(key) or [value, value])
+    graph = tf.Graph()
+    with graph.as_default():
+        tf1.set_random_seed(1)
+        features = tf.ones([4, 8])
+        for index in range(6):
+            features = tf.nn.relu(tf1.layers.dense(features, 8, name="dense{}".format(index)))
+        loss = tf.reduce_mean(tf.square(features))
+        optimizer = NPULossScaleOptimizer(NPUDistributedOptimizer(tf1.train.GradientDescentOptimizer(0.1)),
+                                          FixedLossScaleManager(1024), is_distributed=True)
+        grads_and_vars = optimizer.compute_gradients(loss)
+        train = optimizer.apply_gradients(grads_and_vars)
+        created = [op.name for op in graph.get_operations() if op.type == "PyFunc"]
+        chain = [op for op in graph.get_operations() if op.type == "PyFunc" and "_Allreduce/" in op.name]
+        initialise = tf1.global_variables_initializer()
+    with tf1.Session(graph=graph, config=tf1.ConfigProto(inter_op_parallelism_threads=1)) as session:
+        session.run(initialise)
+        for _ in range(3):
+            session.run(train)
+    gradients = [name.split("/")[-1] for name in created if "_Allreduce/" in name]
+    assert len(created) == 13 and len(gradients) == 12  # and the overflow flags
+    assert [key.split("/")[-1] for key in order[:12]] == gradients
+    assert "_Allreduce/" not in order[12] and order == order[:13] * 3
+    # The order is a data edge (each takes the previous result as an input), which no graph optimiser removes.
+    assert all(before.outputs[0] in list(after.inputs) for before, after in zip(chain, chain[1:]))

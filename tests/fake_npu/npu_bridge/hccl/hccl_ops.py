@@ -61,8 +61,8 @@ def _exchange(key, value):
     return [np.load(path) for path in paths]
 
 
-def allreduce(tensor, reduction, fusion=1, fusion_id=-1, group="hccl_world_group"):
-    """hccl_ops.py:31: HcomAllReduce of one tensor (a list is packed into one, as convert_to_tensor does)."""
+def _checked(tensor, reduction, group):
+    """The op registration's rules for one HcomAllReduce input; the tensor."""
     if reduction not in _REDUCTIONS:
         raise ValueError("Attr 'reduction' of 'HcomAllReduce' Op passed string '{}' not in: \"min\", \"max\", "
                          "\"prod\", \"sum\". (tf_adapter/ops/hccl/hccl_ops.cc:23)".format(reduction))
@@ -72,16 +72,46 @@ def allreduce(tensor, reduction, fusion=1, fusion_id=-1, group="hccl_world_group
         raise TypeError("Value passed to parameter 'input' has DataType {} not in list of allowed values: int8, "
                         "int16, int32, int64, float16, float32, bfloat16 (tf_adapter/ops/hccl/hccl_ops.cc:22)"
                         .format(tensor.dtype.name))
-    record("allreduce", reduction=reduction, fusion=fusion, fusion_id=fusion_id, group=group)
+    return tensor
+
+
+def _allreduce_op(tensor, reduction, after=()):
+    """One HcomAllReduce as a blocking py_func; ``after`` are tensors it takes as extra, unread inputs."""
     key = tf.compat.v1.get_default_graph().unique_name("HcomAllReduce", mark_as_used=True)
 
-    def reduce(value):
+    def reduce(value, *_):
         values = _exchange(key, value)
         return _REDUCTIONS[reduction](np.stack(values), axis=0).astype(value.dtype)
 
-    result = tf.compat.v1.py_func(reduce, [tensor], tensor.dtype, stateful=True, name=key)
+    result = tf.compat.v1.py_func(reduce, [tensor] + list(after), tensor.dtype, stateful=True, name=key)
     result.set_shape(tensor.shape)
     return result
+
+
+def allreduce(tensor, reduction, fusion=1, fusion_id=-1, group="hccl_world_group"):
+    """hccl_ops.py:31: HcomAllReduce of one tensor (a list is packed into one, as convert_to_tensor does)."""
+    tensor = _checked(tensor, reduction, group)
+    record("allreduce", reduction=reduction, fusion=fusion, fusion_id=fusion_id, group=group)
+    return _allreduce_op(tensor, reduction)
+
+
+def allreduce_in_order(tensors, reduction, fusion=1, fusion_id=-1, group="hccl_world_group"):
+    """The fake's own: :func:`allreduce` of each tensor, run one after the other in list order on every rank.
+
+    Not an adapter API. On the device GE runs a graph's collectives in one order that is the same on every
+    rank. Here each collective blocks a host thread until every rank has reached it, so collectives that are
+    independent in the graph could start in a different order on each rank and wait on each other forever.
+    Each one therefore takes the previous result as an extra input it never reads: a data edge, which
+    TensorFlow's graph optimisers keep (they dropped a control-dependency chain and let the ranks diverge).
+    """
+    results, previous = [], []
+    for tensor in tensors:
+        tensor = _checked(tensor, reduction, group)
+        record("allreduce", reduction=reduction, fusion=fusion, fusion_id=fusion_id, group=group)
+        result = _allreduce_op(tensor, reduction, after=previous)
+        previous = [result]
+        results.append(result)
+    return results
 
 
 def broadcast(tensor, root_rank, fusion=2, fusion_id=0, group="hccl_world_group"):

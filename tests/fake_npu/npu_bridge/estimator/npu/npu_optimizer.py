@@ -59,18 +59,18 @@ class NPUDistributedOptimizer(tf1.train.Optimizer):
             return gradients
         if self._is_weight_update_sharding:
             raise NotImplementedError("fake_npu: weight update sharding is not faked")
-        averaged, previous = [], []
+        present = [(grad, var) for grad, var in gradients if grad is not None]
+        if any(isinstance(grad, tf.IndexedSlices) for grad, _ in present):
+            raise NotImplementedError("fake_npu: allreduce of IndexedSlices (two allgathers in the adapter) is "
+                                      "not faked")
+        size = _rank_size()
         with tf.name_scope(self._name + "_Allreduce"):
-            for grad, var in gradients:
-                if grad is None:
-                    averaged.append((None, var))
-                    continue
-                # The fake's collectives meet through files: one fixed order on every rank keeps the
-                # ranks' blocking calls from waiting on each other (HCCL itself needs no such order).
-                with tf.control_dependencies(previous):
-                    average = allreduce(grad, True)
-                previous = [average]
-                averaged.append((average, var))
+            # The fake's collectives meet through files: every rank runs them in one fixed order, or their
+            # blocking calls could wait on each other (HCCL itself needs no such order; see allreduce_in_order).
+            summed = iter(hccl_ops.allreduce_in_order([grad for grad, _ in present], "sum"))
+            averaged = [(None, var) if grad is None else
+                        (tf.math.divide(next(summed), tf.cast(size, dtype=grad.dtype)), var)
+                        for grad, var in gradients]
         return averaged
 
     def apply_gradients(self, grads_and_vars, global_step=None, name=None):
