@@ -26,6 +26,7 @@ venvs:
 lint:
 	@tools/make_venv.sh tf2
 	.venv-tf2/bin/python -m ruff check .
+	.venv-tf2/bin/python tools/check_structure.py
 
 # Speed and memory benchmarks (not part of `make test`): about 20 minutes on 2
 # cores; BENCH_ARGS=--quick for about 10. Builds .venv-bench (PyTorch CPU + MONAI)

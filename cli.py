@@ -19,8 +19,21 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 from typing import List, Optional
 
-from unet3d_core import __version__
+from unet3d_core import __version__, plugins
+from unet3d_core.config import (
+    AUGMENTATIONS,
+    EXEC_MODES,
+    LESION_RULE_CHOICES,
+    LOSSES,
+    LR_SCHEDULES,
+    NORMS,
+    OPTIMIZERS,
+    TARGETS,
+)
 from unet3d_core.errors import UNet3DError
+from unet3d_core.layouts import LAYOUT_NAMES
+from unet3d_core.recipes import RECIPE_NAMES
+from unet3d_core.records import DEFAULT_INTENSITY, INTENSITY_FORMATS
 from unet3d_core.stopping import TrainingStopped
 
 # Used only when running from a source tree that was never pip-installed, so
@@ -70,8 +83,6 @@ def load_backends():
     """All installed backends (see unet3d_core.plugins)."""
     import importlib
 
-    from unet3d_core import plugins
-
     registry = plugins.BackendRegistry.discover()
     if not registry.names and not os.environ.get(plugins.FILTER_VARIABLE):
         for name, module_name in sorted(SOURCE_TREE_BACKENDS.items()):
@@ -81,18 +92,6 @@ def load_backends():
 
 
 def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registry) -> None:
-    from unet3d_core.config import (
-        AUGMENTATIONS,
-        EXEC_MODES,
-        LESION_RULE_CHOICES,
-        LOSSES,
-        LR_SCHEDULES,
-        NORMS,
-        OPTIMIZERS,
-        TARGETS,
-    )
-    from unet3d_core.recipes import RECIPE_NAMES
-
     data = parser.add_argument_group("data and run folders")
     data.add_argument("--data_dir", required=exec_mode != "predict",
                       help="preprocessed data set (output of 'preprocess')"
@@ -277,10 +276,6 @@ def build_parser(registry) -> argparse.ArgumentParser:
     synth.add_argument("--scanner", choices=("a", "b"), default=None,
                        help="acquisition domain of --anatomical cases: a, or b with other contrast weights, more "
                             "noise, 3 mm slices along z and x flipped (default a)")
-
-    from unet3d_core.config import LESION_RULE_CHOICES
-    from unet3d_core.layouts import LAYOUT_NAMES
-    from unet3d_core.records import DEFAULT_INTENSITY, INTENSITY_FORMATS
 
     layout_choices = ("auto",) + LAYOUT_NAMES
     prep = commands.add_parser("preprocess", help="raw NIfTI (BraTS 2018-2023+, MSD) -> records + manifest",

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from unet3d_core import metrics
+from unet3d_core import distances, metrics
 
 
 def test_dice_of_hand_computed_masks():
@@ -9,16 +9,16 @@ def test_dice_of_hand_computed_masks():
     truth = np.zeros((4, 4, 4), bool)
     prediction[0, 0, :3] = True  # 3 voxels
     truth[0, 0, 1:] = True  # 3 voxels, 2 shared
-    assert metrics.dice(prediction, truth) == pytest.approx(2 * 2 / 6)
+    assert distances.dice(prediction, truth) == pytest.approx(2 * 2 / 6)
 
 
 def test_both_empty_is_perfect_and_one_empty_is_zero():
     empty = np.zeros((3, 3, 3), bool)
     one = empty.copy()
     one[1, 1, 1] = True
-    assert metrics.dice(empty, empty) == 1.0
-    assert metrics.dice(one, empty) == 0.0
-    assert metrics.dice(empty, one) == 0.0
+    assert distances.dice(empty, empty) == 1.0
+    assert distances.dice(one, empty) == 0.0
+    assert distances.dice(empty, one) == 0.0
 
 
 def test_regions_follow_both_naming_schemes():
@@ -102,7 +102,7 @@ def test_only_surfaces_count_not_interiors():
     prediction[2:7, 2:7, 2:8] = True  # the same cube one voxel longer along z
     # Surface voxels of either cube lie at most 1 voxel from the other's surface.
     assert metrics.hd95(prediction, truth) == pytest.approx(1.0)
-    assert metrics.dice(prediction, truth) == pytest.approx(2 * 125 / (125 + 150))
+    assert distances.dice(prediction, truth) == pytest.approx(2 * 125 / (125 + 150))
 
 
 def _brute_force_hd95(prediction, truth, spacing):

@@ -9,9 +9,9 @@ import pytest
 from conftest import TINY_MODEL, run_cli, train_args
 
 from unet3d_core import postprocessing
+from unet3d_core.distances import dice
 from unet3d_core.errors import ConfigError
 from unet3d_core.layouts import LAYOUTS
-from unet3d_core.metrics import dice
 
 GLIOMA = LAYOUTS["brats2019"].regions  # WT {1,2,3}, TC {1,3}, ET {3}
 SHAPE = (24, 24, 16)

@@ -1,4 +1,5 @@
 """Fault injection: kills, signals, bad numbers, full disks and damaged records never cost finished work."""
+import json
 import os
 import random
 import shutil
@@ -217,3 +218,16 @@ def test_no_shell_strings_pickle_or_eval_in_the_code():
                         assert word not in source, (name, word)
     with open(os.path.join(ROOT, "cli.py")) as handle:
         assert not any(word in handle.read() for word in forbidden)
+
+
+def test_an_atomic_file_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_path):
+    from unet3d_core.folders import atomic_text_file, write_json_atomic
+
+    path = tmp_path / "state.json"
+    write_json_atomic(str(path), {"step": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_text_file(str(path)) as handle:
+            handle.write('{"step": 2')
+            raise RuntimeError("killed while writing")
+    assert json.loads(path.read_text()) == {"step": 1}
+    assert os.listdir(str(tmp_path)) == ["state.json"]

@@ -31,9 +31,9 @@ for flavour in "${flavours[@]}"; do
     fi
     echo "== unet3d tests in .venv-$flavour ($(".venv-$flavour/bin/python" --version 2>&1)) =="
     if [ "$flavour" = tf26 ]; then
-        ".venv-$flavour/bin/python" -m pytest -q -p no:cacheprovider "${TF26_TESTS[@]}" "$@" || status=1
+        ".venv-$flavour/bin/python" -m pytest -q -p no:cacheprovider --durations=15 "${TF26_TESTS[@]}" "$@" || status=1
     else
-        ".venv-$flavour/bin/python" -m pytest -q -p no:cacheprovider "$@" || status=1
+        ".venv-$flavour/bin/python" -m pytest -q -p no:cacheprovider --durations=15 "$@" || status=1
     fi
 done
 exit $status

@@ -41,8 +41,13 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from unet3d_core import volumes
 from unet3d_core.checkpoints import CHECKPOINT_PREFIX, best_checkpoint, is_complete, keep_as_best, save_checkpoint
+from unet3d_core.errors import ConfigError
+from unet3d_core.folders import write_json_atomic
+from unet3d_core.inference import NetworkRunner
 from unet3d_core.listeners import StepListener, StepResult, crosses
+from unet3d_core.records import Manifest
 
 VALIDATION_FILE = "validation.json"
 EMA_DECAY = 0.9  # nnU-Net: ema = 0.9 * ema + 0.1 * new
@@ -109,9 +114,6 @@ def cut_patches(cases: Iterable[Tuple[np.ndarray, np.ndarray]], order: List[int]
 
 def validation_patches(config, *, count: int, session_config=None) -> Tuple[np.ndarray, np.ndarray]:
     """``count`` fixed patches of the training crop's size from the validation cases of ``config``'s fold."""
-    from unet3d_core import volumes
-    from unet3d_core.records import Manifest
-
     manifest = Manifest(config.data_dir)
     _, cases = manifest.split(config.fold)
     cases = [case for case in cases if case.get("has_label", True)]
@@ -182,8 +184,6 @@ class ValidationState:
     @classmethod
     def load(cls, model_dir: str, up_to_step: int) -> "ValidationState":
         """The state as it was at ``up_to_step`` (validations after it belong to steps being redone)."""
-        from unet3d_core.errors import ConfigError
-
         path = os.path.join(model_dir, VALIDATION_FILE)
         if not os.path.isfile(path):
             return cls()
@@ -208,10 +208,7 @@ def best_path(step: Optional[int]) -> Optional[str]:
 
 
 def write_state(model_dir: str, state: ValidationState, **settings) -> None:
-    path = os.path.join(model_dir, VALIDATION_FILE)
-    with open(path + ".partial", "w") as handle:
-        json.dump(state.to_json(**settings), handle, indent=1)
-    os.replace(path + ".partial", path)
+    write_json_atomic(os.path.join(model_dir, VALIDATION_FILE), state.to_json(**settings))
 
 
 # ------------------------------------------------------------------ listener
@@ -262,8 +259,6 @@ class BestCheckpoint(StepListener):
 
     def score(self, checkpoint: str) -> Tuple[float, List[float]]:
         """The pseudo-Dice of ``checkpoint``'s network on the patches."""
-        from unet3d_core.inference import NetworkRunner
-
         if self._runner is None:
             self._runner = NetworkRunner(self.config.network, checkpoint, self.session_config, ops=self.layer_ops)
         else:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Tuple
 
+from unet3d_core.errors import ConfigError
+
 EXEC_MODES = ("train", "evaluate", "train_and_evaluate", "predict")
 LR_SCHEDULES = ("constant", "cosine", "poly")
 OPTIMIZERS = ("sgd", "adam")
@@ -48,8 +50,6 @@ class ModelConfig:
         return 2 ** (self.depth - 1)
 
     def validate(self) -> None:
-        from unet3d_core.errors import ConfigError
-
         if self.target not in TARGETS:
             raise ConfigError("--target: '{}' is not one of {}".format(self.target, ", ".join(TARGETS)))
         if self.target == "regions" and not self.regions:

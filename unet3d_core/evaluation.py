@@ -18,20 +18,17 @@ from typing import Dict
 import numpy as np
 
 from unet3d_core import metrics as metrics_lib
+from unet3d_core import volumes
 from unet3d_core.checkpoints import select_checkpoint
 from unet3d_core.errors import ConfigError, UNet3DError
+from unet3d_core.folders import write_json_atomic
+from unet3d_core.inference import checkpoint_name, restore_network
 from unet3d_core.postprocessing import HELDOUT_DIR, heldout_complete, save_heldout
-from unet3d_core.prediction import checkpoint_name, restore_network, segment_all
+from unet3d_core.prediction import segment_all
+from unet3d_core.records import Manifest
 
 EVAL_RESULTS = "eval_results.json"
 EVAL_CASES = "eval_results.csv"
-
-
-def write_json_atomic(path: str, content: Dict) -> None:
-    temporary = path + ".partial"
-    with open(temporary, "w") as handle:
-        json.dump(content, handle, indent=1)
-    os.replace(temporary, path)
 
 
 def write_eval_summaries(folder: str, summary: Dict, step: int) -> None:
@@ -50,8 +47,6 @@ def write_eval_summaries(folder: str, summary: Dict, step: int) -> None:
 def evaluation_is_current(config) -> bool:
     """Whether ``eval_results.json`` already scores the checkpoint ``--checkpoint`` selects (the best one, else
     the newest) with these settings and metrics."""
-    from unet3d_core.records import Manifest
-
     manifest = Manifest(config.data_dir)
     names = manifest.label_scheme(config.lesion_rules).names
     # Evaluations from before the label maps were kept are redone once, so post-processing can be chosen.
@@ -92,9 +87,6 @@ def _case_line(case_id: str, values: Dict, scheme) -> str:
 def evaluate(config, *, strategy, session_config, layer_ops, logger) -> Dict:
     """Score the fold's validation cases with the checkpoint ``--checkpoint`` selects (the best one where the
     run has one, else the newest); returns the mean metrics."""
-    from unet3d_core import volumes
-    from unet3d_core.records import Manifest
-
     manifest = Manifest(config.data_dir)
     _, cases = manifest.split(config.fold)
     if not cases:

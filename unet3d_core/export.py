@@ -29,8 +29,14 @@ import os
 import shutil
 from typing import Dict, Optional, Sequence
 
+from unet3d_core.checkpoints import latest_checkpoint, restore_checkpoint, select_checkpoint
+from unet3d_core.config import ModelConfig
 from unet3d_core.errors import ConfigError
 from unet3d_core.folders import published_folder
+from unet3d_core.inference import output_probabilities
+from unet3d_core.preprocess import intensity_description
+from unet3d_core.records import LEGACY_INTENSITY, Manifest
+from unet3d_core.run_folder import read_run, run_file_path
 
 FORMATS = ("savedmodel", "frozen", "onnx")
 ONNX_OPSET = 17
@@ -42,16 +48,11 @@ NORMALISATION = ("per image channel: {}, then subtract the mean and divide by th
 
 def normalisation(record: Dict) -> str:
     """How an input is normalised for the run of ``record`` (its training data's intensity storage)."""
-    from unet3d_core.preprocess import intensity_description
-    from unet3d_core.records import LEGACY_INTENSITY
-
     return NORMALISATION.format(intensity_description((record.get("data") or {}).get("intensity", LEGACY_INTENSITY)))
 
 
 def model_config_of(network: Dict):
     """The ModelConfig a ``run.json`` network section describes."""
-    from unet3d_core.config import ModelConfig
-
     regions = tuple((str(name), tuple(int(label) for label in labels))
                     for name, labels in network.get("regions") or [])
     return ModelConfig(in_channels=int(network["in_channels"]), num_classes=int(network["num_classes"]),
@@ -62,8 +63,6 @@ def model_config_of(network: Dict):
 
 def _channel_names(record: Dict):
     """The images of the run's data set, in input order, where its manifest can still be read."""
-    from unet3d_core.records import Manifest
-
     folder = (record.get("data") or {}).get("data_dir")
     try:
         return Manifest(folder).channels if folder else None
@@ -98,10 +97,7 @@ def export(model_dir: str, out_dir: str, *, fmt: str = "savedmodel", window: Opt
     """
     import tensorflow as tf
 
-    from unet3d_core.checkpoints import latest_checkpoint, restore_checkpoint, select_checkpoint
-    from unet3d_core.inference import output_probabilities
     from unet3d_core.model import build_unet3d
-    from unet3d_core.run_folder import read_run, run_file_path
 
     if fmt not in FORMATS:
         raise ConfigError("--format {}: choose {}".format(fmt, ", ".join(FORMATS)))

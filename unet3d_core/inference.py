@@ -21,7 +21,8 @@ as tumour core (label 1), a common BraTS post-processing; 0 (default) is off.
 
 The volumes come in and the label maps go out through
 :mod:`unet3d_core.volumes`; the network is restored from a checkpoint by
-:class:`NetworkRunner`.
+:class:`NetworkRunner`, and from the checkpoint ``--checkpoint`` selects by
+:func:`restore_network`.
 """
 from __future__ import annotations
 
@@ -32,7 +33,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from unet3d_core.checkpoints import (
+    CHECKPOINT_PREFIX,
+    best_checkpoint,
+    latest_checkpoint,
+    restore_checkpoint,
+    select_checkpoint,
+)
 from unet3d_core.errors import ConfigError
+from unet3d_core.records import DEFAULT_INTENSITY
+from unet3d_core.run_folder import network_record, write_run
 
 INFERENCE_MODES = ("sliding", "crop")
 BLENDS = ("gaussian", "constant")
@@ -253,8 +263,7 @@ class NetworkRunner:
     def __init__(self, model_config, checkpoint: str, session_config=None, ops=None):
         import tensorflow as tf
 
-        from unet3d_core.checkpoints import restore_checkpoint
-        from unet3d_core.model import build_unet3d
+        from unet3d_core.model import build_unet3d  # imports TensorFlow
 
         tf1 = tf.compat.v1
         self.graph = tf.Graph()
@@ -272,8 +281,6 @@ class NetworkRunner:
 
     def restore(self, checkpoint: str) -> None:
         """Load another checkpoint of the same network into this graph (no rebuild, no recompile)."""
-        from unet3d_core.checkpoints import restore_checkpoint
-
         with self.graph.as_default():
             restore_checkpoint(self.saver, self.session, checkpoint)
         self.checkpoint = checkpoint
@@ -285,6 +292,26 @@ class NetworkRunner:
         self.session.close()
 
 
+def restore_network(config, session_config, layer_ops, logger):
+    """The network of ``config`` restored from the checkpoint ``--checkpoint`` selects (the best one where the
+    run has one, else the newest), and that step; ``runner.checkpoint`` is its path."""
+    if latest_checkpoint(config.model_dir)[0] is None and best_checkpoint(config.model_dir)[0] is None:
+        raise ConfigError("--model_dir {}: no checkpoint to evaluate or predict with; train first".format(
+            config.model_dir))
+    checkpoint, step, kind = select_checkpoint(config.model_dir, config.checkpoint)
+    runner = NetworkRunner(config.network, checkpoint, session_config, ops=layer_ops)
+    described = ", ".join("{} {}".format(key, value) for key, value in config.inference.describe().items())
+    logger.message("Restored {} (step {}, {}); inference: {}".format(
+        checkpoint, step, {"best": "the best checkpoint", "latest": "the newest checkpoint"}.get(kind, "--checkpoint"),
+        described))
+    return runner, step
+
+
+def checkpoint_name(config, runner) -> str:
+    """The restored checkpoint, relative to the run folder (``best/model.ckpt-300``, ``model.ckpt-500``)."""
+    return os.path.relpath(runner.checkpoint, config.model_dir).replace(os.sep, "/")
+
+
 def initialize_checkpoint(model_dir: str, model_config, seed: int = 0, ops=None, input_shape=None) -> str:
     """Write a step-0 checkpoint of freshly initialised weights and its ``run.json`` to ``model_dir``;
     returns the checkpoint's path.
@@ -294,8 +321,7 @@ def initialize_checkpoint(model_dir: str, model_config, seed: int = 0, ops=None,
     """
     import tensorflow as tf
 
-    from unet3d_core.checkpoints import CHECKPOINT_PREFIX
-    from unet3d_core.model import build_unet3d
+    from unet3d_core.model import build_unet3d  # imports TensorFlow
 
     tf1 = tf.compat.v1
     os.makedirs(model_dir, exist_ok=True)
@@ -308,9 +334,6 @@ def initialize_checkpoint(model_dir: str, model_config, seed: int = 0, ops=None,
         with tf1.Session(graph=graph) as session:
             session.run(tf1.global_variables_initializer())
             path = saver.save(session, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=0)
-    from unet3d_core.records import DEFAULT_INTENSITY
-    from unet3d_core.run_folder import network_record, write_run
-
     write_run(model_dir, network=network_record(model_config, input_shape), data={"intensity": DEFAULT_INTENSITY},
               training={},
               backend="none (initialised, not trained)")

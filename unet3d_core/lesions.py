@@ -63,6 +63,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from unet3d_core.config import LESION_RULE_CHOICES
+from unet3d_core.distances import border_distances, dice
 from unet3d_core.errors import ConfigError
 
 YEARS = tuple(choice for choice in LESION_RULE_CHOICES if choice != "auto")
@@ -356,45 +357,11 @@ def surface_hd95(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[fl
     return float(surface_distance.compute_robust_hausdorff(distances, 95))
 
 
-def _border(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage
-
-    structure = ndimage.generate_binary_structure(3, 1)
-    return np.logical_xor(mask, ndimage.binary_erosion(mask, structure=structure, iterations=1))
-
-
-def border_distances(truth: np.ndarray, prediction: np.ndarray,
-                     spacing: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
-    """Distances (mm) from each border voxel of ``truth`` to ``prediction``'s border, and the reverse.
-
-    Borders are the voxels with a face neighbour outside the mask (medpy's and
-    panoptica's surfaces); both masks must be non-empty. Only the box around
-    both masks is transformed: every border voxel lies inside it.
-    """
-    from scipy import ndimage
-
-    present = np.argwhere(np.logical_or(truth, prediction))
-    low = np.maximum(present.min(axis=0) - 2, 0)
-    high = np.minimum(present.max(axis=0) + 3, truth.shape)
-    box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-    truth_border, prediction_border = _border(truth[box]), _border(prediction[box])
-    sampling = [float(size) for size in spacing]
-    to_truth = ndimage.distance_transform_edt(~truth_border, sampling=sampling)
-    to_prediction = ndimage.distance_transform_edt(~prediction_border, sampling=sampling)
-    return to_prediction[truth_border], to_truth[prediction_border]
-
-
-def pooled_hd95(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]) -> float:
-    """95th percentile of the surface distances of both directions pooled (panoptica's HD95, and the
-    whole-volume HD95); both masks non-empty."""
-    from_truth, from_prediction = border_distances(truth, prediction, spacing)
-    return float(np.percentile(np.hstack((from_prediction, from_truth)), 95))
-
-
 def nsd_of_distances(from_truth: np.ndarray, from_prediction: np.ndarray, tolerance: float,
                      epsilon: float = NSD_EPSILON_2025) -> float:
-    """Normalised surface Dice from :func:`border_distances`' output: the mean of the shares of each
-    border within ``tolerance`` mm of the other (nnU-Net's definition, which the challenge uses)."""
+    """Normalised surface Dice from :func:`~unet3d_core.distances.border_distances`' output: the mean of
+    the shares of each border within ``tolerance`` mm of the other (nnU-Net's definition, which the challenge
+    uses)."""
     within_truth = np.count_nonzero(from_truth <= tolerance) / from_truth.size
     within_prediction = np.count_nonzero(from_prediction <= tolerance) / from_prediction.size
     outside_truth = np.count_nonzero(from_truth > tolerance) / from_truth.size
@@ -421,8 +388,6 @@ def normalized_surface_dice(truth: np.ndarray, prediction: np.ndarray, spacing: 
 # ------------------------------------------------------------------ scoring
 def _score_dilation(truth_lesions, predicted_lesions, rule: RegionRule, rules: RuleSet, spacing, penalty):
     from scipy import ndimage
-
-    from unet3d_core.metrics import dice
 
     shape = truth_lesions.shape
     voxel = float(np.prod(spacing))
@@ -504,8 +469,6 @@ def _dilation_scores(prediction, truth, spacing, regions, rules: RuleSet):
 def _panoptica_scores(prediction, truth, spacing, regions, rules: RuleSet):
     from scipy import ndimage
     from scipy.optimize import linear_sum_assignment
-
-    from unet3d_core.metrics import dice
 
     results = OrderedDict()
     for name in rules.regions:

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from unet3d_core.checkpoints import prune_checkpoints, save_checkpoint
 from unet3d_core.errors import ConfigError, UNet3DError
 
 
@@ -155,8 +156,6 @@ class CheckpointSaver(StepListener):
     """Every ``every`` steps, at the last step and when stopping: a checkpoint, the newest ``keep`` kept."""
 
     def __init__(self, saver, model_dir: str, *, every: int, keep: int, total_steps: int, guard: StepGuard):
-        from unet3d_core.checkpoints import prune_checkpoints
-
         self.saver, self.model_dir = saver, model_dir
         self.every, self.total_steps = every, total_steps
         # The saver (max_to_keep=keep) learns the checkpoints of earlier processes, oldest first.
@@ -168,8 +167,6 @@ class CheckpointSaver(StepListener):
         self._session = session
 
     def after_step(self, result: StepResult) -> None:
-        from unet3d_core.checkpoints import save_checkpoint
-
         if crosses(self.guard.last_saved, result.step, self.every) or result.step >= self.total_steps \
                 or result.stopping:
             save_checkpoint(self.saver, self._session, self.model_dir, result.step, self.guard.last_saved)

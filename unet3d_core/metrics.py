@@ -8,7 +8,8 @@ A :class:`LabelScheme` says what is measured; it comes from the data's layout
   MEN-RT have their own, see the layouts). HD95 is the 95th-percentile
   symmetric Hausdorff distance between the two surfaces, in millimetres, using
   the voxel spacing. Both empty -> Dice 1 and HD95 0; exactly one empty ->
-  Dice 0 and HD95 373.13 mm (the diagonal of a 240x240x155 mm box).
+  Dice 0 and HD95 373.13 mm (the diagonal of a 240x240x155 mm box). Dice and
+  the surface distances are computed by :mod:`unet3d_core.distances`.
 - ``LesionDice_<R>`` and ``LesionHD95_<R>``: the challenge's lesion-wise scores,
   by the rules of the year ``--lesion_rules`` picks (:mod:`unet3d_core.lesions`),
   and the normalised surface Dice where those rules define it
@@ -25,6 +26,11 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from unet3d_core.distances import dice, pooled_hd95
+from unet3d_core.folders import atomic_text_file
+from unet3d_core.layouts import layout_of
+from unet3d_core.lesions import lesion_scores, rules_for
 
 SEED_REGIONS = OrderedDict([
     ("TumorCore", (1,)),
@@ -59,9 +65,6 @@ class LabelScheme:
     @classmethod
     def for_layout(cls, layout: str, lesion_rules: Optional[str] = "auto") -> "LabelScheme":
         """The scheme of a layout; ``lesion_rules`` a year, ``auto`` (the layout's release) or None (none)."""
-        from unet3d_core.layouts import layout_of
-        from unet3d_core.lesions import rules_for
-
         spec = layout_of(layout)
         rules = None
         if lesion_rules is not None:
@@ -113,16 +116,6 @@ def default_scheme() -> LabelScheme:
     return LabelScheme.for_layout("brats2019")
 
 
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Dice of two boolean masks; 1.0 when both are empty."""
-    predicted = int(np.count_nonzero(prediction))
-    actual = int(np.count_nonzero(truth))
-    if predicted + actual == 0:
-        return 1.0
-    overlap = int(np.count_nonzero(np.logical_and(prediction, truth)))
-    return 2.0 * overlap / (predicted + actual)
-
-
 def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
     """95th-percentile symmetric surface distance of two boolean masks, in the unit of ``spacing`` (mm).
 
@@ -130,8 +123,6 @@ def hd95(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (
     voxel of the other are pooled and their 95th percentile taken. Both masks
     empty gives 0, exactly one empty gives 373.13.
     """
-    from unet3d_core.lesions import pooled_hd95
-
     prediction = np.asarray(prediction, dtype=bool)
     truth = np.asarray(truth, dtype=bool)
     if prediction.shape != truth.shape:
@@ -155,8 +146,6 @@ def case_metrics(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[fl
     Returns:
         an ordered dict over ``scheme.names``.
     """
-    from unet3d_core.lesions import lesion_scores
-
     scheme = scheme or default_scheme()
     if prediction.shape != truth.shape:
         raise ValueError("prediction shape {} differs from truth shape {}".format(prediction.shape, truth.shape))
@@ -233,13 +222,10 @@ def format_table(statistics: Dict[str, Dict], cases: int, descriptions: Optional
 def write_case_table(path: str, per_case: Dict[str, Dict[str, float]]) -> None:
     """Write per-case metrics as CSV (``case`` then every metric name), atomically."""
     import csv
-    import os
 
     names = metric_names(per_case)
-    temporary = path + ".partial"
-    with open(temporary, "w", newline="") as handle:
+    with atomic_text_file(path, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["case"] + names)
         for case_id, values in per_case.items():
             writer.writerow([case_id] + ["{:.6g}".format(values[name]) for name in names])
-    os.replace(temporary, path)

@@ -14,9 +14,14 @@ from typing import Dict
 import numpy as np
 
 from unet3d_core import metrics as metrics_lib
-from unet3d_core.evaluation import EVAL_RESULTS, evaluate, evaluation_is_current, write_json_atomic
+from unet3d_core.evaluation import EVAL_RESULTS, evaluate, evaluation_is_current
+from unet3d_core.folders import write_json_atomic
+from unet3d_core.layouts import LAYOUTS
 from unet3d_core.logger import RunLogger
+from unet3d_core.postprocessing import POSTPROCESSING_FILE, choose_for_cross_validation
+from unet3d_core.prediction import predict, predict_ensemble
 from unet3d_core.run_config import resolve_runs
+from unet3d_core.trainer import train
 
 CV_RESULTS = "cv_results.json"
 CV_CASES = "cv_results.csv"
@@ -36,9 +41,6 @@ def _loggable(options) -> Dict:
 def run_fold(config, *, options, backend, strategy, session_config, layer_ops, reuse_evaluation=False) -> Dict:
     """Run ``config.exec_mode`` for one fold (or one raw prediction folder)."""
     import tensorflow as tf
-
-    from unet3d_core.prediction import predict
-    from unet3d_core.trainer import train
 
     if strategy.is_chief:
         os.makedirs(config.model_dir, exist_ok=True)
@@ -112,9 +114,6 @@ def write_cross_validation(model_dir: str, folds: int, logger: RunLogger):
 def _choose_postprocessing(model_dir: str, per_fold: Dict, layout, logger):
     """Post-processing chosen on the folds' held-out label maps (``postprocessing.json``); for cv_results.json
     its pooled Dice before and after, or None when it could not be chosen."""
-    from unet3d_core.layouts import LAYOUTS
-    from unet3d_core.postprocessing import POSTPROCESSING_FILE, choose_for_cross_validation
-
     if layout not in LAYOUTS:
         return None
     chosen = choose_for_cross_validation(model_dir, {fold: list(report["cases"]) for fold, report in per_fold.items()},
@@ -139,8 +138,6 @@ def run(*, options, backend) -> Dict:
         session_config = backend.session_config(base_session_config(), options, strategy)
         layer_ops = backend.layer_ops(options)  # the core's textbook ops unless the backend has its own
         if getattr(runs[0][0], "ensemble_member", False):  # resolve_runs made the folds' models members
-            from unet3d_core.prediction import predict_ensemble
-
             console = RunLogger(None, enabled=strategy.is_chief)
             output_dir = options.output_dir or os.path.join(options.model_dir, "ensemble-predictions")
             return {"predict": predict_ensemble([config for _, config in runs], output_dir=output_dir,

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 import pluggy
 
 from unet3d_core import ENTRY_POINT_GROUP, PROJECT_NAME, defaults, hookspecs
-from unet3d_core.errors import BackendError
+from unet3d_core.errors import BackendError, UNet3DError
 from unet3d_core.types import BackendInfo
 
 try:  # Python >= 3.8
@@ -56,8 +56,6 @@ class Backend:
         except (BackendError, KeyboardInterrupt, SystemExit):
             raise
         except Exception as error:
-            from unet3d_core.errors import UNet3DError
-
             if isinstance(error, UNet3DError):
                 raise
             raise BackendError(

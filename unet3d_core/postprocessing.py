@@ -32,7 +32,9 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from unet3d_core.distances import dice
 from unet3d_core.errors import ConfigError
+from unet3d_core.folders import write_json_atomic
 
 POSTPROCESSING_FILE = "postprocessing.json"
 HELDOUT_DIR = "heldout"  # in each fold folder: the evaluated label maps, for choosing post-processing
@@ -149,8 +151,6 @@ def _load(path: str) -> Tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------ choosing
 def _dice_vector(prediction: np.ndarray, truth: np.ndarray, regions) -> np.ndarray:
-    from unet3d_core.metrics import dice
-
     return np.asarray([dice(np.isin(prediction, labels), np.isin(truth, labels)) for labels in regions.values()])
 
 
@@ -234,8 +234,6 @@ def choose_for_cross_validation(model_dir: str, cases_by_fold: Dict[int, Sequenc
                                 regions: Dict[str, Sequence[int]], logger, layout: str = "") -> Optional[Dict]:
     """Choose on the label maps each fold kept of its evaluated cases (``fold-N/heldout``), write
     ``MODEL_DIR/postprocessing.json``; returns its content, or None (and says why) when some are missing."""
-    from unet3d_core.evaluation import write_json_atomic
-
     files = _heldout_files(model_dir, cases_by_fold)
     if not files:
         logger.message("post-processing not chosen: some fold-N/{} is missing (evaluated before label maps were "

@@ -2,7 +2,8 @@
 
 Every prediction restores the checkpoint ``--checkpoint`` selects (the run's
 best one where it has one, else the newest) into a fresh inference graph
-built from the run's own network (``run.json``).
+built from the run's own network (``run.json``):
+:func:`unet3d_core.inference.restore_network`.
 """
 from __future__ import annotations
 
@@ -12,37 +13,16 @@ from typing import Callable, Iterator, List
 
 import numpy as np
 
-from unet3d_core.checkpoints import best_checkpoint, latest_checkpoint, select_checkpoint
+from unet3d_core import postprocessing, volumes
 from unet3d_core.errors import ConfigError
+from unet3d_core.folders import write_json_atomic
+from unet3d_core.inference import checkpoint_name, final_labels, predict_probabilities, restore_network, segment
 from unet3d_core.listeners import benchmark_report
-
-
-def restore_network(config, session_config, layer_ops, logger):
-    """The network of ``config`` restored from the checkpoint ``--checkpoint`` selects (the best one where the
-    run has one, else the newest), and that step; ``runner.checkpoint`` is its path."""
-    from unet3d_core import inference
-
-    if latest_checkpoint(config.model_dir)[0] is None and best_checkpoint(config.model_dir)[0] is None:
-        raise ConfigError("--model_dir {}: no checkpoint to evaluate or predict with; train first".format(
-            config.model_dir))
-    checkpoint, step, kind = select_checkpoint(config.model_dir, config.checkpoint)
-    runner = inference.NetworkRunner(config.network, checkpoint, session_config, ops=layer_ops)
-    described = ", ".join("{} {}".format(key, value) for key, value in config.inference.describe().items())
-    logger.message("Restored {} (step {}, {}); inference: {}".format(
-        checkpoint, step, {"best": "the best checkpoint", "latest": "the newest checkpoint"}.get(kind, "--checkpoint"),
-        described))
-    return runner, step
-
-
-def checkpoint_name(config, runner) -> str:
-    """The restored checkpoint, relative to the run folder (``best/model.ckpt-300``, ``model.ckpt-500``)."""
-    return os.path.relpath(runner.checkpoint, config.model_dir).replace(os.sep, "/")
+from unet3d_core.records import Manifest
 
 
 def segment_all(cases: Iterator, runner, settings, keep_probabilities: bool = False):
     """Yield (case, internal label map, probabilities or None) per case; closes the network's session at the end."""
-    from unet3d_core.inference import segment
-
     try:
         for case in cases:
             labels, probabilities = segment(case.image, runner, settings, keep_probabilities)
@@ -53,8 +33,6 @@ def segment_all(cases: Iterator, runner, settings, keep_probabilities: bool = Fa
 
 def _refuse_existing_outputs(output_dir: str, case_ids: List[str], prediction) -> None:
     """Existing outputs are refused up front (before any work) unless ``--overwrite``."""
-    from unet3d_core import volumes
-
     if prediction.overwrite:
         return
     for case_id in case_ids:
@@ -71,8 +49,6 @@ def predict_cases(config, case_ids: List[str], load_cases: Callable[[], Iterator
     chosen on cross-validation is applied where the run (or its CV folder) has one and ``--postprocessing
     auto``.
     """
-    from unet3d_core import postprocessing, volumes
-
     prediction = config.prediction
     output_dir = prediction.output_dir or os.path.join(config.model_dir, "predictions")
     _refuse_existing_outputs(output_dir, case_ids, prediction)
@@ -106,8 +82,6 @@ def benchmark_prediction(config, load_cases: Callable[[], Iterator], *, session_
     yields are cycled until ``--max_steps`` volumes are done; with
     ``--synthetic_input`` one random volume of ``--eval_crop`` is used instead.
     """
-    from unet3d_core.inference import segment
-
     training = config.training
     runner, _ = restore_network(config, session_config, layer_ops, logger)
     volume_times: List[float] = []
@@ -137,9 +111,6 @@ def benchmark_prediction(config, load_cases: Callable[[], Iterator], *, session_
 def predict(config, *, strategy, session_config, layer_ops, logger):
     """``predict``: a raw folder (``--input_dir``) or the data set's cases (``--predict_on``), sharded over
     ranks; with ``--benchmark`` timed and not written."""
-    from unet3d_core import volumes
-    from unet3d_core.records import Manifest
-
     if config.prediction.input_dir:
         def load():
             return volumes.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard,
@@ -169,11 +140,6 @@ def predict_ensemble(configs, *, output_dir: str, strategy, session_config, laye
     The models run one after another on a case, so memory holds one window batch at a time, the running
     sum and the current model's volume.
     """
-    from unet3d_core import postprocessing, volumes
-    from unet3d_core.evaluation import write_json_atomic
-    from unet3d_core.inference import final_labels, predict_probabilities
-    from unet3d_core.records import Manifest
-
     first = configs[0]
     for config in configs[1:]:
         theirs, ours = config.network, first.network

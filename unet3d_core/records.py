@@ -35,7 +35,7 @@ import json
 import os
 from typing import Dict, List, Optional
 
-from unet3d_core.errors import DataError
+from unet3d_core.errors import ConfigError, DataError
 
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)  # version 1: no foreground locations; 1 and 2: uint8 images alone
@@ -284,6 +284,7 @@ class Manifest:
 
     def label_scheme(self, lesion_rules: str = "auto"):
         """The data's :class:`~unet3d_core.metrics.LabelScheme`: regions scored and lesion-wise rules."""
+        # Lazy: records is on ``cli.py --help``'s import path, and metrics brings lesions (~15 ms).
         from unet3d_core.metrics import LabelScheme
 
         return LabelScheme.for_layout(self.layout, lesion_rules)
@@ -311,8 +312,6 @@ class Manifest:
 
     def split(self, fold: int):
         """Return (training cases, validation cases) for ``fold``; validation is that fold."""
-        from unet3d_core.errors import ConfigError
-
         if not 0 <= fold < self.num_folds:
             raise ConfigError("--fold {}: the data set has folds 0..{}".format(fold, self.num_folds - 1))
         training = [case for case in self.cases if case["fold"] != fold and case["has_label"]]

@@ -24,7 +24,12 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from unet3d_core import metrics as metrics_lib
+from unet3d_core.case_scan import discover_cases
+from unet3d_core.distances import dice
 from unet3d_core.errors import DataError
+from unet3d_core.layouts import LAYOUTS, detect_layout, map_labels
+from unet3d_core.postprocessing import POSTPROCESSING_FILE, summary_lines
+from unet3d_core.volumes import segmentation_beside
 
 LOG_NAME = "log.json"
 # Overlay colours by internal label (files are mapped from their own convention first).
@@ -223,8 +228,7 @@ def plot_case(case_id: str, images: Dict[str, np.ndarray], truth: Optional[np.nd
     if truth is not None:
         scores = []
         for region, labels in regions.items():
-            scores.append("{} {:.3f}".format(region, metrics_lib.dice(np.isin(prediction, labels),
-                                                                      np.isin(truth, labels))))
+            scores.append("{} {:.3f}".format(region, dice(np.isin(prediction, labels), np.isin(truth, labels))))
         caption += "; whole-volume Dice (BraTS regions) " + ", ".join(scores)
     legend = [Patch(color=colour, label=name) for name, colour in colours.values()]
     figure.legend(handles=legend, loc="lower center", ncol=3, fontsize=8)
@@ -242,10 +246,6 @@ def _case_sources(parameters: Dict, images_dir: Optional[str]) -> Dict[str, Tupl
     From ``images_dir``, else wherever the run read its data (``--input_dir``
     or the ``--data_dir`` manifest's source paths).
     """
-    from unet3d_core.case_scan import discover_cases
-    from unet3d_core.layouts import LAYOUTS, detect_layout
-    from unet3d_core.volumes import segmentation_beside
-
     raw_dir = images_dir or parameters.get("input_dir")
     if raw_dir:
         layout = detect_layout(raw_dir)
@@ -292,8 +292,6 @@ def _load_volume(path: str, volume: Optional[int] = None) -> np.ndarray:
 
 def _internal(path: str, label_map: Dict[int, int]) -> np.ndarray:
     """A label-map file in internal labels (its values mapped through the data set's ``label_map``)."""
-    from unet3d_core.layouts import map_labels
-
     return map_labels(_load_volume(path), label_map, path)
 
 
@@ -322,8 +320,6 @@ def _results_table(path: str, title: str) -> List[str]:
 
 def _postprocessing_table(run_dir: str) -> List[str]:
     """Markdown lines for the post-processing chosen on cross-validation (``postprocessing.json``), if any."""
-    from unet3d_core.postprocessing import POSTPROCESSING_FILE, summary_lines
-
     path = os.path.join(run_dir, POSTPROCESSING_FILE)
     if not os.path.isfile(path):
         return []
@@ -346,8 +342,6 @@ def build_report(run_dir: str, *, out_dir: Optional[str] = None, cases: int = 3,
     Raises:
         DataError: RUN_DIR holds no run log.
     """
-    from unet3d_core.layouts import LAYOUTS
-
     out_dir = out_dir or os.path.join(run_dir, "report")
     os.makedirs(out_dir, exist_ok=True)
     folders = run_folders(run_dir)

@@ -24,8 +24,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from unet3d_core.checkpoints import CHECKPOINT_PREFIX, check_folder_can_be_written, select_checkpoint
 from unet3d_core.config import ModelConfig
 from unet3d_core.errors import ConfigError
+from unet3d_core.inference import InferenceSettings
+from unet3d_core.layouts import LAYOUTS, detect_layout, region_painting
+from unet3d_core.recipes import DEFAULT_RECIPE, LEGACY_RECIPE, preset
+from unet3d_core.records import LEGACY_INTENSITY, Manifest
+from unet3d_core.run_folder import network_record, read_run
 
 # Flags bound to a run, and their defaults for a new one.
 NETWORK_FLAGS = (("base_filters", 32), ("max_filters", 320), ("depth", 6), ("norm", "instancenorm"),
@@ -109,8 +115,6 @@ class RunConfig:
 
     def network_record(self) -> Dict:
         """The ``network`` section of ``run.json``."""
-        from unet3d_core.run_folder import network_record
-
         return network_record(self.network, self.input_shape)
 
     def training_record(self) -> Dict:
@@ -125,8 +129,6 @@ class RunConfig:
 
 
 def has_checkpoints(model_dir: str) -> bool:
-    from unet3d_core.checkpoints import CHECKPOINT_PREFIX
-
     return bool(glob.glob(os.path.join(model_dir, CHECKPOINT_PREFIX + "-*.index")))
 
 
@@ -156,8 +158,6 @@ def _bound_value(name: str, given, record: Optional[Dict], section: str, model_d
 
 def _recipe(options, record: Optional[Dict], model_dir: str) -> str:
     """--recipe: bound to the run like the network flags; runs from before recipes were the seed's."""
-    from unet3d_core.recipes import DEFAULT_RECIPE, LEGACY_RECIPE
-
     given = getattr(options, "recipe", None)
     if record is None:
         return given or (LEGACY_RECIPE if has_checkpoints(model_dir) else DEFAULT_RECIPE)
@@ -218,8 +218,6 @@ def _training(options, record, exec_mode: str, notes: List[str], recipe: Dict) -
 
 def _check_data(config_data_dir, fold, record, exec_mode: str, notes: List[str]):
     """Open the data set, check the fold, compare with the run's; returns (manifest, fingerprint)."""
-    from unet3d_core.records import Manifest
-
     manifest = Manifest(config_data_dir)
     if fold is not None:
         manifest.split(fold)
@@ -236,8 +234,6 @@ def _check_data(config_data_dir, fold, record, exec_mode: str, notes: List[str])
 
 def _data_layout(manifest, options):
     """The layout of the data this command reads (the data set's, or the raw --input_dir's), or None."""
-    from unet3d_core.layouts import LAYOUTS, detect_layout
-
     if manifest is not None:
         return LAYOUTS[manifest.layout]
     if options.input_dir:
@@ -268,8 +264,6 @@ def _channels_and_classes(layout, record, options, model_dir: str) -> Tuple[int,
 def _target_regions(target: str, layout, record) -> Tuple[Tuple[str, Tuple[int, ...]], ...]:
     """--target regions: the regions the network learns (the run's, else the data's cohort's; the glioma
     regions for synthetic input); () for --target labels."""
-    from unet3d_core.layouts import LAYOUTS
-
     if target != "regions":
         return ()
     recorded = (record or {}).get("network", {}).get("regions")
@@ -289,8 +283,6 @@ def _check_postprocessing(options, layout) -> None:
 
 
 def _check_folders(options, exec_mode: str) -> None:
-    from unet3d_core.checkpoints import check_folder_can_be_written
-
     if os.path.exists(options.model_dir) and not os.path.isdir(options.model_dir):
         raise ConfigError("--model_dir {}: exists and is not a directory".format(options.model_dir))
     check_folder_can_be_written(options.model_dir, "--model_dir")
@@ -315,10 +307,6 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
     Raises:
         ConfigError / DataError: a bad flag, folder or data set, or a flag that conflicts with the run.
     """
-    from unet3d_core.inference import InferenceSettings
-    from unet3d_core.layouts import region_painting
-    from unet3d_core.run_folder import read_run
-
     exec_mode = options.exec_mode
     model_dir = model_dir or options.model_dir
     options.model_dir = model_dir
@@ -327,7 +315,6 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
     notes: List[str] = []
     fold = _bound_value("fold", options.fold if fold is None else fold, record, "data", model_dir)
     fold = DEFAULTS["fold"] if fold is None else int(fold)
-    from unet3d_core.recipes import preset
 
     recipe = _recipe(options, record, model_dir)
     network = _network(options, record, model_dir, exec_mode, preset(recipe))
@@ -382,8 +369,6 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
     if exec_mode in ("evaluate", "predict") and not has_checkpoints(model_dir):
         raise ConfigError("--model_dir {}: no checkpoint to {} with; train first".format(model_dir, exec_mode))
     if exec_mode in ("evaluate", "predict") and getattr(options, "checkpoint", None) is not None:
-        from unet3d_core.checkpoints import select_checkpoint
-
         select_checkpoint(model_dir, options.checkpoint)  # a step or best the folder lacks fails before any work
     return RunConfig(exec_mode=exec_mode, model_dir=model_dir, data_dir=options.data_dir, fold=fold,
                      backend=options.backend, network=model_config, input_shape=input_shape,
@@ -397,8 +382,6 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
 def _intensity(manifest, fingerprint: Optional[str], record: Optional[Dict]) -> str:
     """The intensity storage the network learns from: the data set's when one is open (a new run's, or the
     run's own after the fingerprint check), else the run's record (uint8 for runs made before the choice)."""
-    from unet3d_core.records import LEGACY_INTENSITY
-
     recorded = (record or {}).get("data", {})
     if manifest is not None and recorded.get("fingerprint") in (None, fingerprint):
         return manifest.intensity_format
@@ -462,9 +445,6 @@ def ensemble_folds(options) -> Optional[List[int]]:
 
 
 def _refuse_cross_validation_data(options, folds: List[int]) -> None:
-    from unet3d_core.records import Manifest
-    from unet3d_core.run_folder import read_run
-
     if not options.data_dir:
         raise ConfigError("predict with --folds needs --input_dir (new cases) or --data_dir")
     fingerprint = Manifest(options.data_dir).fingerprint()
@@ -503,7 +483,6 @@ def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
                           "use --predict_on fold (each case once, by the fold that held it out)")
     if not options.data_dir:
         raise ConfigError("--data_dir is required with --fold all")
-    from unet3d_core.records import Manifest
 
     runs = []
     for fold in range(Manifest(options.data_dir).num_folds):

@@ -24,7 +24,9 @@ import os
 import platform
 from typing import Dict, Optional
 
+from unet3d_core import __version__
 from unet3d_core.errors import ConfigError
+from unet3d_core.folders import write_json_atomic
 
 RUN_FILE = "run.json"
 FORMAT_VERSION = 1
@@ -72,8 +74,6 @@ def network_record(model_config, input_shape) -> Dict:
 def versions() -> Dict[str, str]:
     import tensorflow as tf
 
-    from unet3d_core import __version__
-
     return {"unet3d": __version__, "tensorflow": tf.__version__, "python": platform.python_version()}
 
 
@@ -91,9 +91,5 @@ def write_run(model_dir: str, *, network: Dict, data: Dict, training: Dict, back
         "backend": backend,
         "versions": versions(),
     }
-    path = run_file_path(model_dir)
-    temporary = path + ".partial"
-    with open(temporary, "w") as handle:
-        json.dump(content, handle, indent=1, sort_keys=True)
-    os.replace(temporary, path)
+    write_json_atomic(run_file_path(model_dir), content, sort_keys=True)
     return content

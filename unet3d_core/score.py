@@ -13,7 +13,6 @@ a different shape or affine, is an error naming both files.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import numpy as np
 
 from unet3d_core import metrics as metrics_lib
 from unet3d_core.errors import DataError
+from unet3d_core.folders import write_json_atomic
 from unet3d_core.layouts import (
     AUTO,
     LAYOUT_NAMES,
@@ -33,6 +33,7 @@ from unet3d_core.layouts import (
     layout_for_case_name,
     map_labels,
 )
+from unet3d_core.progress import Progress
 from unet3d_core.volumes import PROBABILITIES_SUFFIX
 
 AFFINE_TOLERANCE = 1e-3  # mm / direction-cosine units; other tools round headers to float32
@@ -201,10 +202,7 @@ def write_score_outputs(out_csv: str, per_case: Dict[str, Dict[str, float]], det
     content["cases"] = len(per_case)
     content["naming"] = dict((scheme or metrics_lib.default_scheme()).descriptions())
     content["metrics"] = metrics_lib.describe(list(per_case.values()))
-    temporary = summary_path + ".partial"
-    with open(temporary, "w") as handle:
-        json.dump(content, handle, indent=1)
-    os.replace(temporary, summary_path)
+    write_json_atomic(summary_path, content)
     return summary_path
 
 
@@ -226,8 +224,6 @@ def run_score(pred_dir: str, truth_dir: str, *, out_csv: Optional[str] = None, l
 
     ``out_csv`` defaults to ``metrics.csv`` in ``pred_dir``. Raises DataError as :func:`score_folders`.
     """
-    from unet3d_core.progress import Progress
-
     out_csv = out_csv or os.path.join(pred_dir, "metrics.csv")
     bar = [None]
 

@@ -12,7 +12,7 @@ from typing import Dict
 import numpy as np
 
 from unet3d_core import listeners as listeners_lib
-from unet3d_core.best_checkpoint import BestCheckpoint
+from unet3d_core.best_checkpoint import BestCheckpoint, validation_patches
 from unet3d_core.checkpoints import BEST_FOLDER, check_run_folder, latest_checkpoint, restore_checkpoint
 from unet3d_core.distributed import steps_per_worker
 from unet3d_core.errors import ConfigError, DataError
@@ -37,8 +37,6 @@ def _start(config, strategy, logger):
 
 def _validation_patches(config, write: bool, session_config, logger):
     """The chief's fixed patches for the best checkpoint's pseudo-Dice, or None when it does not validate."""
-    from unet3d_core.best_checkpoint import validation_patches
-
     every, count = config.training.validate_every, config.training.validation_patches
     if not write or every <= 0:
         return None

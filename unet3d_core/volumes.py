@@ -21,8 +21,12 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from unet3d_core.case_scan import discover_cases
+from unet3d_core.cases import load_case
 from unet3d_core.errors import DataError
-from unet3d_core.records import DEFAULT_INTENSITY
+from unet3d_core.layouts import LAYOUTS, NIFTI_SUFFIXES, SEGMENTATION_ENDINGS, detect_layout, inverse_label_map
+from unet3d_core.preprocess import foreground_statistics, scale_intensities
+from unet3d_core.records import DEFAULT_INTENSITY, parse_case
 
 NORMALIZE_EPSILON = 1e-8  # as unet3d_core.input_pipeline.normalize
 PROBABILITIES_SUFFIX = "_probabilities"
@@ -69,11 +73,6 @@ def raw_folder_cases(input_dir: str, shard: Callable[[List], List] = list,
     Raises:
         DataError: an unknown layout or a broken case (see unet3d_core.case_scan and unet3d_core.cases).
     """
-    from unet3d_core.case_scan import discover_cases
-    from unet3d_core.cases import load_case
-    from unet3d_core.layouts import LAYOUTS, detect_layout, inverse_label_map
-    from unet3d_core.preprocess import foreground_statistics, scale_intensities
-
     folder_layout = detect_layout(input_dir)
     raw_cases = shard(discover_cases(input_dir, require_segmentation=False))
 
@@ -96,8 +95,6 @@ def raw_folder_cases(input_dir: str, shard: Callable[[List], List] = list,
 
 def segmentation_beside(image_path: str, case_id: str) -> Optional[str]:
     """The ``<case>_seg``, ``<case>-seg`` or ``<case>_gtv`` (.nii[.gz]) next to one of a case's images, if present."""
-    from unet3d_core.layouts import NIFTI_SUFFIXES, SEGMENTATION_ENDINGS
-
     folder = os.path.dirname(image_path)
     for name in SEGMENTATION_ENDINGS:
         for extension in NIFTI_SUFFIXES:
@@ -122,7 +119,6 @@ def record_cases(manifest, cases: List[Dict], session_config=None) -> Iterator[I
     import tensorflow as tf
 
     from unet3d_core.input_pipeline import normalize as normalize_tensor
-    from unet3d_core.records import parse_case
 
     tf1 = tf.compat.v1
     to_source = {target: source for source, target in manifest.label_map.items()}

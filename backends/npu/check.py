@@ -20,7 +20,7 @@ from typing import List, Tuple
 
 from backends.npu import adapter as npu_adapter
 from backends.npu import config as npu_config
-from backends.npu import devices, launcher, rank_table, sync_mode
+from backends.npu import devices, launcher, rank_table, run_devices, sync_mode
 from unet3d_core.errors import UNet3DError
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -94,10 +94,8 @@ def _address_row(table, server: str, hccn_conf: str) -> Row:
 
 def _run_rows(options, environment) -> List[Row]:
     chip = devices.resolve_chip(options.npu_chip)
-    from backends.npu.plugin import table_for
-
     try:
-        table, path = table_for(options, chip)
+        table, path = run_devices.table_for(options, chip)
         where = path or "built from {}".format(options.hccn_conf)
         server = rank_table.this_server(table, options.server_id if options.rank_table else None)
     except UNet3DError as error:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 
 from backends.npu import adapter as npu_adapter
+from backends.npu import check, devices, diagnostics, launcher, rank_table, run_devices, sync_mode
 from backends.npu import config as npu_config
-from backends.npu import devices, diagnostics, launcher, rank_table, sync_mode
+from backends.npu.strategy import HcclStrategy, loss_scaling_optimizer
 from unet3d_core import BackendInfo, hookimpl
 from unet3d_core.distributed import steps_per_worker
 from unet3d_core.errors import BackendError, ConfigError
@@ -36,41 +36,17 @@ def _adapter_present() -> bool:
     return npu_adapter.installed() is not None
 
 
-def _device_ids(options):
-    if options.device_ids is None:
-        return list(range(options.npus))
-    try:
-        ids = [int(part) for part in options.device_ids.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError("--device_ids {}: expected comma-separated integers like 0,1,2,3".format(
-            options.device_ids)) from None
-    if len(ids) != options.npus:
-        raise ConfigError("--device_ids {}: {} device(s) listed for --npus {}".format(
-            options.device_ids, len(ids), options.npus))
-    if len(set(ids)) != len(ids) or any(not 0 <= device < rank_table.MAX_DEVICES_PER_SERVER for device in ids):
-        raise ConfigError("--device_ids {}: ids must be distinct and within 0..{}".format(
-            options.device_ids, rank_table.MAX_DEVICES_PER_SERVER - 1))
-    return ids
-
-
 def _single_device(options) -> int:
     """ASCEND_DEVICE_ID for a one-device run: the logical id of the physical device --device_ids names.
 
     Raises:
         ConfigError: that device is not visible to this process.
     """
-    physical = _device_ids(options)[0]
+    physical = run_devices.device_ids(options)[0]
     try:
         return launcher.logical_device_id(physical, launcher.visible_devices(dict(os.environ)))
     except ConfigError as error:
         raise ConfigError("--device_ids {}: {}".format(physical, error)) from None
-
-
-def _host_address() -> str:
-    try:
-        return socket.gethostbyname(socket.gethostname())
-    except OSError:
-        return "127.0.0.1"
 
 
 def _launches_workers(options) -> bool:
@@ -188,8 +164,6 @@ def unet3d_add_commands(commands):
     table.add_argument("--check", default=None, metavar="FILE", help="validate this rank table instead")
     _add_table_arguments(table)
     table.set_defaults(command_handler=_command_rank_table)
-    from backends.npu import check
-
     checker = tools.add_parser("check", help="check this server for a run: adapter, CANN, devices, rank table, "
                                              "addresses, timeouts, sync_mode",
                                description="One table of what a run on this server depends on; exits 1 if a run "
@@ -240,23 +214,8 @@ def _command_rank_table(options) -> int:
         print("{}: valid version {} rank table, {} rank(s) on {} server(s)".format(
             options.check, table.version, table.size, len(table.server_ids)))
         return 0
-    print(json.dumps(_built_table(options), indent=2))
+    print(json.dumps(run_devices.built_table(options), indent=2))
     return 0
-
-
-def _built_table(options):
-    """The version 1.0 table of --device_ids on this server (--server_id), with the addresses of --hccn_conf."""
-    return rank_table.build_rank_table(options.server_id or _host_address(), _device_ids(options),
-                                       rank_table.read_hccn_conf(options.hccn_conf), options.hccn_conf)
-
-
-def table_for(options, chip=None):
-    """(validated table, path) for this run (also ``npu check``'s); a built table's path is None (the launcher
-    writes it into the run folder). ``chip``: the device family, default --npu_chip resolved."""
-    chip = chip or devices.resolve_chip(getattr(options, "npu_chip", "auto"))
-    if options.rank_table is not None:
-        return rank_table.load_rank_table(options.rank_table, chip), os.path.abspath(options.rank_table)
-    return rank_table.validate_rank_table(_built_table(options), "built rank table", chip), None
 
 
 @hookimpl
@@ -265,11 +224,11 @@ def unet3d_validate_options(options):
         return
     if options.npus < 1:
         raise ConfigError("--npus must be at least 1, got {}".format(options.npus))
-    _device_ids(options)
+    run_devices.device_ids(options)
     ranks = options.npus
     if _launches_workers(options):
         launcher.refuse_mixed_environment(dict(os.environ))
-        table, _ = table_for(options)
+        table, _ = run_devices.table_for(options)
         server = rank_table.this_server(table, options.server_id if options.rank_table else None)
         here = len(table.devices_of(server))
         if here != options.npus:
@@ -292,7 +251,7 @@ def unet3d_launch(options, worker_command):
     if not _adapter_present():
         raise BackendError("npu backend: " + INSTALL_HINT)
     _apply_sync_mode_patch(options)  # once, before any rank starts
-    table, table_path = table_for(options)
+    table, table_path = run_devices.table_for(options)
     if table_path is None:
         table_path = os.path.join(os.path.abspath(options.model_dir), "rank_table.json")
         rank_table.write_rank_table(rank_table.build_rank_table(
@@ -355,8 +314,6 @@ def _session_config(options):
 @hookimpl
 def unet3d_distributed_strategy(options):
     if int(os.environ.get("RANK_SIZE", "1")) > 1:
-        from backends.npu.strategy import HcclStrategy
-
         return HcclStrategy(_session_config(options))
     return None  # one device
 
@@ -371,8 +328,6 @@ def unet3d_mixed_precision(optimizer, options, strategy):
     kind, scale = npu_config.loss_scale_choice(options.npu_loss_scale)
     if kind == "none":
         return optimizer
-    from backends.npu.strategy import loss_scaling_optimizer
-
     return loss_scaling_optimizer(npu_adapter.load(), optimizer, kind, scale, distributed=strategy.size > 1)
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from unet3d_core.errors import ConfigError
+from unet3d_core.folders import write_json_atomic
 
 VERSIONS = ("1.0", "1.2")
 MAX_DEVICES_PER_SERVER = 16
@@ -331,10 +332,7 @@ def load_rank_table(path: str, chip: str = CHIP_910) -> RankTable:
 def write_rank_table(table: Dict, path: str) -> None:
     """Write atomically: workers must never read a half-written table."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    temporary = path + ".partial"
-    with open(temporary, "w") as handle:
-        json.dump(table, handle, indent=2)
-    os.replace(temporary, path)
+    write_json_atomic(path, table, indent=2)
 
 
 def this_server(table: RankTable, server_id: Optional[str]) -> str:

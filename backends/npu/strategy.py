@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from backends.npu import adapter as npu_adapter
+from backends.npu import config as npu_config
+from unet3d_core.errors import BackendError
 from unet3d_core.types import DistributedStrategy
 
 
@@ -23,9 +26,7 @@ class HcclStrategy(DistributedStrategy):
     def __init__(self, session_config):
         import tensorflow as tf
 
-        from backends.npu import adapter
-
-        npu_init = adapter.load().npu_init
+        npu_init = npu_adapter.load().npu_init
         self._npu = npu_init
         self._session_config = session_config
         self._reducers = {}
@@ -122,8 +123,6 @@ def loss_scaling_optimizer(adapter, optimizer, kind: str, scale: float, distribu
     as an inf/NaN gradient, which needs the device's INF/NaN mode (the Atlas A2 default); the gradients it
     checks are already reduced, so all ranks skip the same steps.
     """
-    from backends.npu import config as npu_config
-
     npu_init = adapter.npu_init
     inner = npu_init.NPUDistributedOptimizer(optimizer) if distributed else optimizer
     if adapter.has_loss_scale_optimizer:
@@ -155,8 +154,6 @@ def loss_scaling_optimizer(adapter, optimizer, kind: str, scale: float, distribu
 def _require_inf_nan_mode() -> None:
     """TensorFlow's loss scaling sees an overflow only as inf/NaN: refuse it when the device saturates instead."""
     import importlib
-
-    from unet3d_core.errors import BackendError
 
     device = importlib.import_module("npu_device")
     if not device.is_inf_nan_enabled():

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Iterable, Optional
 
 from unet3d_core.errors import BackendError
+from unet3d_core.folders import atomic_text_file
 
 RELATIVE_PATH = os.path.join("te", "platform", "cce_build.py")
 BACKUP_SUFFIX = ".unet3d-orig"
@@ -176,12 +177,9 @@ def unpatch(path: str) -> str:
 
 
 def _write_atomically(path: str, content: str) -> None:
-    temporary = path + ".unet3d-partial"
     try:
-        with open(temporary, "w") as handle:
+        mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else None
+        with atomic_text_file(path, suffix=".unet3d-partial", mode=mode) as handle:
             handle.write(content)
-        if os.path.exists(path):
-            os.chmod(temporary, os.stat(path).st_mode & 0o7777)
-        os.replace(temporary, path)
     except OSError as error:
         raise BackendError("sync_mode patch: cannot write {} ({})".format(path, error.strerror)) from None
