@@ -10,9 +10,7 @@ synthetic data, CPU).
 from __future__ import annotations
 
 import argparse
-import glob
 import os
-import re
 import sys
 
 # TensorFlow's C++ start-up chatter drowns our progress lines; warnings and errors still show.
@@ -30,11 +28,10 @@ from unet3d_core.config import (
     OPTIMIZERS,
     TARGETS,
 )
-from unet3d_core.errors import UNet3DError
+from unet3d_core.errors import TrainingStopped, UNet3DError
 from unet3d_core.layouts import LAYOUT_NAMES
 from unet3d_core.recipes import RECIPE_NAMES
 from unet3d_core.records import DEFAULT_INTENSITY, INTENSITY_FORMATS
-from unet3d_core.stopping import TrainingStopped
 
 # Used only when running from a source tree that was never pip-installed, so
 # no entry points exist; an installed unet3d registers these same modules.
@@ -169,9 +166,6 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
     optim.add_argument("--lr_scaling", choices=("none", "linear"), default=None,
                        help="multi-worker runs: keep --learning_rate (none, the seed's way) or multiply it "
                             "by the number of workers (linear) (default none)")
-    dist = parser.add_argument_group("multi-process (Horovod-based backends)")
-    dist.add_argument("--hosts", default=None,
-                      help="hosts and slots for Horovod's launcher, e.g. host1:4,host2:4 (default: this machine)")
     model = parser.add_argument_group("model and shapes",
                                       "Bound to the run: after the first train, MODEL_DIR/run.json supplies "
                                       "--input_shape, --base_filters, --max_filters, --depth, --norm, "
@@ -401,139 +395,6 @@ def command_score(options) -> int:
     return 0
 
 
-class _StageOutput:
-    """A demo stage's standard output: every line goes to the stage's log file; training's step lines
-    (``step 25/300  loss 0.81 ...``) also move a progress bar on standard error."""
-
-    STEP = re.compile(r"^step (\d+)/(\d+)\b(?:.*?(loss \S+))?")
-
-    def __init__(self, path: str):
-        self.path = path
-        self._file = open(path, "w", buffering=1)
-        self._partial = ""
-        self._bar = None
-
-    def write(self, text: str) -> int:
-        self._file.write(text)
-        lines = (self._partial + text).split("\n")
-        self._partial = lines.pop()
-        for line in lines:
-            match = self.STEP.match(line)
-            if match:
-                from unet3d_core.progress import Progress
-
-                if self._bar is None:
-                    self._bar = Progress("  train", int(match.group(2)), unit="step")
-                self._bar.update(int(match.group(1)), match.group(3) or "")
-        return len(text)
-
-    def flush(self) -> None:
-        self._file.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self._file.close()
-
-    def tail(self, count: int = 10) -> List[str]:
-        with open(self.path) as handle:
-            return handle.read().splitlines()[-count:]
-
-
-def _demo_summary(stage: str, raw: str, records: str, run_dir: str) -> str:
-    """One line on what a demo stage left behind, read from its outputs."""
-    import json
-
-    def load(path):
-        with open(path) as handle:
-            return json.load(handle)
-
-    if stage == "synth":
-        return "{} synthetic cases in {}".format(len(glob.glob(os.path.join(raw, "*", "*", ""))), raw)
-    if stage == "preprocess":
-        manifest = load(os.path.join(records, "manifest.json"))
-        return "{} cases in {} folds -> {}".format(len(manifest["cases"]), manifest["folds"], records)
-    if stage == "train":
-        results = load(os.path.join(run_dir, "eval_results.json"))
-        return "step {}, {} held-out cases of fold {} evaluated -> {}".format(
-            results["checkpoint_step"], len(results["cases"]), results["fold"], run_dir)
-    if stage == "predict":
-        written = glob.glob(os.path.join(run_dir, "predictions", "*.nii.gz"))
-        return "{} label maps -> {}".format(len(written), os.path.join(run_dir, "predictions"))
-    return "curves and case overlays -> {}".format(os.path.join(run_dir, "report", "index.md"))
-
-
-def _demo_synth_options() -> List[str]:
-    """Template brains at 3 mm when nilearn is installed (the training crop is 48 x 48 x 32), else disc phantoms."""
-    import importlib.util
-
-    if importlib.util.find_spec("nilearn") is not None:
-        return ["--anatomical", "--shape", "56", "64", "56"]
-    return ["--shape", "64", "64", "48"]
-
-
-def command_demo(options) -> int:
-    """Run the README's demo: each stage is the same command a user would type.
-
-    The console gets one line per stage (and training's progress); each stage's own output, tables
-    included, goes to WORKDIR/logs/<stage>.log, and the results stay in the run folder. A second run
-    reuses the data and the finished run folder (training resumes or is already done).
-    """
-    import contextlib
-    import json
-    import time
-
-    workdir = os.path.abspath(options.workdir)
-    raw, records, run_dir, logs = (os.path.join(workdir, name) for name in ("raw", "records", "run", "logs"))
-    stages = []
-    if not os.path.isdir(raw):
-        stages.append(["synth", "--out", raw, "--cases", "20", "--seed", "0"] + _demo_synth_options())
-    if not os.path.isdir(records):
-        stages.append(["preprocess", "-i", raw, "-o", records, "--folds", "5", "--seed", "0"])
-    folders = ["--data_dir", records, "--model_dir", run_dir, "--backend", "cpu"]
-    # The default recipe (nnunet); only the sizes are made small enough for a CPU.
-    stages.append(["train", "--exec_mode", "train_and_evaluate", "--max_steps", str(options.max_steps),
-                   "--cache", "--log_every", "25", "--checkpoint_every", "100", "--fold", "0",
-                   "--input_shape", "48", "48", "32", "--base_filters", "8", "--max_filters", "64", "--depth", "4",
-                   "--seed", "1"] + folders)
-    # The run folder remembers the network and the fold (run.json): the folders are enough.
-    stages.append(["predict", "--overwrite"] + folders)
-    stages.append(["report", run_dir])
-    os.makedirs(logs, exist_ok=True)
-    print("[demo] unet3d on synthetic BraTS-like data, CPU backend; each stage's output: {}".format(logs), flush=True)
-    reused = [folder for folder in (raw, records) if os.path.isdir(folder)]
-    if reused:
-        print("[demo] reusing {} (delete {} to start over)".format(" and ".join(reused), workdir), flush=True)
-    for number, stage in enumerate(stages, start=1):
-        name = stage[0]
-        output = _StageOutput(os.path.join(logs, "{}.log".format(name)))
-        output.write("python cli.py {}\n\n".format(" ".join(stage)))
-        began = time.time()
-        try:
-            with contextlib.redirect_stdout(output):
-                code = main(stage)
-        finally:
-            output.close()
-        if code:
-            print("[demo {}/{}] {} failed (exit {}); its last lines ({}):".format(
-                number, len(stages), name, code, output.path), file=sys.stderr)
-            for line in output.tail():
-                print("  " + line, file=sys.stderr)
-            return code
-        print("[demo {}/{}] {:<10} {:>5.1f} s  {}".format(number, len(stages), name, time.time() - began,
-                                                       _demo_summary(name, raw, records, run_dir)), flush=True)
-    with open(os.path.join(run_dir, "eval_results.json")) as handle:
-        results = json.load(handle)
-    mean = results["mean"]
-    print("[demo] Dice on the {} held-out cases: {}  (per case: {})".format(
-        len(results["cases"]), "  ".join("{} {:.3f}".format(region, mean["Dice_" + region])
-                                         for region in ("WT", "TC", "ET") if "Dice_" + region in mean),
-        os.path.join(run_dir, "eval_results.csv")))
-    print("[demo] report: {}".format(os.path.join(run_dir, "report", "index.md")))
-    return 0
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -553,7 +414,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("wrote {}".format(index))
             return 0
         if options.command == "demo":
-            return command_demo(options)
+            from unet3d_core.demo import run_demo
+
+            return run_demo(options.workdir, options.max_steps, main)
         if options.command == "export":
             from unet3d_core.export import export
 

@@ -11,8 +11,8 @@ import tensorflow as tf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from backends.horovod import HorovodStrategy, inside_horovod_job  # noqa: E402
 from unet3d_core.config import ModelConfig  # noqa: E402
-from unet3d_core.distributed import HorovodStrategy, inside_horovod_job  # noqa: E402
 from unet3d_core.losses import segmentation_loss  # noqa: E402
 from unet3d_core.model import build_unet3d  # noqa: E402
 from unet3d_core.types import DistributedStrategy  # noqa: E402

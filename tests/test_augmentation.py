@@ -6,7 +6,7 @@ import tensorflow as tf
 from conftest import record_intensity
 from scipy import ndimage
 
-from unet3d_core import augmentation, input_pipeline
+from unet3d_core import crop_sampling, draw_matrix, input_pipeline, intensity_transforms
 from unet3d_core.records import Manifest, foreground_locations, read_record
 
 tf1 = tf.compat.v1
@@ -30,10 +30,10 @@ def _case(shape=(20, 18, 16), channels=2, seed=0):
 
 
 def _draws(**rows):
-    """A draw matrix that applies nothing (every gate at 0.99) but the rows given."""
-    draws = np.full((augmentation.DRAW_ROWS, 4), 0.99, np.float32)
+    """A draw matrix that applies nothing (every gate at 0.99) but the rows given (``ROW_*`` names)."""
+    draws = np.full((draw_matrix.DRAW_ROWS, 4), 0.99, np.float32)
     for name, values in rows.items():
-        draws[getattr(augmentation, name)] = values
+        draws[getattr(draw_matrix, name)] = values
     return draws
 
 
@@ -54,11 +54,11 @@ def test_rotated_and_scaled_grid_matches_scipy_affine_transform():
     image, label = _case()
     angles = np.radians([17.0, -23.0, 9.0])
     scale = 1.2
-    draws = _draws(_ROTATE=0.0, _ANGLES=(np.array([17.0, -23.0, 9.0, 0]) + 30) / 60, _SCALE=0.0,
-                   _SCALE_FACTOR=(scale - 0.7) / 0.7)
+    draws = _draws(ROW_ROTATE=0.0, ROW_ANGLES=(np.array([17.0, -23.0, 9.0, 0]) + 30) / 60, ROW_SCALE=0.0,
+                   ROW_SCALE_FACTOR=(scale - 0.7) / 0.7)
     start = np.array([2, 1, 3], np.int32)
     crop = (12, 10, 8)
-    out_image, out_label = _run(lambda: augmentation.spatial_crop(
+    out_image, out_label = _run(lambda: crop_sampling.spatial_crop(
         tf.constant(image), tf.constant(label), tf.constant(start), tf.constant(draws), crop))
 
     def rotation(axis, angle):
@@ -77,10 +77,10 @@ def test_rotated_and_scaled_grid_matches_scipy_affine_transform():
 @pytest.mark.parametrize("scale", [0.75, 1.35])
 def test_scaling_alone_matches_scipy_affine_transform(scale):
     image, label = _case()
-    draws = _draws(_SCALE=0.0, _SCALE_FACTOR=(scale - 0.7) / 0.7)
+    draws = _draws(ROW_SCALE=0.0, ROW_SCALE_FACTOR=(scale - 0.7) / 0.7)
     start = np.array([4, -2, 3], np.int32)  # the grid leaves the volume on y
     crop = (10, 12, 8)
-    out_image, out_label = _run(lambda: augmentation.spatial_crop(
+    out_image, out_label = _run(lambda: crop_sampling.spatial_crop(
         tf.constant(image), tf.constant(label), tf.constant(start), tf.constant(draws), crop))
     _assert_like_affine_transform(out_image, out_label, image, label, np.eye(3) * scale, start, crop)
 
@@ -89,8 +89,8 @@ def test_without_rotation_or_scaling_the_crop_is_a_padded_slice_and_mirroring_re
     image, label = _case()
     start = np.array([-3, 10, 2], np.int32)  # leaves the volume on x (before) and y (after)
     crop = (8, 12, 8)
-    draws = _draws(_MIRROR=(0.1, 0.9, 0.2, 0.9))  # mirror x and z
-    out_image, out_label = _run(lambda: augmentation.spatial_crop(
+    draws = _draws(ROW_MIRROR=(0.1, 0.9, 0.2, 0.9))  # mirror x and z
+    out_image, out_label = _run(lambda: crop_sampling.spatial_crop(
         tf.constant(image), tf.constant(label), tf.constant(start), tf.constant(draws), crop))
     padded = np.pad(image, ((3, 0), (0, 4), (0, 0), (0, 0)))
     padded_label = np.pad(label, ((3, 0), (0, 4), (0, 0)))
@@ -104,7 +104,7 @@ def test_blur_matches_scipy_gaussian_filter_per_channel_and_axis():
     rng = np.random.RandomState(1)
     image = rng.normal(size=(10, 9, 11, 2)).astype(np.float32)
     sigmas = np.array([[1.0, 0.5], [0.75, 1.0], [0.5, 0.9]], np.float32)  # [axis, channel]
-    out = _run(lambda: augmentation.gaussian_blur(tf.constant(image), tf.constant(sigmas)))
+    out = _run(lambda: intensity_transforms.gaussian_blur(tf.constant(image), tf.constant(sigmas)))
     for channel in range(2):
         expected = image[..., channel].astype(np.float64)
         for axis in range(3):
@@ -117,9 +117,9 @@ def test_blur_matches_scipy_gaussian_filter_per_channel_and_axis():
 def test_low_resolution_is_nearest_down_then_linear_up():
     rng = np.random.RandomState(2)
     volume = rng.normal(size=(8, 6, 10)).astype(np.float32)
-    same = _run(lambda: augmentation.simulate_low_resolution(tf.constant(volume), tf.constant(1.0)))
+    same = _run(lambda: intensity_transforms.simulate_low_resolution(tf.constant(volume), tf.constant(1.0)))
     np.testing.assert_allclose(same, volume, atol=1e-6)
-    half = _run(lambda: augmentation.simulate_low_resolution(tf.constant(volume), tf.constant(0.5)))
+    half = _run(lambda: intensity_transforms.simulate_low_resolution(tf.constant(volume), tf.constant(0.5)))
     # numpy reference, one axis after another.
     expected = volume.astype(np.float64)
     for axis in range(3):
@@ -142,7 +142,7 @@ def test_gamma_keeps_each_channels_mean_and_std_and_order(invert):
     rng = np.random.RandomState(3)
     image = (rng.normal(size=(9, 8, 7, 3)) * [1.0, 2.0, 0.5] + [0.0, 1.0, -2.0]).astype(np.float32)
     gammas = np.array([0.7, 1.5, 1.2], np.float32)
-    out = _run(lambda: augmentation.gamma_keep_statistics(tf.constant(image), tf.constant(gammas), invert))
+    out = _run(lambda: intensity_transforms.gamma_keep_statistics(tf.constant(image), tf.constant(gammas), invert))
     np.testing.assert_allclose(out.mean(axis=(0, 1, 2)), image.mean(axis=(0, 1, 2)), atol=1e-4)
     np.testing.assert_allclose(out.std(axis=(0, 1, 2)), image.std(axis=(0, 1, 2)), rtol=1e-3)
     for channel in range(3):  # a monotonic map: the voxels' order is kept
@@ -161,10 +161,10 @@ def test_gamma_keeps_each_channels_mean_and_std_and_order(invert):
 def test_contrast_and_brightness_per_channel():
     rng = np.random.RandomState(4)
     image = rng.normal(size=(6, 6, 6, 2)).astype(np.float32)
-    draws = _draws(_CONTRAST=0.0, _CONTRAST_FACTORS=(1.0, 0.0, 0, 0), _BRIGHTNESS=0.0,
-                   _BRIGHTNESS_FACTORS=(0.5, 1.0, 0, 0))
-    out = _run(lambda: augmentation.intensity_augmentation(tf.constant(image), tf.constant(draws),
-                                                           tf.constant([1, 2], tf.int64), 2))
+    draws = _draws(ROW_CONTRAST=0.0, ROW_CONTRAST_FACTORS=(1.0, 0.0, 0, 0), ROW_BRIGHTNESS=0.0,
+                   ROW_BRIGHTNESS_FACTORS=(0.5, 1.0, 0, 0))
+    out = _run(lambda: intensity_transforms.intensity_augmentation(tf.constant(image), tf.constant(draws),
+                                                                   tf.constant([1, 2], tf.int64), 2))
     bright = image * np.array([1.0, 1.25], np.float32)  # U(0.75, 1.25) at draws 0.5 and 1.0
     factors = np.array([1.25, 0.75], np.float32)
     mean = bright.mean(axis=(0, 1, 2))
@@ -175,8 +175,8 @@ def test_contrast_and_brightness_per_channel():
 def test_no_gate_open_changes_nothing():
     rng = np.random.RandomState(5)
     image = rng.normal(size=(6, 6, 6, 4)).astype(np.float32)
-    out = _run(lambda: augmentation.intensity_augmentation(tf.constant(image), tf.constant(_draws()),
-                                                           tf.constant([1, 2], tf.int64), 4))
+    out = _run(lambda: intensity_transforms.intensity_augmentation(tf.constant(image), tf.constant(_draws()),
+                                                                   tf.constant([1, 2], tf.int64), 4))
     np.testing.assert_array_equal(out, image)
 
 
@@ -209,9 +209,9 @@ def test_foreground_share_of_batches_and_crops_centred_on_their_class(records):
     assert read_record(files[0])["label"] is not None
     centres, labels = _centre_labels(files, batch_size=3, share=0.33, samples=120)
     # batch 3 at 0.33: round(3 x 0.67) = 2 uniform, the last one on foreground.
-    assert augmentation.foreground_samples_per_batch(3, 0.33) == 1
-    assert augmentation.foreground_samples_per_batch(2, 0.33) == 1
-    assert augmentation.foreground_samples_per_batch(1, 0.33) == 0
+    assert draw_matrix.foreground_samples_per_batch(3, 0.33) == 1
+    assert draw_matrix.foreground_samples_per_batch(2, 0.33) == 1
+    assert draw_matrix.foreground_samples_per_batch(1, 0.33) == 0
     foreground_positions = centres[2::3]
     assert np.all(foreground_positions > 0)  # every forced sample is centred on a class present
     uniform = centres.reshape(-1, 3)[:, :2]
@@ -260,17 +260,17 @@ def test_elastic_deformation_samples_the_displaced_grid_like_scipy_map_coordinat
     image, label = _case()
     start = np.array([3, 2, 4], np.int32)
     crop = (12, 10, 8)
-    draws = _draws(_ELASTIC=0.0, _ELASTIC_MAGNITUDE=1.0)  # deformed, at the largest magnitude
+    draws = _draws(ROW_ELASTIC=0.0, ROW_ELASTIC_MAGNITUDE=1.0)  # deformed, at the largest magnitude
 
     def build():
-        key = augmentation.elastic_key(7, tf.constant(5, tf.int64))
-        out = augmentation.spatial_crop(tf.constant(image), tf.constant(label), tf.constant(start),
-                                        tf.constant(draws), crop, elastic_probability=0.5, elastic_seed=key)
-        control = tf.random.stateless_normal([3] + [augmentation.ELASTIC_CONTROL_POINTS] * 3, seed=key)
-        return out + (augmentation.elastic_displacement(control, crop, augmentation.ELASTIC_MAGNITUDE),)
+        key = draw_matrix.elastic_key(7, tf.constant(5, tf.int64))
+        out = crop_sampling.spatial_crop(tf.constant(image), tf.constant(label), tf.constant(start),
+                                         tf.constant(draws), crop, elastic_probability=0.5, elastic_seed=key)
+        control = tf.random.stateless_normal([3] + [crop_sampling.ELASTIC_CONTROL_POINTS] * 3, seed=key)
+        return out + (crop_sampling.elastic_displacement(control, crop, crop_sampling.ELASTIC_MAGNITUDE),)
 
     out_image, out_label, displacement = _run(build)
-    assert 0.2 < np.abs(displacement).max() < 3 * augmentation.ELASTIC_MAGNITUDE * 12  # a few voxels at most
+    assert 0.2 < np.abs(displacement).max() < 3 * crop_sampling.ELASTIC_MAGNITUDE * 12  # a few voxels at most
     grid = np.stack(np.meshgrid(*[np.arange(size) for size in crop], indexing="ij")).astype(np.float64)
     points = grid + start[:, None, None, None] + displacement
     for channel in range(image.shape[-1]):
@@ -282,7 +282,7 @@ def test_elastic_deformation_samples_the_displaced_grid_like_scipy_map_coordinat
     # The field is smooth: neighbouring voxels move by much less than the field's range.
     assert np.abs(np.diff(displacement, axis=1)).max() < 0.5 * np.abs(displacement).max()
     # Without the gate, the crop is the plain slice.
-    plain, _ = _run(lambda: augmentation.spatial_crop(tf.constant(image), tf.constant(label), tf.constant(start),
-                                                      tf.constant(_draws()), crop, elastic_probability=0.5,
-                                                      elastic_seed=tf.constant([1, 2], tf.int64)))
+    plain, _ = _run(lambda: crop_sampling.spatial_crop(tf.constant(image), tf.constant(label), tf.constant(start),
+                                                       tf.constant(_draws()), crop, elastic_probability=0.5,
+                                                       elastic_seed=tf.constant([1, 2], tf.int64)))
     np.testing.assert_array_equal(plain, image[3:15, 2:12, 4:12].astype(np.float32))

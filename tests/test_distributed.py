@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, cli_subprocess, pid_with, train_args
 
-from unet3d_core.distributed import _originating_rank, launch_with_horovodrun, steps_per_worker
+from backends.horovod import _originating_rank, launch_with_horovodrun
+from unet3d_core.distributed import steps_per_worker
 from unet3d_core.records import Manifest
 
 pytestmark = pytest.mark.slow

@@ -4,6 +4,7 @@ import types
 import pytest
 import tensorflow as tf
 
+from backends import horovod
 from backends.gpu import plugin as gpu
 from unet3d_core import plugins
 from unet3d_core.errors import ConfigError
@@ -55,7 +56,7 @@ def test_amp_wraps_the_optimizer_with_dynamic_loss_scaling():
 
 def test_gpus_launches_one_horovod_process_per_gpu(monkeypatch):
     calls = []
-    monkeypatch.setattr(gpu, "launch_with_horovodrun", lambda n, command, **kw: calls.append((n, command, kw)) or 0)
+    monkeypatch.setattr(horovod, "launch_with_horovodrun", lambda n, command, **kw: calls.append((n, command, kw)) or 0)
     for name in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
         monkeypatch.delenv(name, raising=False)
     assert gpu.unet3d_launch(_options(gpus=1), ["python", "cli.py"]) is None

@@ -19,7 +19,8 @@ from lesion_cases import cases
 
 from unet3d_core.errors import ConfigError
 from unet3d_core.layouts import LAYOUTS
-from unet3d_core.lesions import lesion_scores, rules_for
+from unet3d_core.lesion_rules import rules_for
+from unet3d_core.lesions import lesion_scores
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "brats_reference_values.json")
 # The layout whose regions each cohort's cases use (GLI cases hold the post-treatment label 4).

@@ -149,12 +149,59 @@ def test_core_holds_no_device_specific_kernels():
 
 def test_builtin_backends_use_only_public_core_names():
     allowed = {"unet3d_core", "unet3d_core.errors", "unet3d_core.types", "unet3d_core.distributed",
-               "unet3d_core.layers"}
+               "unet3d_core.layers", "unet3d_core.folders"}
+    paths = [os.path.join(ROOT, "backends", "horovod.py")]  # shared by the cpu and gpu backends
     for backend in ("cpu", "gpu", "npu"):
         folder = os.path.join(ROOT, "backends", backend)
-        for file_name in os.listdir(folder):
-            if not file_name.endswith(".py"):
-                continue
-            with open(os.path.join(folder, file_name)) as handle:
-                imported = set(re.findall(r"^\s*from\s+(unet3d_core[\w.]*)\s+import", handle.read(), re.M))
-            assert imported <= allowed, (backend, file_name, imported - allowed)
+        paths += [os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".py")]
+    for path in paths:
+        with open(path) as handle:
+            imported = set(re.findall(r"^\s*from\s+(unet3d_core[\w.]*)\s+import", handle.read(), re.M))
+        assert imported <= allowed, (os.path.relpath(path, ROOT), imported - allowed)
+
+
+def _option_strings(parser):
+    return [option for action in parser._actions for option in action.option_strings]
+
+
+def test_a_shared_option_plugin_adds_its_group_once_however_many_backends_name_it():
+    import argparse
+
+    from backends import horovod
+    from backends.cpu import plugin as cpu
+    from backends.gpu import plugin as gpu
+
+    for modules in ((cpu, gpu), (gpu,)):
+        registry = plugins.BackendRegistry()
+        for module in modules:
+            registry.add(plugins.load_backend(module, module.unet3d_backend_info().name))
+        parser = argparse.ArgumentParser()
+        registry.add_options(parser)
+        assert _option_strings(parser).count("--hosts") == 1
+        group = next(group for group in parser._action_groups if group.title == horovod.OPTIONS_TITLE)
+        assert [action.dest for action in group._group_actions] == ["hosts"]
+        assert parser.parse_args([]).hosts is None
+    # A backend that names no shared plugin brings none.
+    registry = plugins.BackendRegistry()
+    registry.add(plugins.load_backend(_plugin("toy"), "toy"))
+    parser = argparse.ArgumentParser()
+    registry.add_options(parser)
+    assert "--hosts" not in _option_strings(parser)
+
+
+def test_an_invalid_shared_option_plugin_is_a_one_line_error():
+    import argparse
+
+    class Shared:
+        title = "shared"
+
+        @hookimpl
+        def unet3d_add_options(self, group, unknown_argument):
+            pass
+
+    module = _plugin("toy")
+    module.UNET3D_SHARED_OPTIONS = (Shared(),)
+    registry = plugins.BackendRegistry()
+    registry.add(plugins.load_backend(module, "toy"))
+    with pytest.raises(BackendError, match="shared options 'shared': invalid plugin"):
+        registry.add_options(argparse.ArgumentParser())

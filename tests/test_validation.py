@@ -9,8 +9,7 @@ import pytest
 from conftest import run_cli
 from raw_trees import AFFINE, SHAPE, save, write_brats2019, write_brats2020, write_msd
 
-from unet3d_core.cases import InvalidCaseError
-from unet3d_core.errors import DataError
+from unet3d_core.errors import DataError, InvalidCaseError
 from unet3d_core.preprocess import preprocess, validate
 from unet3d_core.records import Manifest
 

@@ -4,7 +4,7 @@ The folder's layout (see :mod:`unet3d_core.layouts`) says where to look.
 Any case may lack its segmentation: such cases are kept for prediction
 unless a segmentation is required. Problems found here (a missing modality,
 two files for one modality, a duplicate case id) are
-:class:`~unet3d_core.cases.CaseProblem` lines; the images themselves are
+:class:`~unet3d_core.errors.CaseProblem` lines; the images themselves are
 read and checked by :func:`unet3d_core.cases.load_case`.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from unet3d_core.cases import CaseProblem, InvalidCaseError, RawCase
-from unet3d_core.errors import DataError
+from unet3d_core.cases import RawCase
+from unet3d_core.errors import CaseProblem, DataError, InvalidCaseError
 from unet3d_core.layouts import (
     AUTO,
     CHANNELS,

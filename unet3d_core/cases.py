@@ -5,7 +5,7 @@ every file (readable, 3-D or MSD's 4-D, same shape and affine, finite,
 not all zero, labels the layout knows) and maps its labels to the internal
 ones (see :mod:`unet3d_core.layouts`).
 
-Every check failure is a :class:`CaseProblem`: one line naming the case, the
+Every check failure is a :class:`~unet3d_core.errors.CaseProblem`: one line naming the case, the
 file and what is wrong with it.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from unet3d_core.errors import DataError
+from unet3d_core.errors import CaseProblem, InvalidCaseError
 from unet3d_core.layouts import LAYOUTS, apply_label_map, label_problem
 
 AFFINE_TOLERANCE = 1e-3  # mm; co-registered modalities of one case share their header geometry
@@ -45,26 +45,6 @@ class LoadedCase:
     label: Optional[np.ndarray]  # uint8 [x, y, z], internal labels
     affine: np.ndarray  # 4x4, the spatial affine of the images
     spacing: List[float]  # mm per voxel along x, y, z
-
-
-@dataclass(frozen=True)
-class CaseProblem:
-    """Why one case cannot be used; ``str()`` is the one-line error."""
-
-    case_id: str
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return "case {}: {}: {}".format(self.case_id, self.path, self.reason)
-
-
-class InvalidCaseError(DataError):
-    """A case failed a check; ``problem`` says which case, file and why."""
-
-    def __init__(self, problem: CaseProblem, hint: str = ""):
-        super().__init__(str(problem) + (" ({})".format(hint) if hint else ""))
-        self.problem = problem
 
 
 def _header(raw: RawCase, path: str):

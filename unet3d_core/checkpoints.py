@@ -16,16 +16,12 @@ import re
 import shutil
 from typing import List, Optional, Tuple
 
-from unet3d_core.errors import ConfigError, UNet3DError
+from unet3d_core.errors import CheckpointWriteError, ConfigError
 
 CHECKPOINT_PREFIX = "model.ckpt"
 BEST_FOLDER = "best"  # MODEL_DIR/best/model.ckpt-STEP: outside the rotation of the newest checkpoints
 CHECKPOINT_CHOICES = "best, latest or a step number"
 _STEP = re.compile(r"-(\d+)$")
-
-
-class CheckpointWriteError(UNet3DError):
-    """A checkpoint could not be written; the previous one is intact."""
 
 
 def checkpoint_step(path: str) -> int:

@@ -1,7 +1,9 @@
 """tf.data input pipelines: training crops with the recipe's sampling and augmentation, whole-volume evaluation.
 
 Training with the nnunet recipe (or any foreground oversampling): see
-:mod:`unet3d_core.augmentation`. Training with the seed recipe (reference
+:mod:`unet3d_core.crop_sampling` (the crop), :mod:`unet3d_core.intensity_transforms`
+(the intensity steps) and :mod:`unet3d_core.draw_matrix` (their random draws).
+Training with the seed recipe (reference
 order): random crop to ``--input_shape`` -> cast to float32 -> [augment]
 flip along y with p=0.5 -> z-score normalise voxels > 0 with the record's
 statistics -> [augment] brightness: with p=0.5 add a per-channel shift
@@ -23,7 +25,7 @@ from typing import List, Sequence
 
 import tensorflow as tf
 
-from unet3d_core import augmentation as recipe_augmentation
+from unet3d_core import crop_sampling, draw_matrix, intensity_transforms
 from unet3d_core.records import parse_case
 
 FLIP_AXIS = 1  # y of [x, y, z, c]: the axis the reference's "horizontal" flip reverses
@@ -111,29 +113,29 @@ def recipe_transform(case, sample_number, *, seed: int, crop_shape: Sequence[int
     crop = [int(size) for size in crop_shape]
     image, label = case["image"], case["label"]
     channels = int(image.shape[-1])
-    draws = recipe_augmentation.sample_draws(seed, sample_number, channels)
-    on_foreground = recipe_augmentation.foreground_samples_per_batch(batch_size, oversample_foreground)
+    draws = draw_matrix.sample_draws(seed, sample_number, channels)
+    on_foreground = draw_matrix.foreground_samples_per_batch(batch_size, oversample_foreground)
     position = tf.math.floormod(tf.cast(sample_number, tf.int64), batch_size)
     centre_on_foreground = position >= batch_size - on_foreground
-    start = recipe_augmentation.crop_start(tf.shape(label), crop, draws, case["foreground_counts"],
-                                           case["foreground_locations"], centre_on_foreground)
+    start = crop_sampling.crop_start(tf.shape(label), crop, draws, case["foreground_counts"],
+                                     case["foreground_locations"], centre_on_foreground)
     if augmentation == "nnunet":
-        image, label = recipe_augmentation.spatial_crop(
+        image, label = crop_sampling.spatial_crop(
             image, label, start, draws, crop, elastic_probability=elastic_probability,
-            elastic_seed=recipe_augmentation.elastic_key(seed, sample_number))
+            elastic_seed=draw_matrix.elastic_key(seed, sample_number))
     else:
-        image = tf.cast(recipe_augmentation.slice_padded(image, start, crop), tf.float32)
-        label = recipe_augmentation.slice_padded(label, start, crop)
+        image = tf.cast(crop_sampling.slice_padded(image, start, crop), tf.float32)
+        label = crop_sampling.slice_padded(label, start, crop)
     image = normalize(image, case["mean"], case["std"])
     image.set_shape(crop + [channels])  # static, for the intensity steps' per-channel reductions
     if augmentation == "nnunet":
-        image = recipe_augmentation.intensity_augmentation(image, draws, recipe_augmentation.noise_key(
+        image = intensity_transforms.intensity_augmentation(image, draws, draw_matrix.noise_key(
             seed, sample_number), channels)
     elif augmentation == "seed":
         # The seed's two transforms with this sample's draws.
-        image, label = seed_flip(image, label, draws[recipe_augmentation.MIRROR_ROW, 0])
-        image = seed_brightness(image, draws[recipe_augmentation.MIRROR_ROW, 1],
-                                draws[recipe_augmentation.BRIGHTNESS_ROW, :channels])
+        image, label = seed_flip(image, label, draws[draw_matrix.ROW_MIRROR, 0])
+        image = seed_brightness(image, draws[draw_matrix.ROW_MIRROR, 1],
+                                draws[draw_matrix.ROW_BRIGHTNESS_FACTORS, :channels])
     image.set_shape(crop + [channels])
     label = tf.cast(label, tf.int32)
     label.set_shape(crop)
@@ -158,7 +160,7 @@ def training_dataset(record_files: List[str], *, intensity: str, batch_size: int
     """An endless, deterministic stream of (image, label) batches.
 
     ``augmentation``: none, seed or nnunet; ``oversample_foreground``: the share
-    of each batch centred on a foreground voxel (see :mod:`unet3d_core.augmentation`);
+    of each batch centred on a foreground voxel (see :mod:`unet3d_core.crop_sampling`);
     ``intensity``: the records' storage (``Manifest.intensity_format``).
 
     Case order: shuffled with ``seed`` each epoch. ``first_sample`` skips that

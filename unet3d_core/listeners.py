@@ -4,7 +4,7 @@ The loop (:mod:`unet3d_core.loop`) calls, for every listener in order:
 ``begin(session, step)`` once, ``wants_summary(step, next_step)`` before a
 run (True asks for the TensorBoard summary in that run's fetch),
 ``after_step(result)`` after each run, and ``end(session, step, stopped)``
-once. A listener raises :class:`TrainingError` to end training.
+once. A listener raises :class:`~unet3d_core.errors.TrainingError` to end training.
 """
 from __future__ import annotations
 
@@ -17,11 +17,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from unet3d_core.checkpoints import prune_checkpoints, save_checkpoint
-from unet3d_core.errors import ConfigError, UNet3DError
-
-
-class TrainingError(UNet3DError):
-    """Training cannot go on (e.g. the loss became NaN); the last checkpoint is intact."""
+from unet3d_core.errors import ConfigError, TrainingError
 
 
 @dataclass

@@ -11,7 +11,8 @@ A :class:`LabelScheme` says what is measured; it comes from the data's layout
   Dice 0 and HD95 373.13 mm (the diagonal of a 240x240x155 mm box). Dice and
   the surface distances are computed by :mod:`unet3d_core.distances`.
 - ``LesionDice_<R>`` and ``LesionHD95_<R>``: the challenge's lesion-wise scores,
-  by the rules of the year ``--lesion_rules`` picks (:mod:`unet3d_core.lesions`),
+  by the rules of the year ``--lesion_rules`` picks (:mod:`unet3d_core.lesion_rules`,
+  scored by :mod:`unet3d_core.lesions`),
   and the normalised surface Dice where those rules define it
   (``LesionNSD05_<R>`` and ``LesionNSD10_<R>`` in 2025, ``LesionNSD_<R>`` in 2026).
 - The seed's scheme (kept for continuity with its result table), Dice only, for
@@ -30,7 +31,8 @@ import numpy as np
 from unet3d_core.distances import dice, pooled_hd95
 from unet3d_core.folders import atomic_text_file
 from unet3d_core.layouts import layout_of
-from unet3d_core.lesions import lesion_scores, rules_for
+from unet3d_core.lesion_rules import rules_for
+from unet3d_core.lesions import lesion_scores
 
 SEED_REGIONS = OrderedDict([
     ("TumorCore", (1,)),
@@ -59,7 +61,7 @@ class LabelScheme:
     regions: "OrderedDict[str, tuple]"  # whole-volume regions
     lesion_regions: "OrderedDict[str, tuple]"  # every region the lesion rules may need
     seed_table: bool
-    lesion_rules: Optional[object] = None  # a lesions.RuleSet, or None for whole-volume metrics only
+    lesion_rules: Optional[object] = None  # a lesion_rules.RuleSet, or None for whole-volume metrics only
     label_names: Optional[Dict[int, str]] = None  # source label -> name, for descriptions
 
     @classmethod

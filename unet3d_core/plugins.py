@@ -6,6 +6,13 @@ pluggy manager holding the core defaults plus that backend, so hooks of one
 backend never run for another. The core calls hooks only through
 :class:`Backend` methods.
 
+Several backends may share flags: a backend names the option plugins it
+shares in its module's ``UNET3D_SHARED_OPTIONS`` (e.g. the cpu and gpu
+backends both name backends/horovod.py's ``--hosts``). A shared option plugin
+implements only ``unet3d_add_options``; it gets an argument group of its own,
+titled by its ``title`` attribute, once per parser however many loaded
+backends name it, so no flag is defined twice.
+
 Set ``UNET3D_BACKENDS=cpu,npu`` to load only the named backends (tests, debugging).
 """
 from __future__ import annotations
@@ -27,6 +34,7 @@ except ImportError:  # Python 3.7: the backport pluggy itself depends on
     import importlib_metadata  # type: ignore
 
 FILTER_VARIABLE = "UNET3D_BACKENDS"
+SHARED_OPTIONS_ATTRIBUTE = "UNET3D_SHARED_OPTIONS"
 
 
 @dataclass
@@ -62,6 +70,11 @@ class Backend:
                 "backend '{}' ({}) failed in hook {}: {}: {}".format(
                     self.name, self.distribution, hook_name, type(error).__name__, error)
             ) from error
+
+    @property
+    def shared_options(self) -> List[object]:
+        """The option plugins this backend shares with others (its module's ``UNET3D_SHARED_OPTIONS``)."""
+        return list(getattr(self.module, SHARED_OPTIONS_ATTRIBUTE, ()))
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         group = parser.add_argument_group("{} backend".format(self.name), self.info.summary)
@@ -101,6 +114,26 @@ def _new_manager() -> pluggy.PluginManager:
     manager.add_hookspecs(hookspecs)
     manager.register(defaults, name="unet3d-core-defaults")
     return manager
+
+
+def _add_shared_options(plugin, parser: argparse.ArgumentParser) -> None:
+    """Call a shared option plugin's ``unet3d_add_options`` in a group titled by its ``title``."""
+    title = getattr(plugin, "title", type(plugin).__name__)
+    manager = pluggy.PluginManager(PROJECT_NAME)
+    manager.add_hookspecs(hookspecs)
+    try:
+        manager.register(plugin, name=title)
+        manager.check_pending()
+    except pluggy.PluginValidationError as error:
+        raise BackendError("shared options '{}': invalid plugin: {}".format(
+            title, " ".join(str(error).split()))) from error
+    try:
+        manager.hook.unet3d_add_options(group=parser.add_argument_group(title))
+    except (BackendError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as error:
+        raise BackendError("shared options '{}' failed in hook unet3d_add_options: {}: {}".format(
+            title, type(error).__name__, error)) from error
 
 
 def load_backend(module, entry_name: str, distribution: str = "local", version: str = "") -> Backend:
@@ -221,6 +254,14 @@ class BackendRegistry:
         return backend
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
+        """Each shared option plugin's group once, then each backend's group."""
+        shared = []
+        for name in self.names:
+            for plugin in self.backends[name].shared_options:
+                if not any(plugin is seen for seen in shared):
+                    shared.append(plugin)
+        for plugin in shared:
+            _add_shared_options(plugin, parser)
         for name in self.names:
             self.backends[name].add_options(parser)
 

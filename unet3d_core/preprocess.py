@@ -30,8 +30,8 @@ import numpy as np
 
 from unet3d_core import __version__
 from unet3d_core.case_scan import scan_cases
-from unet3d_core.cases import CaseProblem, InvalidCaseError, LoadedCase, RawCase, load_case
-from unet3d_core.errors import ConfigError, DataError
+from unet3d_core.cases import LoadedCase, RawCase, load_case
+from unet3d_core.errors import CaseProblem, ConfigError, DataError, InvalidCaseError
 from unet3d_core.folders import published_folder
 from unet3d_core.layouts import AUTO, LAYOUTS
 from unet3d_core.progress import Progress

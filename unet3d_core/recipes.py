@@ -3,7 +3,7 @@
 A recipe gives a value to every flag it names; a flag given on the command
 line still wins, and ``run.json`` records the recipe and every resolved value,
 so a resumed run keeps them. Flags a recipe does not name take their plain
-defaults (``run_config.NETWORK_FLAGS`` / ``TRAINING_FLAGS``).
+defaults (``run_flags.NETWORK_FLAGS`` / ``TRAINING_FLAGS``).
 
 - ``seed``: the reference port's recipe, unchanged: uniform random crops, batch
   1, Adam at a constant 2e-4, Dice + cross-entropy over exclusive labels, and

@@ -3,15 +3,12 @@
 ``cli.py`` parses the flags once; :func:`resolve_runs` is the one place
 where they are checked and combined with what the run folder remembers:
 
-- Flags that shape the network (``NETWORK_FLAGS``) and the fold are bound to
-  the run: omitted, they take the run's values; given with another value,
-  they are a one-line error naming the flag, the run's value and the given
-  one. A folder with checkpoints but no ``run.json`` (made before it
-  existed) needs them on the command line.
-- Optimisation flags (``TRAINING_FLAGS``) of a resumed ``train``: omitted,
-  they take the run's values (a resumed run keeps its learning rate); given,
-  they apply from the resumed step on, and the change is reported.
-- Everything else takes its default.
+- Flags that shape the network, the fold, ``--recipe`` and the optimisation
+  flags take their values as :mod:`unet3d_core.run_flags` says (bound to the
+  run, or inherited by a resumed ``train``).
+- The data set, its layout and the run's network are checked against each
+  other; everything else takes its default.
+- ``--fold all`` and fold ensembles (``--folds``) become one run per fold.
 
 Resolved values are written back into the parsed options, so backends that
 read ``options`` see the same values as the core.
@@ -19,29 +16,29 @@ read ``options`` see the same values as the core.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from unet3d_core.checkpoints import CHECKPOINT_PREFIX, check_folder_can_be_written, select_checkpoint
+from unet3d_core.checkpoints import check_folder_can_be_written, select_checkpoint
 from unet3d_core.config import ModelConfig
 from unet3d_core.errors import ConfigError
 from unet3d_core.inference import InferenceSettings
 from unet3d_core.layouts import LAYOUTS, detect_layout, region_painting
-from unet3d_core.recipes import DEFAULT_RECIPE, LEGACY_RECIPE, preset
+from unet3d_core.recipes import preset
 from unet3d_core.records import LEGACY_INTENSITY, Manifest
+from unet3d_core.run_flags import (
+    DEFAULTS,
+    TRAINING_FLAGS,
+    TRAINING_MODES,
+    bound_value,
+    has_checkpoints,
+    network_values,
+    resolve_recipe,
+    shown,
+    training_values,
+)
 from unet3d_core.run_folder import network_record, read_run
-
-# Flags bound to a run, and their defaults for a new one.
-NETWORK_FLAGS = (("base_filters", 32), ("max_filters", 320), ("depth", 6), ("norm", "instancenorm"),
-                 ("input_shape", (128, 128, 128)), ("target", "labels"), ("deep_supervision", False))
-TRAINING_FLAGS = (("max_steps", 16000), ("batch_size", 1), ("augmentation", "none"), ("oversample_foreground", 0.0),
-                  ("elastic_probability", 0.0), ("loss", "dice+ce"), ("optimizer", "adam"),
-                  ("learning_rate", 0.0002), ("momentum", 0.99), ("weight_decay", 0.0), ("grad_clip", 0.0),
-                  ("lr_schedule", "constant"), ("lr_warmup_steps", 0), ("lr_scaling", "none"), ("seed", 0))
-DEFAULTS = dict(NETWORK_FLAGS + TRAINING_FLAGS, fold=0)
-TRAINING_MODES = ("train", "train_and_evaluate")
 
 
 @dataclass(frozen=True)
@@ -126,94 +123,6 @@ class RunConfig:
     def data_record(self) -> Dict:
         return {"data_dir": os.path.abspath(self.data_dir) if self.data_dir else None,
                 "fingerprint": self.data_fingerprint, "fold": self.fold, "intensity": self.intensity}
-
-
-def has_checkpoints(model_dir: str) -> bool:
-    return bool(glob.glob(os.path.join(model_dir, CHECKPOINT_PREFIX + "-*.index")))
-
-
-def _same(given, recorded) -> bool:
-    if isinstance(given, (list, tuple)) or isinstance(recorded, (list, tuple)):
-        return list(given) == list(recorded)
-    if isinstance(given, float) or isinstance(recorded, float):
-        return float(given) == float(recorded)
-    return given == recorded
-
-
-def _shown(value) -> str:
-    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
-def _bound_value(name: str, given, record: Optional[Dict], section: str, model_dir: str):
-    """A run-bound flag's value: the run's, or the given one where it agrees."""
-    if record is None:
-        return given
-    recorded = record[section].get(name)
-    if given is not None and recorded is not None and not _same(given, recorded):
-        raise ConfigError("--{} {} conflicts with the run in {}, made with --{} {} ({}); omit the flag or "
-                          "use a new --model_dir".format(name, _shown(given), model_dir, name, _shown(recorded),
-                                                         os.path.join(model_dir, "run.json")))
-    return recorded if given is None else given
-
-
-def _recipe(options, record: Optional[Dict], model_dir: str) -> str:
-    """--recipe: bound to the run like the network flags; runs from before recipes were the seed's."""
-    given = getattr(options, "recipe", None)
-    if record is None:
-        return given or (LEGACY_RECIPE if has_checkpoints(model_dir) else DEFAULT_RECIPE)
-    recorded = record.get("training", {}).get("recipe") or LEGACY_RECIPE
-    if given is not None and given != recorded:
-        raise ConfigError("--recipe {} conflicts with the run in {}, trained with --recipe {} ({}); omit the flag "
-                          "or use a new --model_dir".format(given, model_dir, recorded,
-                                                            os.path.join(model_dir, "run.json")))
-    return recorded
-
-
-def _network(options, record, model_dir: str, exec_mode: str, recipe: Dict) -> Dict:
-    if record is None and has_checkpoints(model_dir):
-        missing = ["--" + name for name, _ in NETWORK_FLAGS if getattr(options, name) is None
-                   and name not in ("target", "deep_supervision")]
-        if missing:
-            raise ConfigError("--model_dir {} has checkpoints but no run.json (a run made before run folders "
-                              "remembered their network): pass the flags it was trained with: {}".format(
-                                  model_dir, ", ".join(missing)))
-    values = {}
-    for name, default in NETWORK_FLAGS:
-        value = _bound_value(name, getattr(options, name), record, "network", model_dir)
-        values[name] = recipe.get(name, default) if value is None else value
-    return values
-
-
-def _recorded_training(record: Optional[Dict], name: str):
-    """A training value from run.json; runs from before --augmentation recorded the seed's --augment flag."""
-    section = record["training"]
-    if name == "augmentation" and name not in section and "augment" in section:
-        return "seed" if section["augment"] else "none"
-    return section.get(name)
-
-
-def _training(options, record, exec_mode: str, notes: List[str], recipe: Dict) -> Dict:
-    values = {}
-    inherit = record is not None and exec_mode in TRAINING_MODES
-    for name, default in TRAINING_FLAGS:
-        given = getattr(options, name)
-        recorded = _recorded_training(record, name) if inherit else None
-        if given is not None and recorded is not None and not _same(given, recorded):
-            notes.append("--{} {} (the run used {} so far)".format(name, _shown(given), _shown(recorded)))
-        value = given if given is not None else recorded
-        values[name] = recipe.get(name, default) if value is None else value
-    if not 0.0 <= float(values["oversample_foreground"]) <= 1.0:
-        raise ConfigError("--oversample_foreground {}: a share of the batch, between 0 and 1".format(
-            values["oversample_foreground"]))
-    if not 0.0 <= float(values["elastic_probability"]) <= 1.0:
-        raise ConfigError("--elastic_probability {}: a probability, between 0 and 1".format(
-            values["elastic_probability"]))
-    for name in ("weight_decay", "grad_clip"):
-        if float(values[name]) < 0.0:
-            raise ConfigError("--{} {}: must be >= 0 (0 = off)".format(name, values[name]))
-    if float(values["momentum"]) < 0.0 or float(values["momentum"]) >= 1.0:
-        raise ConfigError("--momentum {}: must be in [0, 1)".format(values["momentum"]))
-    return values
 
 
 def _check_data(config_data_dir, fold, record, exec_mode: str, notes: List[str]):
@@ -313,12 +222,12 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
     _check_folders(options, exec_mode)
     record = read_run(model_dir) if os.path.isdir(model_dir) else None
     notes: List[str] = []
-    fold = _bound_value("fold", options.fold if fold is None else fold, record, "data", model_dir)
+    fold = bound_value("fold", options.fold if fold is None else fold, record, "data", model_dir)
     fold = DEFAULTS["fold"] if fold is None else int(fold)
 
-    recipe = _recipe(options, record, model_dir)
-    network = _network(options, record, model_dir, exec_mode, preset(recipe))
-    training = _training(options, record, exec_mode, notes, preset(recipe))
+    recipe = resolve_recipe(options, record, model_dir)
+    network = network_values(options, record, model_dir, exec_mode, preset(recipe))
+    training = training_values(options, record, exec_mode, notes, preset(recipe))
     for name, value in list(network.items()) + list(training.items()):
         setattr(options, name, list(value) if name == "input_shape" else value)
     options.fold = fold
@@ -341,7 +250,7 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
     input_shape = tuple(int(size) for size in network["input_shape"])
     if any(size % model_config.divisor for size in input_shape):
         raise ConfigError("--input_shape {}: every size must be a multiple of {} (2^(depth-1) for --depth {})".format(
-            _shown(input_shape), model_config.divisor, model_config.depth))
+            shown(input_shape), model_config.divisor, model_config.depth))
     training_config = TrainingConfig(
         log_every=options.log_every, checkpoint_every=options.checkpoint_every,
         keep_checkpoints=options.keep_checkpoints, cache=bool(options.cache),

@@ -44,6 +44,3 @@ class StopRequest:
     def requested(self) -> bool:
         return self.signal_name is not None
 
-
-class TrainingStopped(Exception):
-    """Training stopped early on request, after saving a checkpoint; not an error (exit status 0)."""

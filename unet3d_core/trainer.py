@@ -15,11 +15,11 @@ from unet3d_core import listeners as listeners_lib
 from unet3d_core.best_checkpoint import BestCheckpoint, validation_patches
 from unet3d_core.checkpoints import BEST_FOLDER, check_run_folder, latest_checkpoint, restore_checkpoint
 from unet3d_core.distributed import steps_per_worker
-from unet3d_core.errors import ConfigError, DataError
+from unet3d_core.errors import ConfigError, DataError, TrainingStopped
 from unet3d_core.loop import run_training_loop
 from unet3d_core.records import Manifest, find_damaged_record
 from unet3d_core.run_folder import write_run
-from unet3d_core.stopping import StopRequest, TrainingStopped
+from unet3d_core.stopping import StopRequest
 from unet3d_core.training_graph import build_training_graph
 
 

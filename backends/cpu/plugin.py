@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib.util
 import os
 import platform
 
+from backends import horovod
 from unet3d_core import BackendInfo, hookimpl
-from unet3d_core.distributed import HorovodStrategy, inside_horovod_job, launch_with_horovodrun
 from unet3d_core.errors import ConfigError
 
 KERNEL_CHOICES = ("auto", "onednn", "eigen", "textbook")
 NATIVE_OPS_CHOICES = ("on", "off")
+UNET3D_SHARED_OPTIONS = (horovod.OPTIONS,)  # --hosts
 
 
 def _cpu_count() -> int:
@@ -65,11 +65,8 @@ def unet3d_validate_options(options):
     for flag, choices in (("cpu_kernels", KERNEL_CHOICES), ("cpu_native_ops", NATIVE_OPS_CHOICES)):
         if getattr(options, flag) not in choices:
             raise ConfigError("--{} {!r}: expected one of {}".format(flag, getattr(options, flag), ", ".join(choices)))
-    if options.np < 1:
-        raise ConfigError("--np must be at least 1, got {}".format(options.np))
-    if options.np > 1 and importlib.util.find_spec("horovod") is None:
-        raise ConfigError("--np {}: Horovod is not installed in this environment (run 'make venvs', or "
-                          "HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 pip install horovod)".format(options.np))
+    horovod.validate_process_count("np", options.np, "Horovod is not installed in this environment (run 'make "
+                                   "venvs', or HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 pip install horovod)")
 
 
 def _glibc() -> bool:
@@ -108,17 +105,12 @@ def unet3d_prepare_environment(options):
 
 @hookimpl
 def unet3d_launch(options, worker_command):
-    if options.np <= 1 or inside_horovod_job():
-        return None
-    return launch_with_horovodrun(options.np, worker_command, hosts=options.hosts,
-                                  log_dir=os.path.join(options.model_dir, "logs"))
+    return horovod.launch(options, worker_command, options.np)
 
 
 @hookimpl
 def unet3d_distributed_strategy(options):
-    if inside_horovod_job():
-        return HorovodStrategy()
-    return None  # the core's single process
+    return horovod.distributed_strategy()  # None outside a Horovod job: the core's single process
 
 
 @hookimpl

@@ -12,9 +12,11 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from backends import horovod
 from unet3d_core import BackendInfo, hookimpl
-from unet3d_core.distributed import HorovodStrategy, inside_horovod_job, launch_with_horovodrun
-from unet3d_core.errors import BackendError, ConfigError
+from unet3d_core.errors import BackendError
+
+UNET3D_SHARED_OPTIONS = (horovod.OPTIONS,)  # --hosts
 
 
 def _gpu_status():
@@ -83,19 +85,13 @@ def unet3d_add_options(group):
 def unet3d_validate_options(options):
     if options.backend != "gpu":
         return
-    if options.gpus < 1:
-        raise ConfigError("--gpus must be at least 1, got {}".format(options.gpus))
-    if options.gpus > 1 and importlib.util.find_spec("horovod") is None:
-        raise ConfigError("--gpus {}: Horovod is not installed (HOROVOD_WITH_TENSORFLOW=1 HOROVOD_GPU_OPERATIONS=NCCL "
-                          "pip install horovod)".format(options.gpus))
+    horovod.validate_process_count("gpus", options.gpus, "Horovod is not installed (HOROVOD_WITH_TENSORFLOW=1 "
+                                   "HOROVOD_GPU_OPERATIONS=NCCL pip install horovod)")
 
 
 @hookimpl
 def unet3d_launch(options, worker_command):
-    if options.gpus <= 1 or inside_horovod_job():
-        return None
-    return launch_with_horovodrun(options.gpus, worker_command, hosts=options.hosts,
-                                  log_dir=os.path.join(options.model_dir, "logs"))
+    return horovod.launch(options, worker_command, options.gpus)
 
 
 @hookimpl
@@ -107,9 +103,7 @@ def unet3d_prepare_environment(options):
 
 @hookimpl
 def unet3d_distributed_strategy(options):
-    if inside_horovod_job():
-        return HorovodStrategy()
-    return None  # one GPU, one process
+    return horovod.distributed_strategy()  # None outside a Horovod job: one GPU, one process
 
 
 @hookimpl
