@@ -89,6 +89,19 @@ def load_backends():
 
 
 def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registry) -> None:
+    """The options of train, evaluate and predict, in the groups (and the order) that --help shows."""
+    _add_data_options(parser, exec_mode)
+    run = _add_run_options(parser, exec_mode, registry)
+    _add_recipe_options(parser)
+    _add_run_timing_options(run)
+    _add_optimiser_options(parser)
+    _add_model_options(parser)
+    _add_prediction_options(parser)
+    _add_best_checkpoint_options(parser)
+    registry.add_options(parser)
+
+
+def _add_data_options(parser: argparse.ArgumentParser, exec_mode: str) -> None:
     data = parser.add_argument_group("data and run folders")
     data.add_argument("--data_dir", required=exec_mode != "predict",
                       help="preprocessed data set (output of 'preprocess')"
@@ -99,6 +112,10 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                       help="cross-validation fold held out, or 'all': folds 0..N-1 in turn, each in "
                            "MODEL_DIR/fold-N, then the pooled table MODEL_DIR/cv_results.json (default 0; "
                            "a run folder remembers its fold)")
+
+
+def _add_run_options(parser: argparse.ArgumentParser, exec_mode: str, registry):
+    """The 'run' group with its first options; returned, as more options join it after the recipe's."""
     run = parser.add_argument_group("run")
     run.add_argument("--exec_mode", choices=EXEC_MODES, default=exec_mode,
                      help="what to run (default {})".format(exec_mode))
@@ -106,6 +123,10 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                      help="device backend: {} (default cpu; see 'cli.py backends')".format(", ".join(registry.names)))
     run.add_argument("--max_steps", type=positive_int, default=None,
                      help="training steps shared out over the workers, as in the seed (default 16000)")
+    return run
+
+
+def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
     recipe = parser.add_argument_group(
         "recipe", "A recipe presets how the network is trained (docs/training.md, 'Recipes'); the flags below and "
                   "in 'loss and optimiser' override its values. run.json records the recipe and every value.")
@@ -128,6 +149,10 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
     recipe.add_argument("--elastic_probability", type=float, default=None, metavar="P",
                         help="with --augmentation nnunet: share of samples also deformed elastically, a smooth "
                              "random displacement of up to a few percent of the crop (default 0, as nnU-Net)")
+
+
+def _add_run_timing_options(run) -> None:
+    """The rest of the 'run' group: caching, benchmarking, seed, logging and checkpoint intervals."""
     run.add_argument("--cache", action="store_true",
                      help="keep the decoded training cases in memory (about 45 MB per BraTS case per worker)")
     run.add_argument("--benchmark", action="store_true",
@@ -145,6 +170,9 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
     run.add_argument("--checkpoint_every", type=positive_int, default=500,
                      help="steps between checkpoints (default 500)")
     run.add_argument("--keep_checkpoints", type=positive_int, default=3, help="checkpoints kept (default 3)")
+
+
+def _add_optimiser_options(parser: argparse.ArgumentParser) -> None:
     optim = parser.add_argument_group("loss and optimiser",
                                       "A resumed run keeps the values it was started with unless these are given.")
     optim.add_argument("--loss", choices=LOSSES, default=None, help="training loss (default dice+ce)")
@@ -166,6 +194,9 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
     optim.add_argument("--lr_scaling", choices=("none", "linear"), default=None,
                        help="multi-worker runs: keep --learning_rate (none, the seed's way) or multiply it "
                             "by the number of workers (linear) (default none)")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and shapes",
                                       "Bound to the run: after the first train, MODEL_DIR/run.json supplies "
                                       "--input_shape, --base_filters, --max_filters, --depth, --norm, "
@@ -190,6 +221,9 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                             "output only, so the exported network is the same (on in nnunet, off in seed)")
     model.add_argument("--no_deep_supervision", dest="deep_supervision", action="store_const", const=False,
                        help="train the full-resolution output alone (the nnunet recipe's default is on)")
+
+
+def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("prediction")
     out.add_argument("--predict_on", choices=("fold", "all"), default="fold",
                      help="predict the --fold cases or all cases of --data_dir (default fold)")
@@ -226,6 +260,9 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
     out.add_argument("--lesion_rules", choices=LESION_RULE_CHOICES, default="auto",
                      help="year whose BraTS lesion-wise rules evaluation uses, with the data's cohort "
                           "(default auto: the year the cohort's release was scored; see docs/metrics.md)")
+
+
+def _add_best_checkpoint_options(parser: argparse.ArgumentParser) -> None:
     best = parser.add_argument_group(
         "best checkpoint", "train_and_evaluate keeps MODEL_DIR/best/, the checkpoint where a smoothed pseudo-Dice on "
                            "fixed validation patches peaked (docs/training.md, 'The best checkpoint').")
@@ -239,7 +276,6 @@ def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registr
                       help="checkpoint that evaluate and predict (and train_and_evaluate's final evaluation) "
                            "restore: best, latest (the newest) or a step number (default: best where the run has "
                            "one, else latest)")
-    registry.add_options(parser)
 
 
 def build_parser(registry) -> argparse.ArgumentParser:
@@ -248,6 +284,20 @@ def build_parser(registry) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="unet3d " + __version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+    _add_trainer_commands(commands, registry)
+    _add_synth_command(commands)
+    _add_raw_data_commands(commands)
+    commands.add_parser("backends", help="list installed backends and whether they are usable here")
+    registry.add_commands(commands)
+    _add_score_command(commands)
+    _add_report_command(commands)
+    _add_export_command(commands)
+    _add_demo_command(commands)
+    return parser
+
+
+def _add_trainer_commands(commands, registry) -> None:
+    """train, evaluate and predict: the trainer's exec modes, each with every trainer option."""
     for name, mode, text in (("train", "train", "train (or any --exec_mode) on a backend"),
                              ("evaluate", "evaluate", "score the best checkpoint (else the newest) on the held-out "
                                                       "fold"),
@@ -256,6 +306,8 @@ def build_parser(registry) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
         add_trainer_options(sub, mode, registry)
 
+
+def _add_synth_command(commands) -> None:
     synth = commands.add_parser("synth", help="write synthetic BraTS 2019-style cases",
                                 description="Write synthetic BraTS 2019-style cases (HGG/ and LGG/).")
     synth.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
@@ -271,6 +323,9 @@ def build_parser(registry) -> argparse.ArgumentParser:
                        help="acquisition domain of --anatomical cases: a, or b with other contrast weights, more "
                             "noise, 3 mm slices along z and x flipped (default a)")
 
+
+def _add_raw_data_commands(commands) -> None:
+    """preprocess and validate, the two commands that read raw NIfTI cases."""
     layout_choices = ("auto",) + LAYOUT_NAMES
     prep = commands.add_parser("preprocess", help="raw NIfTI (BraTS 2018-2023+, MSD) -> records + manifest",
                                description="Check and convert raw cases (BraTS 2018/2019, 2020/2021, 2023+ or MSD "
@@ -299,9 +354,8 @@ def build_parser(registry) -> argparse.ArgumentParser:
                        help="raw layout (default auto: detected from the folder)")
     check.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
 
-    commands.add_parser("backends", help="list installed backends and whether they are usable here")
-    registry.add_commands(commands)
 
+def _add_score_command(commands) -> None:
     score = commands.add_parser("score", help="score a folder of predictions against ground truth",
                                 description="Score predicted label maps (any tool's) against ground truth: "
                                             "whole-volume Dice and HD95 (mm) per region of the cohort, the "
@@ -323,6 +377,8 @@ def build_parser(registry) -> argparse.ArgumentParser:
     score.add_argument("--require_all", action="store_true",
                        help="fail when a truth case has no prediction (default: score the predicted cases)")
 
+
+def _add_report_command(commands) -> None:
     report = commands.add_parser("report", help="render training curves, case overlays and a summary of a run",
                                  description="Render PNGs of a run (training curves from log.json, slice overlays "
                                              "of ground truth and prediction) and a Markdown summary linking them.")
@@ -334,6 +390,8 @@ def build_parser(registry) -> argparse.ArgumentParser:
     report.add_argument("--predictions", default=None,
                         help="folder of <case>.nii.gz predictions (default: the run's predictions/)")
 
+
+def _add_export_command(commands) -> None:
     export = commands.add_parser("export", help="write a trained run's network as a SavedModel or frozen graph",
                                  description="Export the best checkpoint of a run (else its newest; see "
                                              "--checkpoint) for deployment: a SavedModel "
@@ -351,6 +409,8 @@ def build_parser(registry) -> argparse.ArgumentParser:
                         help="the checkpoint exported: best, latest (the newest) or a step number (default: best "
                              "where the run has one, else latest)")
 
+
+def _add_demo_command(commands) -> None:
     demo = commands.add_parser("demo",
                                help="synthetic data -> preprocess -> train -> evaluate -> predict -> report (CPU)",
                                description="The whole pipeline on a small synthetic data set, on the CPU: one "
@@ -358,7 +418,6 @@ def build_parser(registry) -> argparse.ArgumentParser:
                                            "WORKDIR/logs/, the run and its report in WORKDIR/run/.")
     demo.add_argument("--workdir", default="demo", help="folder for data and run (default ./demo)")
     demo.add_argument("--max_steps", type=positive_int, default=300, help="training steps (default 300)")
-    return parser
 
 
 def command_backends(registry) -> int:
@@ -395,82 +454,112 @@ def command_score(options) -> int:
     return 0
 
 
+def command_report(options) -> int:
+    from unet3d_core.report import build_report
+
+    index = build_report(options.run_dir, out_dir=options.out, cases=options.cases,
+                         images_dir=options.images, predictions_dir=options.predictions)
+    print("wrote {}".format(index))
+    return 0
+
+
+def command_demo(options) -> int:
+    from unet3d_core.demo import run_demo
+
+    return run_demo(options.workdir, options.max_steps, main)
+
+
+def command_export(options) -> int:
+    from unet3d_core.export import export
+
+    described = export(options.model_dir, options.out, fmt=options.format, window=options.window,
+                       checkpoint=options.checkpoint)
+    print("wrote {} ({}, input {} {}, output {} with {} channels)".format(
+        options.out, described["format"], described["input"]["name"], described["input"]["shape"],
+        described["output"]["name"], described["output"]["channels"]))
+    if "atc" in described:
+        print("convert for Ascend with: " + described["atc"])
+    return 0
+
+
+def command_synth(options) -> int:
+    from unet3d_core.progress import Progress
+    from unet3d_core.synth import write_synthetic_dataset
+
+    if options.shape is None:
+        from unet3d_core.synth_anatomy import DEFAULT_SHAPE
+
+        options.shape = DEFAULT_SHAPE if options.anatomical else (64, 64, 48)
+    bar = Progress("synth", options.cases)
+    write_synthetic_dataset(options.out, cases=options.cases, shape=tuple(options.shape),
+                            seed=options.seed, progress=lambda done, total, case_id: bar.update(done, case_id),
+                            anatomical=options.anatomical, scanner=options.scanner)
+    print("wrote {} cases to {}".format(options.cases, options.out))
+    return 0
+
+
+def command_preprocess(options) -> int:
+    from unet3d_core.preprocess import preprocess, skipped_summary
+
+    manifest = preprocess(options.input_dir, options.output_dir, folds=options.folds, seed=options.seed,
+                          workers=options.workers, layout=options.layout, skip_invalid=options.skip_invalid,
+                          intensity=options.intensity)
+    if manifest["skipped"]:
+        print(skipped_summary(manifest))
+    print("wrote {} cases ({} layout) in {} folds to {}".format(
+        len(manifest["cases"]), manifest["source_layout"], options.folds, options.output_dir))
+    return 0
+
+
+def command_validate(options) -> int:
+    from unet3d_core.preprocess import validate
+
+    report = validate(options.input_dir, layout=options.layout, workers=options.workers)
+    print(report.summary())
+    return 1 if report.problems else 0
+
+
+def command_trainer(options, registry, argv: List[str]) -> int:
+    """train, evaluate and predict: check every flag, let the backend launch its workers, else run here."""
+    from unet3d_core.run_config import process_options, resolve_runs
+
+    backend = registry.get(options.backend)
+    runs = resolve_runs(options)  # every flag checked against the data and the run folder before anything starts
+    resolved = process_options(options, runs)
+    backend.validate_options(resolved)
+    code = backend.launch(resolved, [sys.executable, os.path.abspath(__file__)] + argv)
+    if code is not None:
+        return int(code)
+    from unet3d_core.modes import run
+
+    run(options=options, backend=backend, runs=runs)
+    return 0
+
+
+# The commands whose handler needs the parsed options alone.
+OPTIONS_COMMANDS = {"score": command_score, "report": command_report, "demo": command_demo,
+                    "export": command_export, "synth": command_synth, "preprocess": command_preprocess,
+                    "validate": command_validate}
+
+
+def run_command(options, registry, argv: List[str]) -> int:
+    """Run the parsed command: a backend's own, one of OPTIONS_COMMANDS, backends, or a trainer mode."""
+    if getattr(options, "command_handler", None) is not None:  # a backend's own command
+        return int(options.command_handler(options))
+    if options.command == "backends":
+        return command_backends(registry)
+    handler = OPTIONS_COMMANDS.get(options.command)
+    if handler is not None:
+        return handler(options)
+    return command_trainer(options, registry, argv)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         registry = load_backends()
         options = build_parser(registry).parse_args(argv)
-        if getattr(options, "command_handler", None) is not None:  # a backend's own command
-            return int(options.command_handler(options))
-        if options.command == "backends":
-            return command_backends(registry)
-        if options.command == "score":
-            return command_score(options)
-        if options.command == "report":
-            from unet3d_core.report import build_report
-
-            index = build_report(options.run_dir, out_dir=options.out, cases=options.cases,
-                                 images_dir=options.images, predictions_dir=options.predictions)
-            print("wrote {}".format(index))
-            return 0
-        if options.command == "demo":
-            from unet3d_core.demo import run_demo
-
-            return run_demo(options.workdir, options.max_steps, main)
-        if options.command == "export":
-            from unet3d_core.export import export
-
-            described = export(options.model_dir, options.out, fmt=options.format, window=options.window,
-                               checkpoint=options.checkpoint)
-            print("wrote {} ({}, input {} {}, output {} with {} channels)".format(
-                options.out, described["format"], described["input"]["name"], described["input"]["shape"],
-                described["output"]["name"], described["output"]["channels"]))
-            if "atc" in described:
-                print("convert for Ascend with: " + described["atc"])
-            return 0
-        if options.command == "synth":
-            from unet3d_core.progress import Progress
-            from unet3d_core.synth import write_synthetic_dataset
-
-            if options.shape is None:
-                from unet3d_core.synth_anatomy import DEFAULT_SHAPE
-
-                options.shape = DEFAULT_SHAPE if options.anatomical else (64, 64, 48)
-            bar = Progress("synth", options.cases)
-            write_synthetic_dataset(options.out, cases=options.cases, shape=tuple(options.shape),
-                                    seed=options.seed, progress=lambda done, total, case_id: bar.update(done, case_id),
-                                    anatomical=options.anatomical, scanner=options.scanner)
-            print("wrote {} cases to {}".format(options.cases, options.out))
-            return 0
-        if options.command == "preprocess":
-            from unet3d_core.preprocess import preprocess, skipped_summary
-
-            manifest = preprocess(options.input_dir, options.output_dir, folds=options.folds, seed=options.seed,
-                                  workers=options.workers, layout=options.layout, skip_invalid=options.skip_invalid,
-                                  intensity=options.intensity)
-            if manifest["skipped"]:
-                print(skipped_summary(manifest))
-            print("wrote {} cases ({} layout) in {} folds to {}".format(
-                len(manifest["cases"]), manifest["source_layout"], options.folds, options.output_dir))
-            return 0
-        if options.command == "validate":
-            from unet3d_core.preprocess import validate
-
-            report = validate(options.input_dir, layout=options.layout, workers=options.workers)
-            print(report.summary())
-            return 1 if report.problems else 0
-        from unet3d_core.run_config import resolve_runs
-
-        backend = registry.get(options.backend)
-        resolve_runs(options)  # every flag checked against the data and the run folder before anything starts
-        backend.validate_options(options)
-        code = backend.launch(options, [sys.executable, os.path.abspath(__file__)] + argv)
-        if code is not None:
-            return int(code)
-        from unet3d_core.modes import run
-
-        run(options=options, backend=backend)
-        return 0
+        return run_command(options, registry, argv)
     except TrainingStopped as stopped:
         print(str(stopped), flush=True)
         return 0

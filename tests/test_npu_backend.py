@@ -119,7 +119,7 @@ def test_session_config_has_the_npu_optimizer_and_adapter_rules(npu):
     from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig
 
     extra = ["op_debug_level=2", "enable_small_channel=1", "op_select_implmode=high_precision"]
-    options = _options(iterations_per_loop=10, hcom_parallel=True, npu_option=extra)
+    options = _options(iterations_per_loop=10, max_steps=20, hcom_parallel=True, npu_option=extra)
     config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy())
     parameters = _parameters(config)
     assert parameters["use_off_line"] is True
@@ -234,6 +234,7 @@ def test_profiling_dump_and_op_cache_flags_reach_an_npu_session(npu, saved_envir
                                   "allow_mix_precision_bf16", "allow_fp32_to_bf16"])
 def test_every_precision_mode_of_the_adapter_is_accepted(npu, mode):
     options = _parse(npu, "--precision_mode", mode, "--iterations_per_loop", "1")
+    options.__dict__.update(backend="npu", max_steps=16, exec_mode="train")  # the core's resolved flags
     config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy())
     assert _parameters(config)["precision_mode"] == mode.encode()
 
@@ -266,7 +267,8 @@ def test_defaults_follow_the_seeds_run_config(npu, saved_environment, capsys):
     def resolved(**overrides):
         options = _options(iterations_per_loop=None, **overrides)
         npu.unet3d_validate_options(options)
-        return options.iterations_per_loop
+        assert options.iterations_per_loop is None  # the parsed options are not written
+        return npu.loop_size(options).iterations
 
     assert resolved(max_steps=16000) == 100
     assert resolved(max_steps=250) == 50

@@ -162,7 +162,7 @@ def _resolved(args):
     from unet3d_core.run_config import resolve
 
     options = cli.build_parser(cli.load_backends()).parse_args([str(arg) for arg in args])
-    return resolve(options)
+    return resolve(options)[1]
 
 
 def test_new_runs_use_the_nnunet_recipe_and_record_every_resolved_value(run_dir):

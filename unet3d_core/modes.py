@@ -7,9 +7,10 @@ validated :class:`unet3d_core.run_config.RunConfig` and run folder.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
-from typing import Dict
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from unet3d_core.layouts import LAYOUTS
 from unet3d_core.logger import RunLogger
 from unet3d_core.postprocessing import POSTPROCESSING_FILE, choose_for_cross_validation
 from unet3d_core.prediction import predict, predict_ensemble
-from unet3d_core.run_config import resolve_runs
+from unet3d_core.run_config import RunConfig, process_options, resolve_runs
 from unet3d_core.trainer import train
 
 CV_RESULTS = "cv_results.json"
@@ -125,13 +126,15 @@ def _choose_postprocessing(model_dir: str, per_fold: Dict, layout, logger):
             "per_region": chosen["per_region"]}
 
 
-def run(*, options, backend) -> Dict:
+def run(*, options, backend, runs: Optional[List[Tuple[argparse.Namespace, RunConfig]]] = None) -> Dict:
     """Run ``options.exec_mode`` in this process with ``backend``; returns a dict of results.
 
-    ``--fold all`` runs folds 0..N-1 one after another, each in
-    ``<model_dir>/fold-N`` (each resumable), then pools their evaluations.
+    ``runs`` are :func:`unet3d_core.run_config.resolve_runs`'s answer for ``options`` (resolved here when
+    not given). ``--fold all`` runs folds 0..N-1 one after another, each in ``<model_dir>/fold-N`` (each
+    resumable), then pools their evaluations.
     """
-    runs = resolve_runs(options)
+    runs = resolve_runs(options) if runs is None else runs
+    options = process_options(options, runs)
     backend.prepare_environment(options)
     strategy = backend.distributed_strategy(options)
     try:

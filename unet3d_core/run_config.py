@@ -210,15 +210,17 @@ def _check_folders(options, exec_mode: str) -> None:
         raise ConfigError("--data_dir is required (only 'predict --input_dir RAW_DIR' works without it)")
 
 
-def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = None) -> RunConfig:
-    """One fold's validated RunConfig; the resolved values are written back into ``options``.
+def resolve(parsed, *, model_dir: Optional[str] = None,
+            fold: Optional[int] = None) -> Tuple[argparse.Namespace, RunConfig]:
+    """One fold's validated RunConfig, and a copy of ``parsed`` holding the resolved values (the flags
+    a run remembers, its folder and fold); ``parsed`` itself is never written.
 
     Raises:
         ConfigError / DataError: a bad flag, folder or data set, or a flag that conflicts with the run.
     """
+    model_dir = model_dir or parsed.model_dir
+    options = argparse.Namespace(**dict(vars(parsed), model_dir=model_dir))
     exec_mode = options.exec_mode
-    model_dir = model_dir or options.model_dir
-    options.model_dir = model_dir
     _check_folders(options, exec_mode)
     record = read_run(model_dir) if os.path.isdir(model_dir) else None
     notes: List[str] = []
@@ -228,9 +230,9 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
     recipe = resolve_recipe(options, record, model_dir)
     network = network_values(options, record, model_dir, exec_mode, preset(recipe))
     training = training_values(options, record, exec_mode, notes, preset(recipe))
-    for name, value in list(network.items()) + list(training.items()):
-        setattr(options, name, list(value) if name == "input_shape" else value)
-    options.fold = fold
+    options = argparse.Namespace(**dict(vars(options), fold=fold, **{
+        name: list(value) if name == "input_shape" else value
+        for name, value in list(network.items()) + list(training.items())}))
     fingerprint, manifest = None, None
     if not options.input_dir:
         # An ensemble member predicts a data set outside its cross-validation: its fold number is not that set's.
@@ -279,7 +281,7 @@ def resolve(options, *, model_dir: Optional[str] = None, fold: Optional[int] = N
         raise ConfigError("--model_dir {}: no checkpoint to {} with; train first".format(model_dir, exec_mode))
     if exec_mode in ("evaluate", "predict") and getattr(options, "checkpoint", None) is not None:
         select_checkpoint(model_dir, options.checkpoint)  # a step or best the folder lacks fails before any work
-    return RunConfig(exec_mode=exec_mode, model_dir=model_dir, data_dir=options.data_dir, fold=fold,
+    return options, RunConfig(exec_mode=exec_mode, model_dir=model_dir, data_dir=options.data_dir, fold=fold,
                      backend=options.backend, network=model_config, input_shape=input_shape,
                      training=training_config, inference=inference, prediction=prediction, run_record=record,
                      data_fingerprint=fingerprint, notes=tuple(notes),
@@ -366,35 +368,34 @@ def _refuse_cross_validation_data(options, folds: List[int]) -> None:
                               "cases".format(options.data_dir, fold))
 
 
-def fold_options(options, fold: int):
-    """A copy of ``options`` for fold ``fold`` of ``--fold all``, run in ``MODEL_DIR/fold-N``."""
-    copy = argparse.Namespace(**vars(options))
-    copy.fold = fold
-    copy.model_dir = os.path.join(options.model_dir, "fold-{}".format(fold))
-    return copy
+def fold_options(options, fold: int, **values) -> argparse.Namespace:
+    """A copy of ``options`` for fold ``fold`` of ``--fold all``, run in ``MODEL_DIR/fold-N``, with ``values``."""
+    return argparse.Namespace(**dict(vars(options), fold=fold,
+                                     model_dir=os.path.join(options.model_dir, "fold-{}".format(fold)), **values))
 
 
 def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
-    """Every run the command performs, each validated: ``[(options, RunConfig)]``, one per fold.
+    """Every run the command performs, each validated: ``[(resolved options, RunConfig)]``, one per fold.
 
-    ``--fold all`` gives one per fold of the data set, each in ``MODEL_DIR/fold-N``.
+    ``--fold all`` gives one per fold of the data set, each in ``MODEL_DIR/fold-N``. ``options`` is not written.
     """
     folds = ensemble_folds(options)
     if folds is not None:
-        members = [fold_options(options, fold) for fold in folds]
-        for member in members:
-            member.ensemble_member = True
-        return [(member, resolve(member)) for member in members]
+        return [resolve(fold_options(options, fold, ensemble_member=True)) for fold in folds]
     if str(options.fold) != "all":
-        return [(options, resolve(options))]
+        return [resolve(options)]
     if options.exec_mode == "predict" and options.predict_on == "all":
         raise ConfigError("--fold all with --predict_on all would predict every case once per fold; "
                           "use --predict_on fold (each case once, by the fold that held it out)")
     if not options.data_dir:
         raise ConfigError("--data_dir is required with --fold all")
 
-    runs = []
-    for fold in range(Manifest(options.data_dir).num_folds):
-        per_fold = fold_options(options, fold)
-        runs.append((per_fold, resolve(per_fold)))
-    return runs
+    return [resolve(fold_options(options, fold)) for fold in range(Manifest(options.data_dir).num_folds)]
+
+
+def process_options(options, runs: List[Tuple[argparse.Namespace, RunConfig]]) -> argparse.Namespace:
+    """The options the backend's process-wide hooks see: one run's resolved copy; the parsed options when the
+    command performs several runs (``--fold all``, an ensemble), whose ``--model_dir`` holds them all."""
+    if str(options.fold) == "all" or getattr(runs[0][0], "ensemble_member", False):
+        return options
+    return runs[0][0]

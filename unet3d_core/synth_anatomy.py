@@ -194,16 +194,15 @@ def _ball(shape, centre, radii):
     return np.sqrt(sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii))).astype(np.float32)
 
 
-def _grow_tumour(rng, grade, tissue, brain, depth_mm, spacing):
-    """One tumour: labels {0, 1, 2, 4} (uint8), oedema strength (float32, 0..1) and its fluid-like part.
+def _tumour_box(rng, grade, tissue, depth_mm, spacing):
+    """Where a tumour grows and how far it may reach.
 
-    The fluid-like part (bool) is the necrosis of HGG cores and the cysts of some
-    LGG ones: both are label 1, but look like fluid rather than solid tumour.
+    Returns the box (slices) around a seed voxel in deep white matter that holds
+    all the tumour can reach, the seed's position in that box, and the core's and
+    the oedema's sizes in mm.
     """
-    from scipy import ndimage
-
-    shape = brain.shape
-    csf, wm = tissue[0], tissue[2]
+    shape = depth_mm.shape
+    wm = tissue[2]
     candidates = np.flatnonzero((wm > 0.9) & (depth_mm > 18.0))
     if candidates.size == 0:  # a very coarse grid: any white matter will do
         candidates = np.flatnonzero(wm > 0.5)
@@ -216,8 +215,11 @@ def _grow_tumour(rng, grade, tissue, brain, depth_mm, spacing):
     reach = int(np.ceil((2.0 * core_mm + 16.0 + oedema_mm) / spacing)) + 3
     box = tuple(slice(max(s - reach, 0), min(s + reach + 1, n)) for s, n in zip(seed, shape))
     local = seed - np.array([b.start for b in box])
-    box_shape = tuple(b.stop - b.start for b in box)
-    inside = brain[box]
+    return box, local, core_mm, oedema_mm
+
+
+def _core_field(rng, box_shape, local, core_mm, spacing):
+    """A wobbly ellipsoid around ``local``, sometimes with a second focus: the core is where it is > 0."""
     radii = core_mm / spacing * rng.uniform(0.75, 1.3, 3)
     rough = rng.uniform(0.2, 0.45)
     distance = _ball(box_shape, local, np.maximum(radii, 0.8))
@@ -229,11 +231,16 @@ def _grow_tumour(rng, grade, tissue, brain, depth_mm, spacing):
         distance = _ball(box_shape, second, np.maximum(small, 0.8))
         field = np.maximum(field, np.where(distance < 1.5, 1.0 - distance + rough * _noise(
             rng, box_shape, 3.0 / spacing), -1.0))
-    core = (field > 0.0) & inside & (csf[box] < 0.6)
-    if not core.any():
-        core[tuple(local)] = True
-    labels = np.zeros(box_shape, np.uint8)
-    texture = _noise(rng, box_shape, 2.5 / spacing)
+    return field
+
+
+def _core_labels(rng, grade, core, field, texture, core_mm, spacing):
+    """The core's labels and its fluid-like part (bool).
+
+    HGG: an enhancing rim (4) around necrosis (1, fluid-like), partly non-enhancing
+    (1). LGG: non-enhancing (1), some with cysts (fluid-like) or an enhancing focus.
+    """
+    labels = np.zeros(core.shape, np.uint8)
     if grade == "HGG":
         rim_mm = max(float(np.exp(rng.uniform(np.log(1.5), np.log(7.0)))), 1.1 * spacing)
         dead = core & (field > rim_mm / core_mm)
@@ -251,26 +258,61 @@ def _grow_tumour(rng, grade, tissue, brain, depth_mm, spacing):
         if rng.random() < 0.3:
             focus = core & (texture > np.percentile(texture[core], 85.0)) if core.sum() > 8 else core
             labels[focus] = 4
-    # Oedema creeps along white matter: a dilation that may only enter voxels rich in it, out to a
-    # wobbly distance from the core (a plain step count would leave flat, polyhedral fronts).
+    return labels, fluid
+
+
+def _oedema_extent(rng, core, inside, csf, wm, oedema_mm, spacing):
+    """The oedema around the core (bool) and each voxel's distance from the core (mm), over the core's box.
+
+    Oedema creeps along white matter: a dilation that may only enter voxels rich in it, out to a
+    wobbly distance from the core (a plain step count would leave flat, polyhedral fronts).
+    """
+    from scipy import ndimage
+
+    box_shape = core.shape
     from_core_mm = ndimage.distance_transform_edt(~core) * np.float32(spacing)
     limit_mm = oedema_mm * (1.0 + 0.35 * _noise(rng, box_shape, 5.0 / spacing))
-    allowed = inside & ((wm[box] + 0.3 * _noise(rng, box_shape, 3.0 / spacing)) > 0.55) & (from_core_mm < limit_mm)
+    allowed = inside & ((wm + 0.3 * _noise(rng, box_shape, 3.0 / spacing)) > 0.55) & (from_core_mm < limit_mm)
     steps = int(np.ceil(1.6 * oedema_mm / spacing)) + 1
     whole = ndimage.binary_dilation(core, ndimage.generate_binary_structure(3, 2), iterations=steps,
                                     mask=allowed | core)
-    whole = ndimage.binary_closing(whole) & inside & (csf[box] < 0.7) | core  # no pinholes, no fluid
+    whole = ndimage.binary_closing(whole) & inside & (csf < 0.7) | core  # no pinholes, no fluid
     whole |= ndimage.binary_dilation(core) & inside  # the core always has an envelope
-    oedema = whole & ~core
+    return whole & ~core, from_core_mm
+
+
+def _add_enhancing_spots(rng, labels, oedema, spacing):
+    """Turn 1-3 small spots of the oedema into enhancing foci (label 4), in place."""
+    for _ in range(int(rng.integers(1, 4))):
+        spots = np.flatnonzero(oedema)
+        if spots.size == 0:
+            break
+        centre = np.unravel_index(spots[rng.integers(spots.size)], labels.shape)
+        spot = (_ball(labels.shape, centre, [max(rng.uniform(1.5, 3.0) / spacing, 0.6)] * 3) <= 1.0) & oedema
+        labels[spot] = 4
+
+
+def _grow_tumour(rng, grade, tissue, brain, depth_mm, spacing):
+    """One tumour: labels {0, 1, 2, 4} (uint8), oedema strength (float32, 0..1) and its fluid-like part.
+
+    The fluid-like part (bool) is the necrosis of HGG cores and the cysts of some
+    LGG ones: both are label 1, but look like fluid rather than solid tumour.
+    """
+    shape = brain.shape
+    csf, wm = tissue[0], tissue[2]
+    box, local, core_mm, oedema_mm = _tumour_box(rng, grade, tissue, depth_mm, spacing)
+    box_shape = tuple(b.stop - b.start for b in box)
+    inside = brain[box]
+    field = _core_field(rng, box_shape, local, core_mm, spacing)
+    core = (field > 0.0) & inside & (csf[box] < 0.6)
+    if not core.any():
+        core[tuple(local)] = True
+    texture = _noise(rng, box_shape, 2.5 / spacing)
+    labels, fluid = _core_labels(rng, grade, core, field, texture, core_mm, spacing)
+    oedema, from_core_mm = _oedema_extent(rng, core, inside, csf[box], wm[box], oedema_mm, spacing)
     labels[oedema] = 2
     if grade == "HGG" and rng.random() < 0.35:  # small separate enhancing foci within the oedema
-        for _ in range(int(rng.integers(1, 4))):
-            spots = np.flatnonzero(oedema)
-            if spots.size == 0:
-                break
-            centre = np.unravel_index(spots[rng.integers(spots.size)], box_shape)
-            spot = (_ball(box_shape, centre, [max(rng.uniform(1.5, 3.0) / spacing, 0.6)] * 3) <= 1.0) & oedema
-            labels[spot] = 4
+        _add_enhancing_spots(rng, labels, oedema, spacing)
     # Oedema is strongest next to the core and fades towards its edge.
     fading = 1.0 - 0.6 * np.clip(from_core_mm / max(oedema_mm, spacing), 0.0, 1.0) ** 2
     strength = np.clip(fading * rng.uniform(0.7, 1.0) + 0.12 * texture, 0.2, 1.0) * (labels == 2)

@@ -455,12 +455,13 @@ def validate(options, total_steps_per_worker: int) -> Tuple[int, str]:
             raise ConfigError("--npu_dump_step {}: {} (the adapter's rule)".format(options.npu_dump_step, problem))
     loop = iterations_per_loop(options, total_steps_per_worker)
     hccl_timeouts(options)
-    parameters = npu_parameters(_with(options, iterations_per_loop=loop[0]))
+    parameters = npu_parameters(with_values(options, iterations_per_loop=loop[0]))
     _check_combinations(parameters)
     return loop
 
 
-def _with(options, **values):
+def with_values(options, **values):
+    """A copy of ``options`` with ``values`` set (the options themselves are not written)."""
     changed = copy.copy(options)
     for name, value in values.items():
         setattr(changed, name, value)

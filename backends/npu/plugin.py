@@ -19,6 +19,8 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Tuple
 
 from backends.npu import adapter as npu_adapter
 from backends.npu import check, devices, diagnostics, launcher, rank_table, run_devices, sync_mode
@@ -225,7 +227,6 @@ def unet3d_validate_options(options):
     if options.npus < 1:
         raise ConfigError("--npus must be at least 1, got {}".format(options.npus))
     run_devices.device_ids(options)
-    ranks = options.npus
     if _launches_workers(options):
         launcher.refuse_mixed_environment(dict(os.environ))
         table, _ = run_devices.table_for(options)
@@ -234,14 +235,36 @@ def unet3d_validate_options(options):
         if here != options.npus:
             raise ConfigError("--npus {}: the rank table has {} device(s) on server {}".format(
                 options.npus, here, server))
-        ranks = table.size
-    elif os.environ.get(launcher.WORKER_VARIABLE):
-        ranks = int(os.environ.get("RANK_SIZE", "1"))
-    elif "ASCEND_DEVICE_ID" not in os.environ:
+    elif not os.environ.get(launcher.WORKER_VARIABLE) and "ASCEND_DEVICE_ID" not in os.environ:
         _single_device(options)  # the device must be visible before anything is built
-    # Resolved values are written back, as the core does with its own flags.
-    options.iterations_per_loop, options.iterations_per_loop_reason = npu_config.validate(
-        options, steps_per_worker(options.max_steps, ranks))
+    loop_size(options)  # the adapter's flag rules and --iterations_per_loop, checked before anything starts
+
+
+@dataclass(frozen=True)
+class LoopSize:
+    """``--iterations_per_loop`` resolved: the training steps one ``session.run`` performs on the device."""
+    iterations: int
+    reason: str  # "given", or how auto chose it
+
+
+def _rank_count(options) -> int:
+    """The ranks of the job: the rank table's in the launching process, the launcher's in a worker, else 1."""
+    if _launches_workers(options):
+        return run_devices.table_for(options)[0].size
+    if os.environ.get(launcher.WORKER_VARIABLE):
+        return int(os.environ.get("RANK_SIZE", "1"))
+    return 1
+
+
+def loop_size(options) -> LoopSize:
+    """The loop size of these options (the parsed options are never written: each hook asks for it)."""
+    return LoopSize(*npu_config.validate(options, steps_per_worker(options.max_steps, _rank_count(options))))
+
+
+def _resolved(options) -> Tuple[argparse.Namespace, LoopSize]:
+    """A copy of ``options`` whose ``iterations_per_loop`` is the resolved loop size, and that size."""
+    loop = loop_size(options)
+    return npu_config.with_values(options, iterations_per_loop=loop.iterations), loop
 
 
 @hookimpl
@@ -281,9 +304,9 @@ def _hccl_timeouts(options):
 def _describe_settings(options) -> str:
     parts = [npu_config.describe_precision(options)]
     if getattr(options, "exec_mode", "train") in ("train", "train_and_evaluate"):
-        reason = getattr(options, "iterations_per_loop_reason", "given")
-        parts.append("iterations_per_loop {}{}".format(options.iterations_per_loop,
-                                                         "" if reason == "given" else " ({})".format(reason)))
+        loop = loop_size(options)
+        parts.append("iterations_per_loop {}{}".format(loop.iterations,
+                                                         "" if loop.reason == "given" else " ({})".format(loop.reason)))
         parts.append("hcom_parallel {}".format("on" if options.hcom_parallel else "off (--no_hcom_parallel)"))
     parts.extend("{} into {}".format(flag, path) for flag, path in diagnostics.folders(options).items())
     return "; ".join(parts)
@@ -308,7 +331,7 @@ def _session_config(options):
     import tensorflow as tf
 
     return npu_config.apply_session_config(tf.compat.v1.ConfigProto(allow_soft_placement=True),
-                                           npu_config.npu_parameters(options))
+                                           npu_config.npu_parameters(_resolved(options)[0]))
 
 
 @hookimpl
@@ -320,7 +343,7 @@ def unet3d_distributed_strategy(options):
 
 @hookimpl
 def unet3d_session_config(config, options, strategy):
-    return npu_config.apply_session_config(config, npu_config.npu_parameters(options))
+    return npu_config.apply_session_config(config, npu_config.npu_parameters(_resolved(options)[0]))
 
 
 @hookimpl
@@ -333,7 +356,8 @@ def unet3d_mixed_precision(optimizer, options, strategy):
 
 @hookimpl
 def unet3d_training_loop(session, train_op, options):
-    if options.iterations_per_loop <= 1:
+    iterations = loop_size(options).iterations
+    if iterations <= 1:
         return train_op, 1
     util = npu_adapter.load().util
-    return util.set_iteration_per_loop(session, train_op, options.iterations_per_loop), options.iterations_per_loop
+    return util.set_iteration_per_loop(session, train_op, iterations), iterations
