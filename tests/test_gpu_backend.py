@@ -43,9 +43,9 @@ def test_amp_wraps_the_optimizer_with_dynamic_loss_scaling():
     graph = tf.Graph()
     with graph.as_default():
         adam = tf.compat.v1.train.AdamOptimizer(0.1)
-        assert gpu.unet3d_mixed_precision(adam, _options(), None) is adam
+        assert gpu.unet3d_mixed_precision(adam, _options(), None).optimizer is adam
         try:
-            wrapped = gpu.unet3d_mixed_precision(adam, _options(amp=True), None)
+            wrapped = gpu.unet3d_mixed_precision(adam, _options(amp=True), None).optimizer
         finally:
             disable = getattr(getattr(tf.compat.v1, "mixed_precision", None),
                               "disable_mixed_precision_graph_rewrite", None) or \

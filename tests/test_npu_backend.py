@@ -13,7 +13,7 @@ import tensorflow as tf
 from conftest import ROOT
 
 from unet3d_core.errors import BackendError, ConfigError
-from unet3d_core.types import DistributedStrategy
+from unet3d_core.types import DistributedStrategy, StepRunner
 
 FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_npu")
 tf1 = tf.compat.v1
@@ -336,7 +336,7 @@ def test_loss_scale_flag_keeps_the_seed_meaning(npu):
     graph = tf.Graph()
     with graph.as_default():
         adam = tf1.train.AdamOptimizer(0.1)
-        assert npu.unet3d_mixed_precision(adam, _options(npu_loss_scale=0), DistributedStrategy()) is adam
+        assert npu.unet3d_mixed_precision(adam, _options(npu_loss_scale=0), DistributedStrategy()).optimizer is adam
         dynamic = npu.unet3d_mixed_precision(adam, _options(npu_loss_scale=1), DistributedStrategy())
         fixed = npu.unet3d_mixed_precision(adam, _options(npu_loss_scale=1048576), DistributedStrategy())
     managers = [call for call in npu_bridge.calls if call["call"].endswith("LossScaleManager")]
@@ -344,7 +344,7 @@ def test_loss_scale_flag_keeps_the_seed_meaning(npu):
     assert managers[0]["args"] == {"init_loss_scale": 2.0 ** 32, "incr_every_n_steps": 1000,
                                    "decr_every_n_nan_or_inf": 2, "incr_ratio": 2.0, "decr_ratio": 0.5}
     assert managers[1]["call"] == "FixedLossScaleManager" and managers[1]["args"]["loss_scale"] == 1048576
-    assert not dynamic.unet3d_distributed and not fixed.unet3d_distributed
+    assert not dynamic.reduces_across_workers and not fixed.reduces_across_workers
 
 
 def test_distributed_chain_is_loss_scaling_around_the_distributed_optimizer(npu):
@@ -352,7 +352,7 @@ def test_distributed_chain_is_loss_scaling_around_the_distributed_optimizer(npu)
 
     with tf.Graph().as_default():
         chain = npu.unet3d_mixed_precision(tf1.train.AdamOptimizer(0.1), _options(npu_loss_scale=1), _Ranks(8))
-    assert chain.unet3d_distributed  # the strategy must not wrap it again
+    assert chain.reduces_across_workers  # the strategy must not wrap it again
     names = [(call["call"], call["args"]) for call in npu_bridge.calls if "Optimizer" in call["call"]]
     assert names[0] == ("NPUDistributedOptimizer", {"optimizer": "AdamOptimizer",
                                                     "is_weight_update_sharding": False})
@@ -368,10 +368,10 @@ def test_overflow_steps_are_skipped_and_only_the_loss_scale_is_reported(npu):
         step = tf1.train.get_or_create_global_step()
         # Gradients of 2e30..4e30 times the initial scale 2^32 overflow float32.
         weight = tf1.get_variable("w", initializer=[1e30, 2e30])
-        optimizer = npu.unet3d_mixed_precision(tf1.train.GradientDescentOptimizer(0.1),
-                                               _options(npu_loss_scale=1), DistributedStrategy())
-        overflowing = optimizer.minimize(tf.reduce_sum(weight * weight), global_step=step)
-        metrics = optimizer.unet3d_step_metrics()
+        wrapped = npu.unet3d_mixed_precision(tf1.train.GradientDescentOptimizer(0.1),
+                                             _options(npu_loss_scale=1), DistributedStrategy())
+        overflowing = wrapped.optimizer.minimize(tf.reduce_sum(weight * weight), global_step=step)
+        metrics = wrapped.step_metrics()
         init = tf1.global_variables_initializer()
         assert sorted(metrics) == ["loss_scale"]
         assert not [v for v in tf1.global_variables() if "overflow" in v.op.name]
@@ -393,9 +393,9 @@ def test_iterations_per_loop_goes_through_the_adapter_loop(npu):
         step = tf1.train.get_or_create_global_step()
         train_op = tf1.assign_add(step, 1).op
     with tf1.Session(graph=graph) as session:
-        assert npu.unet3d_training_loop(session, train_op, _options()) == (train_op, 1)
-        op, steps = npu.unet3d_training_loop(session, train_op, _options(iterations_per_loop=4))
-    assert steps == 4 and op.name == "IterationOp"
+        assert npu.unet3d_step_runner(session, train_op, _options()) == StepRunner(train_op, 1)
+        runner = npu.unet3d_step_runner(session, train_op, _options(iterations_per_loop=4))
+    assert runner.steps_per_run == 4 and runner.op.name == "IterationOp"
     assert [c["args"] for c in npu_bridge.calls if c["call"] == "set_iteration_per_loop"] == [
         {"iterations_per_loop": 4}]
 

@@ -85,10 +85,10 @@ def _loss_scaled_training(kind, scale):
         factor = tf1.placeholder(tf.float32, [])
         weight = tf1.get_variable("w", initializer=2.0)
         step = tf1.train.get_or_create_global_step()
-        optimizer = loss_scaling_optimizer(adapter.load(), tf1.train.GradientDescentOptimizer(0.25), kind, scale,
-                                           distributed=False)
-        train = optimizer.minimize(factor * weight * weight, global_step=step)
-        metrics = optimizer.unet3d_step_metrics()
+        wrapped = loss_scaling_optimizer(adapter.load(), tf1.train.GradientDescentOptimizer(0.25), kind, scale,
+                                         distributed=False)
+        train = wrapped.optimizer.minimize(factor * weight * weight, global_step=step)
+        metrics = wrapped.step_metrics()
         init = tf1.global_variables_initializer()
     session = tf1.Session(graph=graph, config=_npu_config())
     session.run(init)

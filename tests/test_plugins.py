@@ -9,7 +9,7 @@ import pytest
 
 from unet3d_core import BackendInfo, hookimpl, hookspecs, plugins
 from unet3d_core.errors import BackendError
-from unet3d_core.types import DistributedStrategy
+from unet3d_core.types import DistributedStrategy, StepRunner, WrappedOptimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,9 +71,33 @@ def test_backend_hooks_override_core_defaults():
     backend = plugins.load_backend(_plugin(unet3d_session_config=unet3d_session_config), "toy")
     assert backend.session_config({}, options=None, strategy=strategy) == {"touched": True}
     # Hooks the plugin does not implement fall back to the core's defaults.
-    assert backend.mixed_precision("optimizer", options=None, strategy=strategy) == "optimizer"
+    assert backend.mixed_precision("optimizer", options=None, strategy=strategy) == WrappedOptimizer("optimizer")
     assert isinstance(backend.distributed_strategy(options=None), DistributedStrategy)
     assert backend.launch(options=None, worker_command=[]) is None
+    assert backend.step_runner(None, "train_op", options=None) == StepRunner("train_op", steps_per_run=1)
+
+
+def test_a_plugin_of_the_old_contract_gets_a_one_line_error_naming_the_change():
+    """Hooks hand typed objects back (WrappedOptimizer, StepRunner); the old tuple hook and a bare optimiser
+    are refused with what to write instead."""
+    def unet3d_training_loop(session, train_op, options):
+        return train_op, 1
+
+    with pytest.raises(BackendError, match=r"^backend 'toy' \(local\): implements unet3d_training_loop, a hook of "
+                                           r"the old contract: it is now unet3d_step_runner\(session, train_op, "
+                                           r"options\) and returns unet3d_core.StepRunner\(op, steps_per_run\)"):
+        plugins.load_backend(_plugin(unet3d_training_loop=unet3d_training_loop), "toy")
+
+    def unet3d_mixed_precision(optimizer, options, strategy):
+        return optimizer  # the old contract: the optimiser itself
+
+    backend = plugins.load_backend(_plugin(unet3d_mixed_precision=unet3d_mixed_precision), "toy")
+    with pytest.raises(BackendError) as refused:
+        backend.mixed_precision("optimizer", options=None, strategy=DistributedStrategy())
+    assert str(refused.value) == ("backend 'toy' (local): unet3d_mixed_precision must return "
+                                  "unet3d_core.WrappedOptimizer, got str (see docs/writing-a-backend.md)")
+    with pytest.raises(ValueError, match="steps_per_run must be at least 1"):
+        StepRunner("op", steps_per_run=0)
 
 
 def test_unknown_hook_fails_at_load_naming_plugin_and_hook():

@@ -29,7 +29,7 @@ default is the textbook ops.
 """
 import pluggy
 
-from unet3d_core.types import BackendInfo, DistributedStrategy
+from unet3d_core.types import BackendInfo, DistributedStrategy, StepRunner, WrappedOptimizer
 
 __version__ = "0.1.0"
 
@@ -38,4 +38,5 @@ ENTRY_POINT_GROUP = "unet3d.backends"
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-__all__ = ["hookimpl", "BackendInfo", "DistributedStrategy", "PROJECT_NAME", "ENTRY_POINT_GROUP", "__version__"]
+__all__ = ["hookimpl", "BackendInfo", "DistributedStrategy", "StepRunner", "WrappedOptimizer", "PROJECT_NAME",
+           "ENTRY_POINT_GROUP", "__version__"]

@@ -5,7 +5,7 @@ Registered before the backend, so any hook the backend implements wins.
 from __future__ import annotations
 
 from unet3d_core import hookimpl
-from unet3d_core.types import DistributedStrategy
+from unet3d_core.types import DistributedStrategy, StepRunner, WrappedOptimizer
 
 
 @hookimpl
@@ -32,9 +32,9 @@ def unet3d_layer_ops(options):
 
 @hookimpl
 def unet3d_mixed_precision(optimizer, options, strategy):
-    return optimizer
+    return WrappedOptimizer(optimizer)
 
 
 @hookimpl
-def unet3d_training_loop(session, train_op, options):
-    return train_op, 1
+def unet3d_step_runner(session, train_op, options):
+    return StepRunner(train_op)

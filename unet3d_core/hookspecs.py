@@ -17,22 +17,38 @@ Lifecycle of ``cli.py train --backend X``:
    ``unet3d_distributed_strategy``, ``unet3d_session_config``,
    ``unet3d_layer_ops``; while the training graph is built,
    ``unet3d_mixed_precision``; once the session exists,
-   ``unet3d_training_loop``. At the end the core calls the strategy's
+   ``unet3d_step_runner``. At the end the core calls the strategy's
    ``close()``.
+
+Every parameter and return value is annotated. ``options`` is the command's
+parsed ``argparse.Namespace`` (read it, never write it: the core hands the
+hooks a resolved copy, and values a backend derives belong to its own
+objects). Hooks that hand an object back to the core return the typed,
+frozen objects of :mod:`unet3d_core.types` (``WrappedOptimizer``,
+``StepRunner``), which the core checks.
 
 ``unet3d_add_commands`` lets a backend add its own top-level commands.
 """
 from __future__ import annotations
 
+import argparse
+from typing import TYPE_CHECKING, List, Optional
+
 import pluggy
 
 from unet3d_core import PROJECT_NAME
+
+if TYPE_CHECKING:  # annotations only: importing TensorFlow here would slow down --help
+    import tensorflow as tf
+
+    from unet3d_core.layers import LayerOps
+    from unet3d_core.types import BackendInfo, DistributedStrategy, StepRunner, WrappedOptimizer
 
 _hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
 
 @_hookspec(firstresult=True)
-def unet3d_backend_info():
+def unet3d_backend_info() -> BackendInfo:
     """Describe the backend. Required.
 
     Called once per installed backend when plugins are loaded (also for
@@ -47,7 +63,7 @@ def unet3d_backend_info():
 
 
 @_hookspec
-def unet3d_add_options(group):
+def unet3d_add_options(group: argparse._ArgumentGroup) -> None:
     """Add backend-specific flags to the ``train``/``evaluate``/``predict`` parsers.
 
     Called for every installed backend (available or not) so that ``--help``
@@ -60,7 +76,7 @@ def unet3d_add_options(group):
 
 
 @_hookspec
-def unet3d_add_commands(commands):
+def unet3d_add_commands(commands: argparse._SubParsersAction) -> None:
     """Add the backend's own top-level commands (e.g. ``cli.py npu unpatch``).
 
     Called for every installed backend when the command line is built.
@@ -75,7 +91,7 @@ def unet3d_add_commands(commands):
 
 
 @_hookspec
-def unet3d_validate_options(options):
+def unet3d_validate_options(options: argparse.Namespace) -> None:
     """Check the parsed options for the selected backend.
 
     Called in the user's process before anything is launched or written.
@@ -88,7 +104,7 @@ def unet3d_validate_options(options):
 
 
 @_hookspec(firstresult=True)
-def unet3d_launch(options, worker_command):
+def unet3d_launch(options: argparse.Namespace, worker_command: List[str]) -> Optional[int]:
     """Start the worker processes of a multi-process run. *First result.*
 
     Called in the user's process after the options were validated. A
@@ -110,7 +126,7 @@ def unet3d_launch(options, worker_command):
 
 
 @_hookspec
-def unet3d_prepare_environment(options):
+def unet3d_prepare_environment(options: argparse.Namespace) -> None:
     """Prepare this process for training, before TensorFlow builds a graph.
 
     Called in every training process. Use it for device checks, environment
@@ -123,7 +139,7 @@ def unet3d_prepare_environment(options):
 
 
 @_hookspec(firstresult=True)
-def unet3d_distributed_strategy(options):
+def unet3d_distributed_strategy(options: argparse.Namespace) -> Optional[DistributedStrategy]:
     """Return the process's :class:`unet3d_core.types.DistributedStrategy`. *First result.*
 
     Called once per training process, after ``unet3d_prepare_environment``
@@ -136,7 +152,8 @@ def unet3d_distributed_strategy(options):
 
 
 @_hookspec(firstresult=True)
-def unet3d_session_config(config, options, strategy):
+def unet3d_session_config(config: tf.compat.v1.ConfigProto, options: argparse.Namespace,
+                          strategy: DistributedStrategy) -> tf.compat.v1.ConfigProto:
     """Return the ``tf.compat.v1.ConfigProto`` for this process's sessions. *First result.*
 
     Called once per process before any session is created. ``config`` holds
@@ -151,7 +168,7 @@ def unet3d_session_config(config, options, strategy):
 
 
 @_hookspec(firstresult=True)
-def unet3d_layer_ops(options):
+def unet3d_layer_ops(options: argparse.Namespace) -> Optional[LayerOps]:
     """Return the :class:`unet3d_core.layers.LayerOps` the network is computed with. *First result.*
 
     Called once per process that builds a graph of the network (training,
@@ -168,31 +185,31 @@ def unet3d_layer_ops(options):
 
 
 @_hookspec(firstresult=True)
-def unet3d_mixed_precision(optimizer, options, strategy):
-    """Return the optimizer to use for mixed precision and loss scaling. *First result.*
+def unet3d_mixed_precision(optimizer: tf.compat.v1.train.Optimizer, options: argparse.Namespace,
+                           strategy: DistributedStrategy) -> WrappedOptimizer:
+    """Return the optimiser for mixed precision and loss scaling, as a WrappedOptimizer. *First result.*
 
     Called once while the training graph is built, before
-    ``strategy.wrap_optimizer``. Return the optimizer unchanged for full
-    precision (the default), or a wrapping optimizer (graph-rewrite AMP,
-    loss scaling). A wrapper that already performs the distributed
-    reduction may set ``optimizer.unet3d_distributed = True`` so that the
-    strategy does not wrap it again, and may define
-    ``optimizer.unet3d_step_metrics()`` returning a dict of scalar tensors
-    (e.g. the loss scale); the core calls it after ``minimize`` and logs the
-    values with each log line. Steps a loss-scaling optimizer skips (no
-    update after an overflow) need no metric: the core counts them from the
-    global step (``skipped_steps``).
+    ``strategy.wrap_optimizer``. Return ``WrappedOptimizer(optimizer)`` for
+    full precision (the default), or a wrapping optimiser (graph-rewrite AMP,
+    loss scaling) in it. Set ``reduces_across_workers=True`` when the wrapper
+    already sums the gradients over the workers, so that the strategy does
+    not wrap it again; ``step_metrics`` returns a dict of scalar tensors
+    (e.g. the loss scale) the core logs with each log line. Steps a
+    loss-scaling optimiser skips (no update after an overflow) need no
+    metric: the core counts them from the global step (``skipped_steps``).
 
     Args:
-        optimizer: a ``tf.compat.v1.train.Optimizer``.
+        optimizer: the core's ``tf.compat.v1.train.Optimizer``.
         options: the parsed options.
         strategy: the process's DistributedStrategy.
     """
 
 
 @_hookspec(firstresult=True)
-def unet3d_training_loop(session, train_op, options):
-    """Return ``(op, steps)``: the op to run each time and the training steps one run performs. *First result.*
+def unet3d_step_runner(session: tf.compat.v1.Session, train_op: tf.Operation,
+                       options: argparse.Namespace) -> StepRunner:
+    """Return the StepRunner: the op each ``session.run`` runs and the training steps it performs. *First result.*
 
     Called once per training process after the session is created and the
     variables are initialised or restored, before the first step; the graph
@@ -201,9 +218,9 @@ def unet3d_training_loop(session, train_op, options):
     here. Each run fetches the global step as it is after the returned op
     (a control dependency), with the loss and the step metrics, in the same
     ``session.run``, so progress, throughput, logging and checkpoints stay
-    exact whatever one run does (including steps a loss-scaling optimizer
+    exact whatever one run does (including steps a loss-scaling optimiser
     skipped). The input iterator is already initialised. Default:
-    ``(train_op, 1)``.
+    ``StepRunner(train_op)`` (one step per run).
 
     Args:
         session: the training ``tf.compat.v1.Session``.

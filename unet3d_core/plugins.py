@@ -26,7 +26,7 @@ import pluggy
 
 from unet3d_core import ENTRY_POINT_GROUP, PROJECT_NAME, defaults, hookspecs
 from unet3d_core.errors import BackendError, UNet3DError
-from unet3d_core.types import BackendInfo
+from unet3d_core.types import BackendInfo, DistributedStrategy, StepRunner, WrappedOptimizer
 
 try:  # Python >= 3.8
     from importlib import metadata as importlib_metadata
@@ -35,6 +35,11 @@ except ImportError:  # Python 3.7: the backport pluggy itself depends on
 
 FILTER_VARIABLE = "UNET3D_BACKENDS"
 SHARED_OPTIONS_ATTRIBUTE = "UNET3D_SHARED_OPTIONS"
+# Hooks of the contract before the typed one (docs/writing-a-backend.md, "Moving from the old hooks").
+RENAMED_HOOKS = {
+    "unet3d_training_loop": "is now unet3d_step_runner(session, train_op, options) and returns "
+                            "unet3d_core.StepRunner(op, steps_per_run) instead of a tuple",
+}
 
 
 @dataclass
@@ -83,8 +88,17 @@ class Backend:
     def add_commands(self, commands) -> None:
         self._call("unet3d_add_commands", commands=commands)
 
-    def training_loop(self, session, train_op, options):
-        return self._call("unet3d_training_loop", session=session, train_op=train_op, options=options)
+    def _typed(self, hook_name: str, answer, expected: type):
+        """``answer`` when it is an ``expected``; else the one-line error naming the hook and the type."""
+        if isinstance(answer, expected):
+            return answer
+        raise BackendError("backend '{}' ({}): {} must return unet3d_core.{}, got {} (see docs/writing-a-backend.md)"
+                           .format(self.name, self.distribution, hook_name, expected.__name__,
+                                   type(answer).__name__))
+
+    def step_runner(self, session, train_op, options) -> StepRunner:
+        return self._typed("unet3d_step_runner", self._call(
+            "unet3d_step_runner", session=session, train_op=train_op, options=options), StepRunner)
 
     def validate_options(self, options) -> None:
         self._call("unet3d_validate_options", options=options)
@@ -95,14 +109,16 @@ class Backend:
     def prepare_environment(self, options) -> None:
         self._call("unet3d_prepare_environment", options=options)
 
-    def distributed_strategy(self, options):
-        return self._call("unet3d_distributed_strategy", options=options)
+    def distributed_strategy(self, options) -> DistributedStrategy:
+        return self._typed("unet3d_distributed_strategy", self._call("unet3d_distributed_strategy", options=options),
+                           DistributedStrategy)
 
     def session_config(self, config, options, strategy):
         return self._call("unet3d_session_config", config=config, options=options, strategy=strategy)
 
-    def mixed_precision(self, optimizer, options, strategy):
-        return self._call("unet3d_mixed_precision", optimizer=optimizer, options=options, strategy=strategy)
+    def mixed_precision(self, optimizer, options, strategy) -> WrappedOptimizer:
+        return self._typed("unet3d_mixed_precision", self._call(
+            "unet3d_mixed_precision", optimizer=optimizer, options=options, strategy=strategy), WrappedOptimizer)
 
     def layer_ops(self, options):
         """The backend's :class:`unet3d_core.layers.LayerOps` (the textbook ones by default)."""
@@ -145,6 +161,10 @@ def load_backend(module, entry_name: str, distribution: str = "local", version: 
             differs from its entry point.
     """
     origin = "backend '{}' ({})".format(entry_name, distribution)
+    for old_name, change in RENAMED_HOOKS.items():
+        if callable(getattr(module, old_name, None)):
+            raise BackendError("{}: implements {}, a hook of the old contract: it {} (docs/writing-a-backend.md)"
+                               .format(origin, old_name, change))
     manager = _new_manager()
     try:
         manager.register(module, name=entry_name)

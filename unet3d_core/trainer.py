@@ -109,7 +109,8 @@ def train(config, *, options, backend, strategy, session_config, layer_ops, logg
         session.run(graph.input_initializer)
         if graph.broadcast is not None:
             session.run(graph.broadcast)
-        run_op, steps_per_run = backend.training_loop(session, graph.train_op, options)
+        runner = backend.step_runner(session, graph.train_op, options)
+        run_op, steps_per_run = runner.op, runner.steps_per_run
         graph.bind_run_op(run_op)
         if write:
             listeners += [listeners_lib.TensorBoardWriter(config.model_dir, graph.graph, training.log_every),

@@ -202,12 +202,11 @@ def build_training_graph(config, *, record_files: List[str], start_step: int, to
                                          total_steps=total_steps, schedule=training.lr_schedule)
         optimizer = build_optimizer(name=training.optimizer, learning_rate=learning_rate, momentum=training.momentum,
                                     weight_decay=training.weight_decay, grad_clip=training.grad_clip)
-        optimizer = backend.mixed_precision(optimizer, options, strategy)
-        if not getattr(optimizer, "unet3d_distributed", False):
-            optimizer = strategy.wrap_optimizer(optimizer)
+        wrapped = backend.mixed_precision(optimizer, options, strategy)
+        optimizer = wrapped.optimizer if wrapped.reduces_across_workers else strategy.wrap_optimizer(wrapped.optimizer)
         with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
             train_op = optimizer.minimize(loss, global_step=global_step)
-        step_metrics = optimizer.unet3d_step_metrics() if hasattr(optimizer, "unet3d_step_metrics") else {}
+        step_metrics = dict(wrapped.step_metrics())
         stop_request = stop_votes = fingerprint = None
         if strategy.size > 1:
             # Stop agreement rides on the step's own run: each rank feeds its request,

@@ -5,8 +5,8 @@ import TensorFlow lazily so that listing backends stays fast.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -28,6 +28,44 @@ class BackendInfo:
     summary: str
     available: bool = True
     reason: str = ""
+
+
+def _no_step_metrics() -> Dict[str, Any]:
+    return {}
+
+
+@dataclass(frozen=True)
+class WrappedOptimizer:
+    """What ``unet3d_mixed_precision`` returns: the optimiser the training graph minimises with.
+
+    Attributes:
+        optimizer: a ``tf.compat.v1.train.Optimizer`` (the one given, or a wrapper: loss scaling, AMP).
+        reduces_across_workers: the wrapper already sums gradients over the workers (the NPU's loss scaling
+            around its distributed optimiser); the strategy then does not wrap it again.
+        step_metrics: called once after ``minimize``; a dict of scalar tensors logged with each log line
+            (e.g. the loss scale).
+    """
+
+    optimizer: Any
+    reduces_across_workers: bool = False
+    step_metrics: Callable[[], Dict[str, Any]] = field(default=_no_step_metrics)
+
+
+@dataclass(frozen=True)
+class StepRunner:
+    """What ``unet3d_step_runner`` returns: the op each ``session.run`` runs and the training steps it performs.
+
+    Attributes:
+        op: the training op, or a device loop around it (the NPU's ``iterations_per_loop``).
+        steps_per_run: training steps one run of ``op`` performs (at least 1).
+    """
+
+    op: Any
+    steps_per_run: int = 1
+
+    def __post_init__(self):
+        if int(self.steps_per_run) < 1:
+            raise ValueError("StepRunner.steps_per_run must be at least 1, got {}".format(self.steps_per_run))
 
 
 class DistributedStrategy:

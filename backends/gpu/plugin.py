@@ -13,7 +13,7 @@ import importlib.util
 import os
 
 from backends import horovod
-from unet3d_core import BackendInfo, hookimpl
+from unet3d_core import BackendInfo, WrappedOptimizer, hookimpl
 from unet3d_core.errors import BackendError
 
 UNET3D_SHARED_OPTIONS = (horovod.OPTIONS,)  # --hosts
@@ -123,7 +123,7 @@ def unet3d_session_config(config, options, strategy):
 @hookimpl
 def unet3d_mixed_precision(optimizer, options, strategy):
     if not options.amp:
-        return optimizer
+        return WrappedOptimizer(optimizer)
     import tensorflow as tf
 
     # The graph rewrite casts eligible ops to float16 and wraps the optimizer
@@ -131,4 +131,4 @@ def unet3d_mixed_precision(optimizer, options, strategy):
     rewrite = getattr(getattr(tf.compat.v1, "mixed_precision", None), "enable_mixed_precision_graph_rewrite", None)
     if rewrite is None:
         rewrite = tf.compat.v1.train.experimental.enable_mixed_precision_graph_rewrite
-    return rewrite(optimizer, loss_scale="dynamic")
+    return WrappedOptimizer(rewrite(optimizer, loss_scale="dynamic"))

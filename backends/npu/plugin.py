@@ -26,7 +26,7 @@ from backends.npu import adapter as npu_adapter
 from backends.npu import check, devices, diagnostics, launcher, rank_table, run_devices, sync_mode
 from backends.npu import config as npu_config
 from backends.npu.strategy import HcclStrategy, loss_scaling_optimizer
-from unet3d_core import BackendInfo, hookimpl
+from unet3d_core import BackendInfo, StepRunner, WrappedOptimizer, hookimpl
 from unet3d_core.distributed import steps_per_worker
 from unet3d_core.errors import BackendError, ConfigError
 
@@ -350,14 +350,14 @@ def unet3d_session_config(config, options, strategy):
 def unet3d_mixed_precision(optimizer, options, strategy):
     kind, scale = npu_config.loss_scale_choice(options.npu_loss_scale)
     if kind == "none":
-        return optimizer
+        return WrappedOptimizer(optimizer)
     return loss_scaling_optimizer(npu_adapter.load(), optimizer, kind, scale, distributed=strategy.size > 1)
 
 
 @hookimpl
-def unet3d_training_loop(session, train_op, options):
+def unet3d_step_runner(session, train_op, options):
     iterations = loop_size(options).iterations
     if iterations <= 1:
-        return train_op, 1
+        return StepRunner(train_op)
     util = npu_adapter.load().util
-    return util.set_iteration_per_loop(session, train_op, iterations), iterations
+    return StepRunner(util.set_iteration_per_loop(session, train_op, iterations), steps_per_run=iterations)

@@ -10,7 +10,7 @@ import numpy as np
 from backends.npu import adapter as npu_adapter
 from backends.npu import config as npu_config
 from unet3d_core.errors import BackendError
-from unet3d_core.types import DistributedStrategy
+from unet3d_core.types import DistributedStrategy, WrappedOptimizer
 
 
 class HcclStrategy(DistributedStrategy):
@@ -91,31 +91,9 @@ class HcclStrategy(DistributedStrategy):
             self._session = None
 
 
-class LossScaleReportingOptimizer:
-    """Wraps a loss-scaling optimizer: reports its loss scale as a step metric.
-
-    The adapter applies no update, and leaves the global step alone, when the
-    scaled gradients overflow; it exposes no flag saying so (its
-    ``is_overall_finite`` is a local of ``apply_gradients``). The core counts
-    those skipped steps from the global step itself, so only the loss scale is
-    reported here. Everything else is delegated.
-    """
-
-    def __init__(self, inner, loss_scale, distributed: bool):
-        self._inner = inner
-        self._loss_scale = loss_scale  # a callable giving the current scale as a tensor
-        # With is_distributed=True the inner chain already reduces across ranks.
-        self.unet3d_distributed = distributed
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    def unet3d_step_metrics(self):
-        return {"loss_scale": self._loss_scale()}
-
-
 def loss_scaling_optimizer(adapter, optimizer, kind: str, scale: float, distributed: bool):
-    """``optimizer`` with loss scaling ("fixed" at ``scale`` or "dynamic" from it), the reduction inside.
+    """``optimizer`` with loss scaling ("fixed" at ``scale`` or "dynamic" from it), the reduction inside, as a
+    :class:`unet3d_core.WrappedOptimizer`.
 
     With the 1.x adapter: its NPULossScaleOptimizer and loss-scale managers (is_distributed reduces the
     overflow flag across ranks). The 2.x adapter's compat.v1 has neither (removed by
@@ -135,7 +113,7 @@ def loss_scaling_optimizer(adapter, optimizer, kind: str, scale: float, distribu
                 incr_ratio=npu_config.DYNAMIC_GROWTH_RATIO, decr_ratio=npu_config.DYNAMIC_SHRINK_RATIO)
         # The adapter's order: loss scaling outside, the distributed reduction inside.
         wrapped = npu_init.NPULossScaleOptimizer(inner, manager, is_distributed=distributed)
-        return LossScaleReportingOptimizer(wrapped, manager.get_loss_scale, distributed)
+        return _reporting_loss_scale(wrapped, manager.get_loss_scale, distributed)
     _require_inf_nan_mode()
     import tensorflow as tf
 
@@ -148,7 +126,19 @@ def loss_scaling_optimizer(adapter, optimizer, kind: str, scale: float, distribu
                                                          increment_period=npu_config.DYNAMIC_GROWTH_STEPS,
                                                          multiplier=npu_config.DYNAMIC_GROWTH_RATIO)
     wrapped = tf1.train.experimental.MixedPrecisionLossScaleOptimizer(inner, loss_scale)
-    return LossScaleReportingOptimizer(wrapped, loss_scale, distributed)
+    return _reporting_loss_scale(wrapped, loss_scale, distributed)
+
+
+def _reporting_loss_scale(optimizer, loss_scale, distributed: bool) -> WrappedOptimizer:
+    """A loss-scaling optimiser that reports its loss scale as a step metric.
+
+    The adapter applies no update, and leaves the global step alone, when the scaled gradients overflow; it
+    exposes no flag saying so (its ``is_overall_finite`` is a local of ``apply_gradients``). The core counts
+    those skipped steps from the global step itself, so only the loss scale is reported. With
+    ``distributed`` the chain already reduces across ranks (``is_distributed=True``).
+    """
+    return WrappedOptimizer(optimizer, reduces_across_workers=distributed,
+                            step_metrics=lambda: {"loss_scale": loss_scale()})
 
 
 def _require_inf_nan_mode() -> None:

@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from unet3d_core import BackendInfo, hookimpl
+from unet3d_core import BackendInfo, WrappedOptimizer, hookimpl
 from unet3d_core.errors import ConfigError
 
 NAME = "cpu-xla"
@@ -229,4 +229,4 @@ def unet3d_mixed_precision(optimizer, options, strategy):
     # and bfloat16 has float32's exponent range, so gradients do not underflow
     # as float16 ones would: no loss scaling, the optimizer stays as it is. A
     # float16 backend would return a loss-scaling wrapper here instead.
-    return optimizer
+    return WrappedOptimizer(optimizer)
