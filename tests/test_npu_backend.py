@@ -120,7 +120,7 @@ def test_session_config_has_the_npu_optimizer_and_adapter_rules(npu):
 
     extra = ["op_debug_level=2", "enable_small_channel=1", "op_select_implmode=high_precision"]
     options = _options(iterations_per_loop=10, max_steps=20, hcom_parallel=True, npu_option=extra)
-    config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy())
+    config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy(), "training")
     parameters = _parameters(config)
     assert parameters["use_off_line"] is True
     assert parameters["precision_mode"] == b"allow_fp32_to_fp16"
@@ -131,8 +131,12 @@ def test_session_config_has_the_npu_optimizer_and_adapter_rules(npu):
     assert parameters["op_select_implmode"] == b"high_precision"
     assert config.graph_options.rewrite_options.remapping == RewriterConfig.OFF
     assert config.graph_options.rewrite_options.memory_optimization == RewriterConfig.OFF
+    # Inference sessions (validation, evaluate, predict) run one step per run: no device loop.
+    inference = _parameters(npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy(), "evaluation"))
+    assert inference["iterations_per_loop"] == 1 and inference["enable_data_pre_proc"] is False
+    assert inference["precision_mode"] == b"allow_fp32_to_fp16" and inference["op_debug_level"] == 2
     # Applying twice keeps one NpuOptimizer entry.
-    again = npu.unet3d_session_config(config, _options(precision_mode="force_fp32"), DistributedStrategy())
+    again = npu.unet3d_session_config(config, _options(precision_mode="force_fp32"), DistributedStrategy(), "training")
     assert _parameters(again)["precision_mode"] == b"force_fp32"
 
 
@@ -146,7 +150,7 @@ def test_npu_options_are_typed_as_the_adapter_reads_each_key(npu, tmp_path):
     # enable_dump, dump_path, dump_step come from --npu_dump and --npu_dump_step.
     options = _options(npu_option=extra, npu_dump=str(tmp_path), npu_dump_step="0|5|10-20")
     npu.unet3d_validate_options(options)
-    config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy())
+    config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy(), "training")
     fields, values = _parameters(config, fields=True), _parameters(config)
     assert {key: fields[key] for key in ("graph_memory_max_size", "variable_memory_max_size", "dump_step",
                                          "aoe_mode", "jit_compile", "enable_small_channel", "enable_dump",
@@ -213,7 +217,7 @@ def test_profiling_dump_and_op_cache_flags_reach_an_npu_session(npu, saved_envir
     npu.unet3d_prepare_environment(options)
     assert all((tmp_path / name).is_dir() for name in ("prof", "dump", "cache"))
     assert "--npu_overflow_dump into {}".format(tmp_path / "dump") in capsys.readouterr().out
-    config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy())
+    config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy(), "training")
     values = _parameters(config)
     assert values["profiling_mode"] is True and values["enable_dump_debug"] is True
     assert json.loads(values["profiling_options"].decode()) == {
@@ -235,7 +239,7 @@ def test_profiling_dump_and_op_cache_flags_reach_an_npu_session(npu, saved_envir
 def test_every_precision_mode_of_the_adapter_is_accepted(npu, mode):
     options = _parse(npu, "--precision_mode", mode, "--iterations_per_loop", "1")
     options.__dict__.update(backend="npu", max_steps=16, exec_mode="train")  # the core's resolved flags
-    config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy())
+    config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy(), "training")
     assert _parameters(config)["precision_mode"] == mode.encode()
 
 
@@ -244,7 +248,7 @@ def test_precision_mode_v2_replaces_precision_mode_and_is_logged(npu, saved_envi
                      "--npu_option", "modify_mixlist=/ops.json")
     options.__dict__.update(backend="npu", max_steps=16, exec_mode="train", no_sync_mode_patch=True)
     npu.unet3d_validate_options(options)
-    parameters = _parameters(npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy()))
+    parameters = _parameters(npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy(), "training"))
     assert parameters["precision_mode_v2"] == b"mixed_bfloat16" and "precision_mode" not in parameters
     npu.unet3d_prepare_environment(options)
     assert "[npu] precision_mode_v2 mixed_bfloat16; iterations_per_loop 1; hcom_parallel on" in capsys.readouterr().out
@@ -283,7 +287,7 @@ def test_defaults_follow_the_seeds_run_config(npu, saved_environment, capsys):
     assert resolved(max_steps=1000) == 25  # 125 per device
     options = _options(iterations_per_loop=None, max_steps=1000)
     npu.unet3d_validate_options(options)
-    parameters = _parameters(npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy()))
+    parameters = _parameters(npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy(), "training"))
     assert parameters["iterations_per_loop"] == 25 and parameters["hcom_parallel"] is True
     assert parameters["enable_data_pre_proc"] is True
     npu.unet3d_prepare_environment(options)

@@ -229,3 +229,46 @@ def test_an_invalid_shared_option_plugin_is_a_one_line_error():
     registry.add(plugins.load_backend(module, "toy"))
     with pytest.raises(BackendError, match="shared options 'shared': invalid plugin"):
         registry.add_options(argparse.ArgumentParser())
+
+
+def test_the_runtime_asks_the_backend_once_per_phase_and_binds_the_run_bound_hooks_to_each_run():
+    from unet3d_core.runtime import runtime_for
+
+    asked = []
+
+    class Recording(DistributedStrategy):
+        closed = 0
+
+        def close(self):
+            Recording.closed += 1
+
+    def unet3d_distributed_strategy(options):
+        return Recording()
+
+    def unet3d_session_config(config, options, strategy, phase):
+        asked.append(phase)
+        return {"phase": phase}
+
+    def unet3d_step_runner(session, train_op, options):
+        return StepRunner(train_op, steps_per_run=options.loop)
+
+    backend = plugins.load_backend(_plugin(unet3d_distributed_strategy=unet3d_distributed_strategy,
+                                           unet3d_session_config=unet3d_session_config,
+                                           unet3d_step_runner=unet3d_step_runner), "toy")
+    runtime = runtime_for(backend, types.SimpleNamespace(loop=2))
+    assert asked == ["training", "evaluation"]
+    assert (runtime.training_session, runtime.evaluation_session) == ({"phase": "training"}, {"phase": "evaluation"})
+    assert runtime.worker.is_chief and (runtime.worker.rank, runtime.worker.size) == (0, 1)
+    assert runtime.layer_ops.describe().startswith("layer ops: textbook")  # the core's default
+    assert runtime.step_runner(None, "op").steps_per_run == 2
+    assert runtime.for_run(types.SimpleNamespace(loop=5)).step_runner(None, "op").steps_per_run == 5
+    assert runtime.wrap_optimizer("adam") == WrappedOptimizer("adam")
+
+    def unet3d_layer_ops(options):
+        raise RuntimeError("no kernels for this chip")
+
+    broken = plugins.load_backend(_plugin(unet3d_distributed_strategy=unet3d_distributed_strategy,
+                                          unet3d_layer_ops=unet3d_layer_ops), "toy")
+    with pytest.raises(BackendError, match="unet3d_layer_ops: RuntimeError: no kernels"):
+        runtime_for(broken, types.SimpleNamespace())
+    assert Recording.closed == 1  # the strategy started for it is closed again

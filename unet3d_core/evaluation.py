@@ -26,6 +26,7 @@ from unet3d_core.inference import checkpoint_name, restore_network
 from unet3d_core.postprocessing import HELDOUT_DIR, heldout_complete, save_heldout
 from unet3d_core.prediction import segment_all
 from unet3d_core.records import Manifest
+from unet3d_core.runtime import Runtime
 
 EVAL_RESULTS = "eval_results.json"
 EVAL_CASES = "eval_results.csv"
@@ -84,9 +85,10 @@ def _case_line(case_id: str, values: Dict, scheme) -> str:
     return line
 
 
-def evaluate(config, *, strategy, session_config, layer_ops, logger) -> Dict:
+def evaluate(config, *, runtime: Runtime, logger) -> Dict:
     """Score the fold's validation cases with the checkpoint ``--checkpoint`` selects (the best one where the
     run has one, else the newest); returns the mean metrics."""
+    strategy, session_config, layer_ops = runtime.strategy, runtime.evaluation_session, runtime.layer_ops
     manifest = Manifest(config.data_dir)
     _, cases = manifest.split(config.fold)
     if not cases:

@@ -153,17 +153,22 @@ def unet3d_distributed_strategy(options: argparse.Namespace) -> Optional[Distrib
 
 @_hookspec(firstresult=True)
 def unet3d_session_config(config: tf.compat.v1.ConfigProto, options: argparse.Namespace,
-                          strategy: DistributedStrategy) -> tf.compat.v1.ConfigProto:
-    """Return the ``tf.compat.v1.ConfigProto`` for this process's sessions. *First result.*
+                          strategy: DistributedStrategy, phase: str) -> tf.compat.v1.ConfigProto:
+    """Return the ``tf.compat.v1.ConfigProto`` for this process's sessions of one phase. *First result.*
 
-    Called once per process before any session is created. ``config`` holds
-    the core's settings (soft placement, seeds are set elsewhere); modify it
-    and return it, or return a new one.
+    Called once per phase and process before any session is created:
+    ``phase`` is ``"training"`` (the training session) or ``"evaluation"``
+    (inference sessions: validation during training, evaluate, predict), so
+    a device can configure them differently. ``config`` holds the core's
+    settings (soft placement, seeds are set elsewhere); modify it and return
+    it, or return a new one. An implementation may leave ``phase`` out of
+    its parameters to configure both alike.
 
     Args:
         config: a ``tf.compat.v1.ConfigProto``.
         options: the parsed options.
         strategy: the process's DistributedStrategy.
+        phase: ``"training"`` or ``"evaluation"``.
     """
 
 

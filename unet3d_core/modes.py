@@ -22,16 +22,11 @@ from unet3d_core.logger import RunLogger
 from unet3d_core.postprocessing import POSTPROCESSING_FILE, choose_for_cross_validation
 from unet3d_core.prediction import predict, predict_ensemble
 from unet3d_core.run_config import RunConfig, process_options, resolve_runs
+from unet3d_core.runtime import Runtime, runtime_for
 from unet3d_core.trainer import train
 
 CV_RESULTS = "cv_results.json"
 CV_CASES = "cv_results.csv"
-
-
-def base_session_config():
-    import tensorflow as tf
-
-    return tf.compat.v1.ConfigProto(allow_soft_placement=True)
 
 
 def _loggable(options) -> Dict:
@@ -39,31 +34,31 @@ def _loggable(options) -> Dict:
             if isinstance(value, (int, float, str, bool, list, tuple)) or value is None}
 
 
-def run_fold(config, *, options, backend, strategy, session_config, layer_ops, reuse_evaluation=False) -> Dict:
-    """Run ``config.exec_mode`` for one fold (or one raw prediction folder)."""
+def run_fold(config, *, options, runtime: Runtime, reuse_evaluation=False) -> Dict:
+    """Run ``config.exec_mode`` for one fold (or one raw prediction folder) with ``options`` resolved for it."""
     import tensorflow as tf
 
-    if strategy.is_chief:
+    runtime = runtime.for_run(options)
+    if runtime.worker.is_chief:
         os.makedirs(config.model_dir, exist_ok=True)
-    logger = RunLogger(os.path.join(config.model_dir, "log.json"), enabled=strategy.is_chief)
+    logger = RunLogger(os.path.join(config.model_dir, "log.json"), enabled=runtime.worker.is_chief)
     logger.parameters(_loggable(options))
     logger.message("unet3d {} on backend '{}' ({}), TensorFlow {}".format(
-        config.exec_mode, backend.name, strategy.describe(), tf.__version__))
+        config.exec_mode, runtime.backend.name, runtime.describe(), tf.__version__))
     for note in config.notes:
         logger.message("note: " + note)
-    shared = dict(strategy=strategy, session_config=session_config, layer_ops=layer_ops, logger=logger)
     results: Dict = {}
     try:
         if config.trains:
-            results["train"] = train(config, options=options, backend=backend, **shared)
+            results["train"] = train(config, runtime=runtime, logger=logger)
         if config.exec_mode in ("evaluate", "train_and_evaluate") and not config.training.benchmark:
             if reuse_evaluation and evaluation_is_current(config):
                 logger.message("{}: already scores the newest checkpoint with these settings; kept".format(
                     os.path.join(config.model_dir, EVAL_RESULTS)))
             else:
-                results["evaluate"] = evaluate(config, **shared)
+                results["evaluate"] = evaluate(config, runtime=runtime, logger=logger)
         if config.exec_mode == "predict":
-            results["predict"] = predict(config, **shared)
+            results["predict"] = predict(config, runtime=runtime, logger=logger)
     finally:
         logger.close()
     return results
@@ -135,32 +130,26 @@ def run(*, options, backend, runs: Optional[List[Tuple[argparse.Namespace, RunCo
     """
     runs = resolve_runs(options) if runs is None else runs
     options = process_options(options, runs)
-    backend.prepare_environment(options)
-    strategy = backend.distributed_strategy(options)
+    runtime = runtime_for(backend, options)
     try:
-        session_config = backend.session_config(base_session_config(), options, strategy)
-        layer_ops = backend.layer_ops(options)  # the core's textbook ops unless the backend has its own
+        console = RunLogger(None, enabled=runtime.worker.is_chief)
         if getattr(runs[0][0], "ensemble_member", False):  # resolve_runs made the folds' models members
-            console = RunLogger(None, enabled=strategy.is_chief)
             output_dir = options.output_dir or os.path.join(options.model_dir, "ensemble-predictions")
             return {"predict": predict_ensemble([config for _, config in runs], output_dir=output_dir,
-                                                strategy=strategy, session_config=session_config,
-                                                layer_ops=layer_ops, logger=console)}
+                                                runtime=runtime, logger=console)}
         every_fold = str(options.fold) == "all"
-        console = RunLogger(None, enabled=strategy.is_chief)
         results: Dict = {}
         for fold_options, config in runs:
             if every_fold:
                 console.message("\n[fold {} of 0..{}] {}".format(config.fold, len(runs) - 1, config.model_dir))
-            outcome = run_fold(config, options=fold_options, backend=backend, strategy=strategy,
-                               session_config=session_config, layer_ops=layer_ops, reuse_evaluation=every_fold)
+            outcome = run_fold(config, options=fold_options, runtime=runtime, reuse_evaluation=every_fold)
             if not every_fold:
                 return outcome
             results[config.fold] = outcome
-        if strategy.is_chief and options.exec_mode in ("evaluate", "train_and_evaluate"):
+        if runtime.worker.is_chief and options.exec_mode in ("evaluate", "train_and_evaluate"):
             summary = write_cross_validation(options.model_dir, len(runs), console)
             if summary is not None:
                 results["cross_validation"] = summary
         return results
     finally:
-        strategy.close()
+        runtime.strategy.close()

@@ -113,8 +113,8 @@ class Backend:
         return self._typed("unet3d_distributed_strategy", self._call("unet3d_distributed_strategy", options=options),
                            DistributedStrategy)
 
-    def session_config(self, config, options, strategy):
-        return self._call("unet3d_session_config", config=config, options=options, strategy=strategy)
+    def session_config(self, config, options, strategy, phase: str = "training"):
+        return self._call("unet3d_session_config", config=config, options=options, strategy=strategy, phase=phase)
 
     def mixed_precision(self, optimizer, options, strategy) -> WrappedOptimizer:
         return self._typed("unet3d_mixed_precision", self._call(

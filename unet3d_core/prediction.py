@@ -19,6 +19,7 @@ from unet3d_core.folders import write_json_atomic
 from unet3d_core.inference import checkpoint_name, final_labels, predict_probabilities, restore_network, segment
 from unet3d_core.listeners import benchmark_report
 from unet3d_core.records import Manifest
+from unet3d_core.runtime import Runtime
 
 
 def segment_all(cases: Iterator, runner, settings, keep_probabilities: bool = False):
@@ -108,9 +109,10 @@ def benchmark_prediction(config, load_cases: Callable[[], Iterator], *, session_
                             max_steps=training.max_steps, logger=logger, volumes_per_step=workers)
 
 
-def predict(config, *, strategy, session_config, layer_ops, logger):
+def predict(config, *, runtime: Runtime, logger):
     """``predict``: a raw folder (``--input_dir``) or the data set's cases (``--predict_on``), sharded over
     ranks; with ``--benchmark`` timed and not written."""
+    strategy, session_config, layer_ops = runtime.strategy, runtime.evaluation_session, runtime.layer_ops
     if config.prediction.input_dir:
         def load():
             return volumes.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard,
@@ -133,13 +135,14 @@ def predict(config, *, strategy, session_config, layer_ops, logger):
     return predict_cases(config, case_ids, load, session_config=session_config, layer_ops=layer_ops, logger=logger)
 
 
-def predict_ensemble(configs, *, output_dir: str, strategy, session_config, layer_ops, logger) -> List[str]:
+def predict_ensemble(configs, *, output_dir: str, runtime: Runtime, logger) -> List[str]:
     """``predict`` with several folds' models: each case's probabilities (softmax or sigmoid) averaged over
     the models, then turned into labels and written; ``ensemble.json`` beside them lists the folds.
 
     The models run one after another on a case, so memory holds one window batch at a time, the running
     sum and the current model's volume.
     """
+    strategy, session_config, layer_ops = runtime.strategy, runtime.evaluation_session, runtime.layer_ops
     first = configs[0]
     for config in configs[1:]:
         theirs, ours = config.network, first.network

@@ -19,6 +19,7 @@ from unet3d_core.errors import ConfigError, DataError, TrainingStopped
 from unet3d_core.loop import run_training_loop
 from unet3d_core.records import Manifest, find_damaged_record
 from unet3d_core.run_folder import write_run
+from unet3d_core.runtime import Runtime
 from unet3d_core.stopping import StopRequest
 from unet3d_core.training_graph import build_training_graph
 
@@ -59,7 +60,7 @@ def _data_loss(record_files):
     return explain
 
 
-def train(config, *, options, backend, strategy, session_config, layer_ops, logger) -> Dict:
+def train(config, *, runtime: Runtime, logger) -> Dict:
     """Train ``config``'s fold to ``--max_steps`` (shared out over the workers); returns {"step": ...}
     and, with ``--benchmark``, the throughput report.
 
@@ -69,6 +70,7 @@ def train(config, *, options, backend, strategy, session_config, layer_ops, logg
     """
     import tensorflow as tf
 
+    strategy, layer_ops, inference_session = runtime.strategy, runtime.layer_ops, runtime.evaluation_session
     training = config.training
     total_steps = steps_per_worker(training.max_steps, strategy.size)
     checkpoint, start_step = _start(config, strategy, logger)
@@ -83,8 +85,7 @@ def train(config, *, options, backend, strategy, session_config, layer_ops, logg
         raise ConfigError("fold {} leaves {} training cases for {} workers; every worker needs one".format(
             config.fold, len(training_cases), strategy.size))
     graph = build_training_graph(config, record_files=[manifest.record_path(case) for case in shard],
-                                 start_step=start_step, total_steps=total_steps, backend=backend,
-                                 strategy=strategy, options=options, layer_ops=layer_ops)
+                                 start_step=start_step, total_steps=total_steps, runtime=runtime)
     write = strategy.is_chief and not training.benchmark
     if write:  # a full disk or read-only folder is found now, not after hours of training
         check_run_folder(config.model_dir, graph.checkpoint_bytes, training.keep_checkpoints)
@@ -94,12 +95,12 @@ def train(config, *, options, backend, strategy, session_config, layer_ops, logg
                    "steps {}..{} of {} per worker, batch {} x {} worker(s)".format(
                        len(training_cases), config.fold, len(shard), graph.parameters, layer_ops.describe(),
                        start_step + 1, total_steps, total_steps, training.batch_size, strategy.size))
-    validation_patches = _validation_patches(config, write, session_config, logger)
+    validation_patches = _validation_patches(config, write, inference_session, logger)
     guard = listeners_lib.StepGuard()
     timer = listeners_lib.BenchmarkTimer()
     listeners = [guard, listeners_lib.ProgressLog(logger, total_steps=total_steps, log_every=training.log_every,
                                                   volumes_per_step=training.batch_size * strategy.size), timer]
-    with tf.compat.v1.Session(graph=graph.graph, config=session_config) as session, StopRequest() as stop:
+    with tf.compat.v1.Session(graph=graph.graph, config=runtime.training_session) as session, StopRequest() as stop:
         if checkpoint:
             restore_checkpoint(graph.saver, session, checkpoint)
             logger.message("Resuming from {} at step {} (learning rate {:.3g})".format(
@@ -109,7 +110,7 @@ def train(config, *, options, backend, strategy, session_config, layer_ops, logg
         session.run(graph.input_initializer)
         if graph.broadcast is not None:
             session.run(graph.broadcast)
-        runner = backend.step_runner(session, graph.train_op, options)
+        runner = runtime.step_runner(session, graph.train_op)
         run_op, steps_per_run = runner.op, runner.steps_per_run
         graph.bind_run_op(run_op)
         if write:
@@ -120,7 +121,8 @@ def train(config, *, options, backend, strategy, session_config, layer_ops, logg
             if validation_patches is not None:  # after the saver: it validates the checkpoint just written
                 listeners.append(BestCheckpoint(config, every=training.validate_every, total_steps=total_steps,
                                                 saver=graph.saver, guard=guard, patches=validation_patches,
-                                                session_config=session_config, layer_ops=layer_ops, logger=logger))
+                                                session_config=inference_session, layer_ops=layer_ops,
+                                                logger=logger))
         if graph.fingerprint is not None:
             listeners.append(listeners_lib.RankAgreement(strategy, graph.fingerprint, logger))
         graph.graph.finalize()

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 
 from unet3d_core.config import ModelConfig
 from unet3d_core.optimizers import build_optimizer
+from unet3d_core.runtime import Runtime
 
 POLY_EXPONENT = 0.9  # nnU-Net's PolyLRScheduler
 
@@ -156,8 +157,8 @@ def supervised_loss(logits, auxiliary, labels, network, kind: str):
     return total
 
 
-def build_training_graph(config, *, record_files: List[str], start_step: int, total_steps: int, backend,
-                         strategy, options, layer_ops) -> TrainingGraph:
+def build_training_graph(config, *, record_files: List[str], start_step: int, total_steps: int,
+                         runtime: Runtime) -> TrainingGraph:
     """Build one process's training graph.
 
     Args:
@@ -165,8 +166,7 @@ def build_training_graph(config, *, record_files: List[str], start_step: int, to
         record_files: this rank's shard of the training records.
         start_step: the step the run resumes from (the input continues its sample sequence there).
         total_steps: steps per worker (the learning-rate schedule's end).
-        backend, strategy, options: the selected backend, its strategy, the parsed options (for hooks).
-        layer_ops: the backend's :class:`unet3d_core.layers.LayerOps`.
+        runtime: the backend's :class:`unet3d_core.runtime.Runtime` (strategy, layer ops, mixed precision).
     """
     import tensorflow as tf
 
@@ -175,6 +175,7 @@ def build_training_graph(config, *, record_files: List[str], start_step: int, to
 
     tf1 = tf.compat.v1
     training, network = config.training, config.network
+    strategy, layer_ops = runtime.strategy, runtime.layer_ops
     graph = tf.Graph()
     with graph.as_default():
         tf1.set_random_seed(training.seed)
@@ -202,7 +203,7 @@ def build_training_graph(config, *, record_files: List[str], start_step: int, to
                                          total_steps=total_steps, schedule=training.lr_schedule)
         optimizer = build_optimizer(name=training.optimizer, learning_rate=learning_rate, momentum=training.momentum,
                                     weight_decay=training.weight_decay, grad_clip=training.grad_clip)
-        wrapped = backend.mixed_precision(optimizer, options, strategy)
+        wrapped = runtime.wrap_optimizer(optimizer)
         optimizer = wrapped.optimizer if wrapped.reduces_across_workers else strategy.wrap_optimizer(wrapped.optimizer)
         with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
             train_op = optimizer.minimize(loss, global_step=global_step)

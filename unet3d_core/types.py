@@ -131,6 +131,24 @@ class DistributedStrategy:
         return "{} (rank {} of {})".format(self.name, self.rank, self.size)
 
 
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """This process's place in the job: its rank among ``size`` workers and on its host."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_chief(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def of(cls, strategy: "DistributedStrategy") -> "WorkerIdentity":
+        """The identity the backend's strategy established (from its launcher)."""
+        return cls(rank=int(strategy.rank), size=int(strategy.size), local_rank=int(strategy.local_rank))
+
+
 def optional_import(module_name: str) -> Optional[object]:
     """Import a module if it is installed, else return None."""
     import importlib

@@ -342,8 +342,12 @@ def unet3d_distributed_strategy(options):
 
 
 @hookimpl
-def unet3d_session_config(config, options, strategy):
-    return npu_config.apply_session_config(config, npu_config.npu_parameters(_resolved(options)[0]))
+def unet3d_session_config(config, options, strategy, phase):
+    if phase == "training":
+        resolved = _resolved(options)[0]
+    else:  # inference sessions have no device loop (no IterationOp): one step per run
+        resolved = npu_config.with_values(options, iterations_per_loop=1)
+    return npu_config.apply_session_config(config, npu_config.npu_parameters(resolved))
 
 
 @hookimpl
