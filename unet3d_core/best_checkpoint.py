@@ -47,7 +47,6 @@ from unet3d_core.errors import ConfigError
 from unet3d_core.folders import write_json_atomic
 from unet3d_core.inference import NetworkRunner
 from unet3d_core.listeners import StepListener, StepResult, crosses
-from unet3d_core.records import Manifest
 
 VALIDATION_FILE = "validation.json"
 EMA_DECAY = 0.9  # nnU-Net: ema = 0.9 * ema + 0.1 * new
@@ -114,7 +113,7 @@ def cut_patches(cases: Iterable[Tuple[np.ndarray, np.ndarray]], order: List[int]
 
 def validation_patches(config, *, count: int, session_config=None) -> Tuple[np.ndarray, np.ndarray]:
     """``count`` fixed patches of the training crop's size from the validation cases of ``config``'s fold."""
-    manifest = Manifest(config.data_dir)
+    manifest = config.manifest
     _, cases = manifest.split(config.fold)
     cases = [case for case in cases if case.get("has_label", True)]
     order = case_order(len(cases), count)

@@ -25,7 +25,6 @@ from unet3d_core.folders import write_json_atomic
 from unet3d_core.inference import checkpoint_name, restore_network
 from unet3d_core.postprocessing import HELDOUT_DIR, heldout_complete, save_heldout
 from unet3d_core.prediction import segment_all
-from unet3d_core.records import Manifest
 from unet3d_core.runtime import Runtime
 
 EVAL_RESULTS = "eval_results.json"
@@ -48,7 +47,7 @@ def write_eval_summaries(folder: str, summary: Dict, step: int) -> None:
 def evaluation_is_current(config) -> bool:
     """Whether ``eval_results.json`` already scores the checkpoint ``--checkpoint`` selects (the best one, else
     the newest) with these settings and metrics."""
-    manifest = Manifest(config.data_dir)
+    manifest = config.manifest
     names = manifest.label_scheme(config.lesion_rules).names
     # Evaluations from before the label maps were kept are redone once, so post-processing can be chosen.
     if not heldout_complete(os.path.join(config.model_dir, HELDOUT_DIR),
@@ -89,7 +88,7 @@ def evaluate(config, *, runtime: Runtime, logger) -> Dict:
     """Score the fold's validation cases with the checkpoint ``--checkpoint`` selects (the best one where the
     run has one, else the newest); returns the mean metrics."""
     strategy, session_config, layer_ops = runtime.strategy, runtime.evaluation_session, runtime.layer_ops
-    manifest = Manifest(config.data_dir)
+    manifest = config.manifest
     _, cases = manifest.split(config.fold)
     if not cases:
         raise ConfigError("fold {} has no labelled validation cases".format(config.fold))

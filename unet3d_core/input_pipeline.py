@@ -226,16 +226,3 @@ def evaluation_transform(image, mean, std, eval_crop: Sequence[int], divisor: in
     image.set_shape([None, None, None, channels])
     return image, offsets, crop
 
-
-def evaluation_dataset(record_files: List[str], *, intensity: str, eval_crop: Sequence[int], divisor: int,
-                       channels: int = 4):
-    """Each case once, in order: dict of network input (batch 1), full label, offsets, crop, case index."""
-
-    def transform(record):
-        case = parse_case(record, channels, intensity)
-        image, offsets, crop = evaluation_transform(case["image"], case["mean"], case["std"], eval_crop, divisor)
-        return {"image": image[tf.newaxis], "label": case["label"], "offsets": offsets, "crop": crop,
-                "case_index": case["case_index"]}
-
-    dataset = tf.data.TFRecordDataset(list(record_files))
-    return dataset.map(transform, num_parallel_calls=2).prefetch(1)

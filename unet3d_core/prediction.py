@@ -18,7 +18,6 @@ from unet3d_core.errors import ConfigError
 from unet3d_core.folders import write_json_atomic
 from unet3d_core.inference import checkpoint_name, final_labels, predict_probabilities, restore_network, segment
 from unet3d_core.listeners import benchmark_report
-from unet3d_core.records import Manifest
 from unet3d_core.runtime import Runtime
 
 
@@ -114,14 +113,18 @@ def predict(config, *, runtime: Runtime, logger):
     ranks; with ``--benchmark`` timed and not written."""
     strategy, session_config, layer_ops = runtime.strategy, runtime.evaluation_session, runtime.layer_ops
     if config.prediction.input_dir:
+        case_ids, listed = volumes.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard,
+                                                    intensity=config.intensity)
+        unused = [listed]  # the listing's lazy iterator, for the first pass over the cases
+
         def load():
+            if unused:
+                return unused.pop()
+            # A benchmark cycles the cases: each further pass lists the folder again.
             return volumes.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard,
                                             intensity=config.intensity)[1]
-
-        case_ids = volumes.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard,
-                                            intensity=config.intensity)[0]
     else:
-        manifest = Manifest(config.data_dir)
+        manifest = config.manifest
         cases = [case for case in manifest.cases
                  if config.prediction.predict_on == "all" or case["fold"] == config.fold]
         cases = strategy.shard(cases)
@@ -155,7 +158,7 @@ def predict_ensemble(configs, *, output_dir: str, runtime: Runtime, logger) -> L
         case_ids, cases = volumes.raw_folder_cases(prediction.input_dir, shard=strategy.shard,
                                                    intensity=first.intensity)
     else:
-        manifest = Manifest(first.data_dir)  # a data set outside the cross-validation: every case
+        manifest = first.manifest  # a data set outside the cross-validation: every case
         chosen = strategy.shard(list(manifest.cases))
         case_ids, cases = [case["id"] for case in chosen], volumes.record_cases(manifest, chosen, session_config)
     _refuse_existing_outputs(output_dir, case_ids, prediction)

@@ -104,7 +104,9 @@ class RunConfig:
     lesion_rules: str = "auto"  # --lesion_rules: the year of the BraTS lesion-wise rules evaluation uses
     checkpoint: Optional[str] = None  # --checkpoint: best, latest or a step; None = best where there is one
     # How the training data stores intensities (records.INTENSITY_FORMATS): raw inputs are scaled the same way.
-    intensity: str = "uint8"
+    intensity: str = LEGACY_INTENSITY
+    # The data set --data_dir names, opened once by resolve(); None without one (predict --input_dir).
+    manifest: Optional[Manifest] = field(default=None, compare=False, repr=False)
 
     @property
     def trains(self) -> bool:
@@ -125,9 +127,11 @@ class RunConfig:
                 "fingerprint": self.data_fingerprint, "fold": self.fold, "intensity": self.intensity}
 
 
-def _check_data(config_data_dir, fold, record, exec_mode: str, notes: List[str]):
-    """Open the data set, check the fold, compare with the run's; returns (manifest, fingerprint)."""
-    manifest = Manifest(config_data_dir)
+def _check_data(options, fold, record, notes: List[str], opened: Optional[Manifest] = None):
+    """Open ``--data_dir`` (or take ``opened``, that folder already open), check the fold, compare with the
+    run's; returns (manifest, fingerprint)."""
+    config_data_dir, exec_mode = options.data_dir, options.exec_mode
+    manifest = opened if opened is not None and opened.data_dir == config_data_dir else Manifest(config_data_dir)
     if fold is not None:
         manifest.split(fold)
     fingerprint = manifest.fingerprint()
@@ -210,10 +214,12 @@ def _check_folders(options, exec_mode: str) -> None:
         raise ConfigError("--data_dir is required (only 'predict --input_dir RAW_DIR' works without it)")
 
 
-def resolve(parsed, *, model_dir: Optional[str] = None,
-            fold: Optional[int] = None) -> Tuple[argparse.Namespace, RunConfig]:
+def resolve(parsed, *, model_dir: Optional[str] = None, fold: Optional[int] = None,
+            manifest: Optional[Manifest] = None) -> Tuple[argparse.Namespace, RunConfig]:
     """One fold's validated RunConfig, and a copy of ``parsed`` holding the resolved values (the flags
     a run remembers, its folder and fold); ``parsed`` itself is never written.
+
+    ``manifest``: ``--data_dir``'s data set if already open (else opened here); kept as ``RunConfig.manifest``.
 
     Raises:
         ConfigError / DataError: a bad flag, folder or data set, or a flag that conflicts with the run.
@@ -233,11 +239,11 @@ def resolve(parsed, *, model_dir: Optional[str] = None,
     options = argparse.Namespace(**dict(vars(options), fold=fold, **{
         name: list(value) if name == "input_shape" else value
         for name, value in list(network.items()) + list(training.items())}))
-    fingerprint, manifest = None, None
+    opened, fingerprint, manifest = manifest, None, None
     if not options.input_dir:
         # An ensemble member predicts a data set outside its cross-validation: its fold number is not that set's.
         member = getattr(options, "ensemble_member", False)
-        manifest, fingerprint = _check_data(options.data_dir, None if member else fold, record, exec_mode, notes)
+        manifest, fingerprint = _check_data(options, None if member else fold, record, notes, opened)
     layout = _data_layout(manifest, options)  # detected once: a raw folder is listed whole to detect it
     in_channels, num_classes = _channels_and_classes(layout, record, options, model_dir)
     if manifest is not None and exec_mode in ("evaluate", "train_and_evaluate"):
@@ -287,7 +293,7 @@ def resolve(parsed, *, model_dir: Optional[str] = None,
                      data_fingerprint=fingerprint, notes=tuple(notes),
                      lesion_rules=str(getattr(options, "lesion_rules", "auto") or "auto"),
                      checkpoint=getattr(options, "checkpoint", None),
-                     intensity=_intensity(manifest, fingerprint, record))
+                     intensity=_intensity(manifest, fingerprint, record), manifest=manifest)
 
 
 def _intensity(manifest, fingerprint: Optional[str], record: Optional[Dict]) -> str:
@@ -326,13 +332,19 @@ def ensemble_folds(options) -> Optional[List[int]]:
     was in some fold's training set. ``predict --data_dir --fold all`` stays each fold predicting its
     own held-out cases.
     """
+    return _ensemble(options)[0]
+
+
+def _ensemble(options) -> Tuple[Optional[List[int]], Optional[Manifest]]:
+    """:func:`ensemble_folds`, and the ``--data_dir`` data set it opened to refuse the cross-validation's
+    (None with ``--input_dir`` or no ensemble)."""
     folds_flag = getattr(options, "folds", None)
     if options.exec_mode != "predict" or (folds_flag is None and not (str(options.fold) == "all"
                                                                        and options.input_dir)):
         if folds_flag is not None:
             raise ConfigError("--folds: averages fold models in predict; use --fold for {}".format(
                 options.exec_mode))
-        return None
+        return None, None
     if folds_flag is not None and str(options.fold) not in ("None", "all"):
         raise ConfigError("--folds {} and --fold {}: give one of them".format(folds_flag, options.fold))
     if folds_flag is not None:
@@ -350,15 +362,17 @@ def ensemble_folds(options) -> Optional[List[int]]:
     if not folds:
         raise ConfigError("--model_dir {}: no fold-N folders with checkpoints; an ensemble needs a --fold all "
                           "training run".format(options.model_dir))
-    if not options.input_dir:
-        _refuse_cross_validation_data(options, folds)
-    return folds
+    if options.input_dir:
+        return folds, None
+    return folds, _refuse_cross_validation_data(options, folds)
 
 
-def _refuse_cross_validation_data(options, folds: List[int]) -> None:
+def _refuse_cross_validation_data(options, folds: List[int]) -> Manifest:
+    """Open ``--data_dir`` and refuse it if some fold was trained on it; returns the open data set."""
     if not options.data_dir:
         raise ConfigError("predict with --folds needs --input_dir (new cases) or --data_dir")
-    fingerprint = Manifest(options.data_dir).fingerprint()
+    manifest = Manifest(options.data_dir)
+    fingerprint = manifest.fingerprint()
     for fold in folds:
         record = read_run(os.path.join(options.model_dir, "fold-{}".format(fold))) or {}
         if record.get("data", {}).get("fingerprint") == fingerprint:
@@ -366,6 +380,7 @@ def _refuse_cross_validation_data(options, folds: List[int]) -> None:
                               "some fold's training set, so an ensemble's predictions of it say nothing about "
                               "new cases; predict --input_dir NEW_CASES, or --fold all for each fold's held-out "
                               "cases".format(options.data_dir, fold))
+    return manifest
 
 
 def fold_options(options, fold: int, **values) -> argparse.Namespace:
@@ -378,10 +393,11 @@ def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
     """Every run the command performs, each validated: ``[(resolved options, RunConfig)]``, one per fold.
 
     ``--fold all`` gives one per fold of the data set, each in ``MODEL_DIR/fold-N``. ``options`` is not written.
+    The data set is opened once and shared by every run's RunConfig.
     """
-    folds = ensemble_folds(options)
+    folds, manifest = _ensemble(options)
     if folds is not None:
-        return [resolve(fold_options(options, fold, ensemble_member=True)) for fold in folds]
+        return [resolve(fold_options(options, fold, ensemble_member=True), manifest=manifest) for fold in folds]
     if str(options.fold) != "all":
         return [resolve(options)]
     if options.exec_mode == "predict" and options.predict_on == "all":
@@ -390,7 +406,8 @@ def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
     if not options.data_dir:
         raise ConfigError("--data_dir is required with --fold all")
 
-    return [resolve(fold_options(options, fold)) for fold in range(Manifest(options.data_dir).num_folds)]
+    manifest = Manifest(options.data_dir)
+    return [resolve(fold_options(options, fold), manifest=manifest) for fold in range(manifest.num_folds)]
 
 
 def process_options(options, runs: List[Tuple[argparse.Namespace, RunConfig]]) -> argparse.Namespace:

@@ -17,7 +17,7 @@ from unet3d_core.checkpoints import BEST_FOLDER, check_run_folder, latest_checkp
 from unet3d_core.distributed import steps_per_worker
 from unet3d_core.errors import ConfigError, DataError, TrainingStopped
 from unet3d_core.loop import run_training_loop
-from unet3d_core.records import Manifest, find_damaged_record
+from unet3d_core.records import find_damaged_record
 from unet3d_core.run_folder import write_run
 from unet3d_core.runtime import Runtime
 from unet3d_core.stopping import StopRequest
@@ -41,7 +41,7 @@ def _validation_patches(config, write: bool, session_config, logger):
     every, count = config.training.validate_every, config.training.validation_patches
     if not write or every <= 0:
         return None
-    _, cases = Manifest(config.data_dir).split(config.fold)
+    _, cases = config.manifest.split(config.fold)
     if not any(case.get("has_label", True) for case in cases):
         logger.message("note: fold {} has no labelled validation case; no best checkpoint is kept".format(config.fold))
         return None
@@ -78,7 +78,7 @@ def train(config, *, runtime: Runtime, logger) -> Dict:
         logger.message("Training already finished: {} has step {} of {}".format(
             checkpoint, start_step, total_steps))
         return {"step": start_step}
-    manifest = Manifest(config.data_dir)
+    manifest = config.manifest
     training_cases, _ = manifest.split(config.fold)
     shard = strategy.shard(training_cases)
     if not shard:
