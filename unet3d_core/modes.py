@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from unet3d_core.layouts import LAYOUTS
 from unet3d_core.logger import RunLogger
 from unet3d_core.postprocessing import POSTPROCESSING_FILE, choose_for_cross_validation
 from unet3d_core.prediction import predict, predict_ensemble
-from unet3d_core.run_config import RunConfig, process_options, resolve_runs
+from unet3d_core.run_config import RunConfig, process_options
 from unet3d_core.runtime import Runtime, runtime_for
 from unet3d_core.trainer import train
 
@@ -121,14 +121,13 @@ def _choose_postprocessing(model_dir: str, per_fold: Dict, layout, logger):
             "per_region": chosen["per_region"]}
 
 
-def run(*, options, backend, runs: Optional[List[Tuple[argparse.Namespace, RunConfig]]] = None) -> Dict:
+def run(*, options, backend, runs: List[Tuple[argparse.Namespace, RunConfig]]) -> Dict:
     """Run ``options.exec_mode`` in this process with ``backend``; returns a dict of results.
 
-    ``runs`` are :func:`unet3d_core.run_config.resolve_runs`'s answer for ``options`` (resolved here when
-    not given). ``--fold all`` runs folds 0..N-1 one after another, each in ``<model_dir>/fold-N`` (each
-    resumable), then pools their evaluations.
+    ``runs`` are :func:`unet3d_core.run_config.resolve_runs`'s answer for ``options``. ``--fold all`` runs
+    folds 0..N-1 one after another, each in ``<model_dir>/fold-N`` (each resumable), then pools their
+    evaluations.
     """
-    runs = resolve_runs(options) if runs is None else runs
     options = process_options(options, runs)
     runtime = runtime_for(backend, options)
     try:

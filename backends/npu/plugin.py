@@ -20,7 +20,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Tuple
 
 from backends.npu import adapter as npu_adapter
 from backends.npu import check, devices, diagnostics, launcher, rank_table, run_devices, sync_mode
@@ -261,10 +260,9 @@ def loop_size(options) -> LoopSize:
     return LoopSize(*npu_config.validate(options, steps_per_worker(options.max_steps, _rank_count(options))))
 
 
-def _resolved(options) -> Tuple[argparse.Namespace, LoopSize]:
-    """A copy of ``options`` whose ``iterations_per_loop`` is the resolved loop size, and that size."""
-    loop = loop_size(options)
-    return npu_config.with_values(options, iterations_per_loop=loop.iterations), loop
+def _resolved(options) -> argparse.Namespace:
+    """A copy of ``options`` whose ``iterations_per_loop`` is the resolved loop size."""
+    return npu_config.with_values(options, iterations_per_loop=loop_size(options).iterations)
 
 
 @hookimpl
@@ -330,8 +328,7 @@ def unet3d_prepare_environment(options):
 def _session_config(options):
     import tensorflow as tf
 
-    return npu_config.apply_session_config(tf.compat.v1.ConfigProto(allow_soft_placement=True),
-                                           npu_config.npu_parameters(_resolved(options)[0]))
+    return unet3d_session_config(tf.compat.v1.ConfigProto(allow_soft_placement=True), options, None, "training")
 
 
 @hookimpl
@@ -344,7 +341,7 @@ def unet3d_distributed_strategy(options):
 @hookimpl
 def unet3d_session_config(config, options, strategy, phase):
     if phase == "training":
-        resolved = _resolved(options)[0]
+        resolved = _resolved(options)
     else:  # inference sessions have no device loop (no IterationOp): one step per run
         resolved = npu_config.with_values(options, iterations_per_loop=1)
     return npu_config.apply_session_config(config, npu_config.npu_parameters(resolved))
