@@ -18,7 +18,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 from typing import List, Optional
 
 from unet3d_core import __version__, plugins
-from unet3d_core.config import (
+from unet3d_core.data.layouts import LAYOUT_NAMES
+from unet3d_core.data.records import DEFAULT_INTENSITY, INTENSITY_FORMATS
+from unet3d_core.engine.recipes import RECIPE_NAMES
+from unet3d_core.errors import TrainingStopped, UNet3DError
+from unet3d_core.model.config import (
     AUGMENTATIONS,
     EXEC_MODES,
     LESION_RULE_CHOICES,
@@ -28,10 +32,6 @@ from unet3d_core.config import (
     OPTIMIZERS,
     TARGETS,
 )
-from unet3d_core.errors import TrainingStopped, UNet3DError
-from unet3d_core.layouts import LAYOUT_NAMES
-from unet3d_core.recipes import RECIPE_NAMES
-from unet3d_core.records import DEFAULT_INTENSITY, INTENSITY_FORMATS
 
 # Used only when running from a source tree that was never pip-installed, so
 # no entry points exist; an installed unet3d registers these same modules.
@@ -440,8 +440,8 @@ def command_backends(registry) -> int:
 
 def command_score(options) -> int:
     """Score the predictions, then print the metrics table, the unscored truth cases and the files written."""
-    from unet3d_core.metrics import format_table
-    from unet3d_core.score import run_score
+    from unet3d_core.evaluation.metrics import format_table
+    from unet3d_core.evaluation.score import run_score
 
     result = run_score(options.pred, options.truth, out_csv=options.out, labels=options.labels,
                        require_all=options.require_all, lesion_rules=options.lesion_rules)
@@ -455,7 +455,7 @@ def command_score(options) -> int:
 
 
 def command_report(options) -> int:
-    from unet3d_core.report import build_report
+    from unet3d_core.evaluation.report import build_report
 
     index = build_report(options.run_dir, out_dir=options.out, cases=options.cases,
                          images_dir=options.images, predictions_dir=options.predictions)
@@ -464,13 +464,13 @@ def command_report(options) -> int:
 
 
 def command_demo(options) -> int:
-    from unet3d_core.demo import run_demo
+    from unet3d_core.engine.demo import run_demo
 
     return run_demo(options.workdir, options.max_steps, main)
 
 
 def command_export(options) -> int:
-    from unet3d_core.export import export
+    from unet3d_core.evaluation.export import export
 
     described = export(options.model_dir, options.out, fmt=options.format, window=options.window,
                        checkpoint=options.checkpoint)
@@ -483,11 +483,11 @@ def command_export(options) -> int:
 
 
 def command_synth(options) -> int:
+    from unet3d_core.data.synth import write_synthetic_dataset
     from unet3d_core.progress import Progress
-    from unet3d_core.synth import write_synthetic_dataset
 
     if options.shape is None:
-        from unet3d_core.synth_anatomy import DEFAULT_SHAPE
+        from unet3d_core.data.synth_anatomy import DEFAULT_SHAPE
 
         options.shape = DEFAULT_SHAPE if options.anatomical else (64, 64, 48)
     bar = Progress("synth", options.cases)
@@ -499,7 +499,7 @@ def command_synth(options) -> int:
 
 
 def command_preprocess(options) -> int:
-    from unet3d_core.preprocess import preprocess, skipped_summary
+    from unet3d_core.data.preprocess import preprocess, skipped_summary
 
     manifest = preprocess(options.input_dir, options.output_dir, folds=options.folds, seed=options.seed,
                           workers=options.workers, layout=options.layout, skip_invalid=options.skip_invalid,
@@ -512,7 +512,7 @@ def command_preprocess(options) -> int:
 
 
 def command_validate(options) -> int:
-    from unet3d_core.preprocess import validate
+    from unet3d_core.data.preprocess import validate
 
     report = validate(options.input_dir, layout=options.layout, workers=options.workers)
     print(report.summary())
@@ -521,7 +521,7 @@ def command_validate(options) -> int:
 
 def command_trainer(options, registry, argv: List[str]) -> int:
     """train, evaluate and predict: check every flag, let the backend launch its workers, else run here."""
-    from unet3d_core.run_config import process_options, resolve_runs
+    from unet3d_core.engine.run_config import process_options, resolve_runs
 
     backend = registry.get(options.backend)
     runs = resolve_runs(options)  # every flag checked against the data and the run folder before anything starts
@@ -530,7 +530,7 @@ def command_trainer(options, registry, argv: List[str]) -> int:
     code = backend.launch(resolved, [sys.executable, os.path.abspath(__file__)] + argv)
     if code is not None:
         return int(code)
-    from unet3d_core.modes import run
+    from unet3d_core.engine.modes import run
 
     run(options=options, backend=backend, runs=runs)
     return 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How fast preprocessing and the training input pipeline run on full-size BraTS volumes, beside MONAI.
 
-Builds N synthetic 240x240x155 cases (unet3d_core.synth), preprocesses them,
+Builds N synthetic 240x240x155 cases (unet3d_core.data.synth), preprocesses them,
 then times the training pipeline alone (``--recipe``'s sampling and
 augmentation, ``--shape`` crops, batch 2, cases cached in memory) with each
 ``--threads`` count of host threads (tf.data's private thread pool and the
@@ -42,8 +42,8 @@ def time_pipeline(files, *, recipe: str, batches: int, warmup: int, batch_size: 
     """Volumes per second of the training pipeline over ``batches`` batches after ``warmup``."""
     import tensorflow as tf
 
-    from unet3d_core.input_pipeline import training_dataset
-    from unet3d_core.recipes import preset
+    from unet3d_core.data.input_pipeline import training_dataset
+    from unet3d_core.engine.recipes import preset
 
     tf1 = tf.compat.v1
     settings = preset(recipe)
@@ -74,7 +74,7 @@ def monai_rate(files, workdir: str, *, shape, threads: int, samples: int):
     """MONAI's volumes/s on the same cases (benchmarks/monai_side.py in .venv-bench); None without it."""
     import numpy as np
 
-    from unet3d_core.records import read_record
+    from unet3d_core.data.records import read_record
 
     if not os.path.isfile(BENCH_PYTHON):
         print("[bench] no .venv-bench (tools/make_bench_venv.sh): the MONAI column is skipped", flush=True)
@@ -113,9 +113,9 @@ def main(argv=None) -> int:
 
     import tensorflow as tf
 
-    from unet3d_core.preprocess import preprocess
-    from unet3d_core.records import Manifest
-    from unet3d_core.synth import write_synthetic_dataset
+    from unet3d_core.data.preprocess import preprocess
+    from unet3d_core.data.records import Manifest
+    from unet3d_core.data.synth import write_synthetic_dataset
 
     workdir = options.workdir or tempfile.mkdtemp(prefix="unet3d-bench-")
     rows, results = [], {"recipe": options.recipe, "shape": options.shape, "threads": {}}

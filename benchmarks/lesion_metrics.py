@@ -54,7 +54,7 @@ def case_pair():
 
 
 def main(argv=None) -> int:
-    from unet3d_core import metrics
+    from unet3d_core.evaluation import metrics
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per rule set; the median is shown")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time and peak memory of predicting one full-size BraTS case with the default network.
 
-Writes one synthetic 240x240x155 case (unet3d_core.synth) and a checkpoint of
+Writes one synthetic 240x240x155 case (unet3d_core.data.synth) and a checkpoint of
 the default 31.2 M-parameter network with freshly initialised weights (the
 cost does not depend on the weights), then runs the real command
 
@@ -37,9 +37,9 @@ BRATS_SHAPE = (240, 240, 155)
 
 def prepare(workdir: str, shape) -> tuple:
     """Write the synthetic case and the checkpoint once; reuse them on later runs in the same folder."""
-    from unet3d_core.config import ModelConfig
-    from unet3d_core.inference import initialize_checkpoint
-    from unet3d_core.synth import write_synthetic_dataset
+    from unet3d_core.data.synth import write_synthetic_dataset
+    from unet3d_core.evaluation.inference import initialize_checkpoint
+    from unet3d_core.model.config import ModelConfig
 
     raw, model_dir = os.path.join(workdir, "raw"), os.path.join(workdir, "model")
     if not os.path.isdir(raw):

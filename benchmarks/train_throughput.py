@@ -103,10 +103,10 @@ def _training_graph(size: int, batch: int, kernels: str = "auto", native_ops: bo
     import tensorflow as tf
 
     from backends.cpu.kernels import layer_ops
-    from unet3d_core.config import ModelConfig
-    from unet3d_core.losses import segmentation_loss
-    from unet3d_core.model import build_unet3d, count_parameters
-    from unet3d_core.training_graph import synthetic_training_dataset
+    from unet3d_core.engine.training_graph import synthetic_training_dataset
+    from unet3d_core.model.config import ModelConfig
+    from unet3d_core.model.losses import segmentation_loss
+    from unet3d_core.model.network import build_unet3d, count_parameters
 
     tf1 = tf.compat.v1
     config = ModelConfig()

@@ -24,7 +24,7 @@ TINY_MODEL = ["--input_shape", "16", "16", "16", "--base_filters", "4", "--max_f
 
 @pytest.fixture(scope="session")
 def raw_dataset(tmp_path_factory):
-    from unet3d_core.synth import write_synthetic_dataset
+    from unet3d_core.data.synth import write_synthetic_dataset
 
     folder = str(tmp_path_factory.mktemp("raw") / "brats")
     write_synthetic_dataset(folder, cases=10, shape=TINY_SHAPE, seed=3)
@@ -33,7 +33,7 @@ def raw_dataset(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def records(raw_dataset, tmp_path_factory):
-    from unet3d_core.preprocess import preprocess
+    from unet3d_core.data.preprocess import preprocess
 
     folder = str(tmp_path_factory.mktemp("records") / "data")
     preprocess(raw_dataset, folder, folds=5, seed=0, show_progress=False)
@@ -71,7 +71,7 @@ def cli_subprocess(args, timeout=300, env=None, **kwargs):
 
 def record_intensity(record_files):
     """The intensity storage of the data set holding ``record_files`` (its manifest's)."""
-    from unet3d_core.records import Manifest
+    from unet3d_core.data.records import Manifest
 
     return Manifest(os.path.dirname(record_files[0])).intensity_format
 

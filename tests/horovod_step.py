@@ -12,9 +12,9 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from backends.horovod import HorovodStrategy, inside_horovod_job  # noqa: E402
-from unet3d_core.config import ModelConfig  # noqa: E402
-from unet3d_core.losses import segmentation_loss  # noqa: E402
-from unet3d_core.model import build_unet3d  # noqa: E402
+from unet3d_core.model.config import ModelConfig  # noqa: E402
+from unet3d_core.model.losses import segmentation_loss  # noqa: E402
+from unet3d_core.model.network import build_unet3d  # noqa: E402
 from unet3d_core.types import DistributedStrategy  # noqa: E402
 
 tf1 = tf.compat.v1

@@ -141,7 +141,7 @@ def write_cohort(root: str, cohort: str, count: int = 5, seed: int = 0, unlabell
 
 def preprocess_tree(raw: str, tmp_path, name: str = "records", **kwargs) -> str:
     """Preprocess ``raw`` into ``tmp_path/name`` (2 folds unless given), quietly; returns the records folder."""
-    from unet3d_core.preprocess import preprocess
+    from unet3d_core.data.preprocess import preprocess
 
     out = str(tmp_path / name)
     kwargs.setdefault("folds", 2)

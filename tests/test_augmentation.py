@@ -6,8 +6,8 @@ import tensorflow as tf
 from conftest import record_intensity
 from scipy import ndimage
 
-from unet3d_core import crop_sampling, draw_matrix, input_pipeline, intensity_transforms
-from unet3d_core.records import Manifest, foreground_locations, read_record
+from unet3d_core.data import crop_sampling, draw_matrix, input_pipeline, intensity_transforms
+from unet3d_core.data.records import Manifest, foreground_locations, read_record
 
 tf1 = tf.compat.v1
 

@@ -47,8 +47,8 @@ def test_synthetic_input_benchmark_times_training_without_reading_records(unread
 def test_synthetic_batches_are_deterministic_repeated_and_shaped():
     import tensorflow as tf
 
-    from unet3d_core.config import ModelConfig
-    from unet3d_core.training_graph import synthetic_training_dataset
+    from unet3d_core.engine.training_graph import synthetic_training_dataset
+    from unet3d_core.model.config import ModelConfig
 
     def first_batches(seed, count=2):
         graph = tf.Graph()
@@ -70,7 +70,8 @@ def test_synthetic_batches_are_deterministic_repeated_and_shaped():
 
 def test_per_step_time_is_derived_when_one_run_does_several_steps():
     """Iterations per loop (NPU): a session run of k steps counts as k steps of a k-th of its time."""
-    from unet3d_core.listeners import BenchmarkTimer, StepResult, benchmark_report
+    from unet3d_core.engine.listeners import BenchmarkTimer, StepResult
+    from unet3d_core.logger import benchmark_report
 
     class Logger:
         def __init__(self):
@@ -95,8 +96,8 @@ def test_per_step_time_is_derived_when_one_run_does_several_steps():
 
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory):
-    from unet3d_core.config import ModelConfig
-    from unet3d_core.inference import initialize_checkpoint
+    from unet3d_core.evaluation.inference import initialize_checkpoint
+    from unet3d_core.model.config import ModelConfig
 
     model_dir = str(tmp_path_factory.mktemp("predict-bench") / "model")
     initialize_checkpoint(model_dir, ModelConfig(**TINY_CONFIG), seed=0)

@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 from conftest import run_cli, train_args
 
-from unet3d_core import best_checkpoint as best_lib
-from unet3d_core import checkpoints
-from unet3d_core.checkpoints import BEST_FOLDER, best_checkpoint, checkpoint_step, latest_checkpoint, select_checkpoint
-from unet3d_core.config import ModelConfig
+from unet3d_core.engine import best_checkpoint as best_lib
 from unet3d_core.errors import ConfigError
+from unet3d_core.model import checkpoints
+from unet3d_core.model.checkpoints import (
+    BEST_FOLDER,
+    best_checkpoint,
+    checkpoint_step,
+    latest_checkpoint,
+    select_checkpoint,
+)
+from unet3d_core.model.config import ModelConfig
 
 
 def _log_records(model_dir):

@@ -10,11 +10,11 @@ import pytest
 from conftest import TINY_MODEL, run_cli
 from raw_trees import COHORT_LABELS, preprocess_tree, save, write_cohort
 
-from unet3d_core.case_scan import discover_cases, scan_cases
+from unet3d_core.data.case_scan import discover_cases, scan_cases
+from unet3d_core.data.layouts import detect_layout, inverse_label_map
+from unet3d_core.data.preprocess import validate
+from unet3d_core.data.records import Manifest, read_record
 from unet3d_core.errors import DataError
-from unet3d_core.layouts import detect_layout, inverse_label_map
-from unet3d_core.preprocess import validate
-from unet3d_core.records import Manifest, read_record
 
 # Written out from the releases' documentation (the issue's cohort table), not taken from the code:
 # cohort -> (layout, image channels, classes, label meanings, regions in source labels).
@@ -100,7 +100,7 @@ def test_goat_cases_without_labels_are_kept_for_predict(tmp_path):
 
 @pytest.mark.parametrize("cohort", ["PED", "MEN-RT", "GLI-post"])
 def test_predictions_are_written_in_the_cohorts_labels(cohort, tmp_path):
-    from unet3d_core.volumes import raw_folder_cases, write_label_map
+    from unet3d_core.data.volumes import raw_folder_cases, write_label_map
 
     raw = str(tmp_path / cohort)
     written = write_cohort(raw, cohort, count=2)

@@ -4,10 +4,10 @@ import pytest
 import tensorflow as tf
 
 from backends.cpu import kernels, native
-from unet3d_core.config import ModelConfig
 from unet3d_core.errors import ConfigError
 from unet3d_core.layers import LayerOps
-from unet3d_core.model import build_unet3d
+from unet3d_core.model.config import ModelConfig
+from unet3d_core.model.network import build_unet3d
 
 tf1 = tf.compat.v1
 # The input convolution has fewer input than output channels (4 -> 6), the others more or as

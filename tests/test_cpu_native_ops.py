@@ -6,8 +6,9 @@ import pytest
 import tensorflow as tf
 
 from backends.cpu import gradients, kernels, native
-from unet3d_core.config import LEAKY_RELU_SLOPE, NORM_EPSILON, ModelConfig
-from unet3d_core.model import build_unet3d
+from unet3d_core.layers import LEAKY_RELU_SLOPE, NORM_EPSILON
+from unet3d_core.model.config import ModelConfig
+from unet3d_core.model.network import build_unet3d
 
 tf1 = tf.compat.v1
 BUILT = native.load() is not None

@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT, cli_subprocess, pid_with, train_args
 
 from backends.horovod import _originating_rank, launch_with_horovodrun
+from unet3d_core.data.records import Manifest
 from unet3d_core.distributed import steps_per_worker
-from unet3d_core.records import Manifest
 
 pytestmark = pytest.mark.slow
 HERE = os.path.dirname(os.path.abspath(__file__))

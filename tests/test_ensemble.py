@@ -69,9 +69,9 @@ def test_an_ensemble_of_the_cross_validation_data_is_refused(cross_validation, r
 def test_an_ensemble_of_another_data_set_predicts_every_case(cross_validation, tmp_path):
     from conftest import TINY_SHAPE
 
-    from unet3d_core.preprocess import preprocess
-    from unet3d_core.records import Manifest
-    from unet3d_core.synth import write_synthetic_dataset
+    from unet3d_core.data.preprocess import preprocess
+    from unet3d_core.data.records import Manifest
+    from unet3d_core.data.synth import write_synthetic_dataset
 
     raw, other = str(tmp_path / "raw"), str(tmp_path / "records")
     write_synthetic_dataset(raw, cases=4, shape=TINY_SHAPE, seed=9)

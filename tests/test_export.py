@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from unet3d_core.config import ModelConfig
-from unet3d_core.inference import NetworkRunner, initialize_checkpoint
+from unet3d_core.evaluation.inference import NetworkRunner, initialize_checkpoint
+from unet3d_core.model.config import ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Loads an export with nothing of unet3d and runs one window through it: python - FORMAT PATH IN.npy OUT.npy
@@ -152,7 +152,7 @@ def _tensorflow_major():
 
 
 def test_export_json_says_how_to_scale_inputs_as_the_run_was_trained():
-    from unet3d_core.export import normalisation
+    from unet3d_core.evaluation.export import normalisation
 
     assert "uint16 [0, 65535], no clipping" in normalisation({"data": {"intensity": "uint16"}})
     assert "clip [0, 0.85 x max] per modality, scale to uint8 [0, 255]" in normalisation({"data": {}})  # older runs

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from unet3d_core import inference, volumes
-from unet3d_core.config import ModelConfig
+from unet3d_core.data import volumes
+from unet3d_core.evaluation import inference
+from unet3d_core.model.config import ModelConfig
 
 TINY_CONFIG = ModelConfig(base_filters=4, max_filters=16, depth=3)
 TINY_NETWORK = ["--base_filters", "4", "--max_filters", "16", "--depth", "3", "--input_shape", "16", "16", "16"]
@@ -105,7 +106,7 @@ def test_small_enhancing_components_become_core():
 def test_numpy_normalisation_matches_the_record_pipeline():
     import tensorflow as tf
 
-    from unet3d_core.input_pipeline import normalize
+    from unet3d_core.data.input_pipeline import normalize
 
     image = np.random.RandomState(3).randint(0, 256, size=(6, 5, 4, 4)).astype(np.uint8)
     mean, std = [10.5, 40.0, 80.25, 3.0], [2.0, 9.5, 30.0, 1.5]

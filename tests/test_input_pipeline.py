@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 from conftest import record_intensity
 
-from unet3d_core import input_pipeline
-from unet3d_core.records import Manifest
+from unet3d_core.data import input_pipeline
+from unet3d_core.data.records import Manifest
 
 tf1 = tf.compat.v1
 

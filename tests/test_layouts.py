@@ -19,14 +19,14 @@ from raw_trees import (
     write_msd,
 )
 
-from unet3d_core.case_scan import discover_cases
+from unet3d_core.data.case_scan import discover_cases
+from unet3d_core.data.layouts import LABEL_MAPS, detect_layout, inverse_label_map
+from unet3d_core.data.preprocess import scale_intensities
+from unet3d_core.data.records import Manifest, read_record
 from unet3d_core.errors import DataError
-from unet3d_core.layouts import LABEL_MAPS, detect_layout, inverse_label_map
-from unet3d_core.preprocess import scale_intensities
-from unet3d_core.records import Manifest, read_record
 
 # What each release's label values mean, written out here (from the releases' documentation, as
-# unet3d_core/layouts.py quotes it) rather than taken from the code under test:
+# unet3d_core/data/layouts.py quotes it) rather than taken from the code under test:
 # BraTS 2018-2021: 1 necrotic / non-enhancing tumour core (NCR/NET), 2 peritumoral oedema (ED), 4 enhancing (ET);
 # BraTS 2023: the same with ET numbered 3; MSD Task01_BrainTumour: 1 edema, 2 non-enhancing tumor, 3 enhancing tumour.
 MEANINGS = {
@@ -94,7 +94,7 @@ def _msd_label_volume(seed=7):
 
 
 def test_msd_labels_land_on_the_internal_label_of_the_same_tissue_voxel_by_voxel(tmp_path):
-    from unet3d_core.volumes import raw_folder_cases, write_label_map
+    from unet3d_core.data.volumes import raw_folder_cases, write_label_map
 
     raw = str(tmp_path / "msd")
     write_msd(raw, training=2, test=0)

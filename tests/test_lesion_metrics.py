@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from lesion_cases import cases
 
+from unet3d_core.data.layouts import LAYOUTS
 from unet3d_core.errors import ConfigError
-from unet3d_core.layouts import LAYOUTS
-from unet3d_core.lesion_rules import rules_for
-from unet3d_core.lesions import lesion_scores
+from unet3d_core.evaluation.lesion_rules import rules_for
+from unet3d_core.evaluation.lesions import lesion_scores
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "brats_reference_values.json")
 # The layout whose regions each cohort's cases use (GLI cases hold the post-treatment label 4).
@@ -92,7 +92,7 @@ def test_nsd_counts_border_voxels_within_the_tolerance():
     """A 4x4x4 cube (56 border voxels) against the same cube shifted one voxel along x: at 1.0 mm every
     border voxel of each is within reach of the other's border; at 0.5 mm only the 36 on both borders
     (the rings of the three shared x layers) are, so NSD = 36/56."""
-    from unet3d_core.lesions import normalized_surface_dice
+    from unet3d_core.evaluation.lesions import normalized_surface_dice
 
     truth = np.zeros((10, 10, 10), bool)
     truth[2:6, 2:6, 2:6] = True
@@ -107,7 +107,7 @@ def test_nsd_counts_border_voxels_within_the_tolerance():
 
 
 def test_nsd_metrics_are_named_for_the_rules_that_define_them():
-    from unet3d_core.metrics import LabelScheme
+    from unet3d_core.evaluation.metrics import LabelScheme
 
     assert [name for name in LabelScheme.for_layout("brats-met", "2025").names if "NSD" in name] == [
         "LesionNSD05_WT", "LesionNSD05_TC", "LesionNSD05_ET", "LesionNSD05_RC",
@@ -120,8 +120,8 @@ def test_nsd_metrics_are_named_for_the_rules_that_define_them():
     assert "NSD at the smallest voxel spacing" in LabelScheme.for_layout("brats2023", "2026").descriptions()["lesion"]
     assert not rules_for("2025", "GoAT", ["WT", "TC", "ET"]).nsd  # no 2025 GoAT script, so no NSD
     # Every table (evaluate, cv_results, score, report) takes its values from case_metrics.
-    from unet3d_core.layouts import map_labels
-    from unet3d_core.metrics import case_metrics
+    from unet3d_core.data.layouts import map_labels
+    from unet3d_core.evaluation.metrics import case_metrics
 
     case = CASES["metastases"]
     layout = LAYOUTS[COHORT_LAYOUT[case.cohort]]

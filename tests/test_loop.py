@@ -78,8 +78,8 @@ class _Stop:
 
 def test_steps_a_run_did_not_apply_are_counted_as_skipped():
     """Runs of 2 steps whose global step falls short (an overflow skips the update) count the shortfall."""
-    from unet3d_core.listeners import ProgressLog, StepGuard
-    from unet3d_core.loop import run_training_loop
+    from unet3d_core.engine.listeners import ProgressLog, StepGuard
+    from unet3d_core.engine.loop import run_training_loop
 
     advances = iter([2, 1, 2, 0, 2, 2, 1])  # 4 of 14 steps skipped in 7 runs of 2
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from unet3d_core import distances, metrics
+from unet3d_core.evaluation import distances, metrics
 
 
 def test_dice_of_hand_computed_masks():

@@ -3,9 +3,9 @@ import pytest
 import tensorflow as tf
 
 from backends.cpu import kernels as cpu_kernels
-from unet3d_core.config import ModelConfig
-from unet3d_core.losses import segmentation_loss
-from unet3d_core.model import build_unet3d, count_parameters
+from unet3d_core.model.config import ModelConfig
+from unet3d_core.model.losses import segmentation_loss
+from unet3d_core.model.network import build_unet3d, count_parameters
 
 tf1 = tf.compat.v1
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from unet3d_core.optimizers import build_optimizer
-from unet3d_core.training_graph import learning_rate_at
+from unet3d_core.engine.optimizers import build_optimizer
+from unet3d_core.engine.training_graph import learning_rate_at
 
 tf1 = tf.compat.v1
 

@@ -3,8 +3,8 @@ import numpy as np
 import tensorflow as tf
 from conftest import record_intensity
 
-from unet3d_core import input_pipeline
-from unet3d_core.records import Manifest
+from unet3d_core.data import input_pipeline
+from unet3d_core.data.records import Manifest
 
 tf1 = tf.compat.v1
 

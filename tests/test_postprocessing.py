@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from conftest import TINY_MODEL, run_cli, train_args
 
-from unet3d_core import postprocessing
-from unet3d_core.distances import dice
+from unet3d_core.data.layouts import LAYOUTS
 from unet3d_core.errors import ConfigError
-from unet3d_core.layouts import LAYOUTS
+from unet3d_core.evaluation import postprocessing
+from unet3d_core.evaluation.distances import dice
 
 GLIOMA = LAYOUTS["brats2019"].regions  # WT {1,2,3}, TC {1,3}, ET {3}
 SHAPE = (24, 24, 16)
@@ -133,7 +133,7 @@ def test_cross_validation_choice_is_written_with_what_was_tried(tmp_path):
     assert postprocessing.for_run(fold, "none") is None
     assert postprocessing.for_run(str(tmp_path / "elsewhere")) is None
     # report shows each step's pooled Dice before and after.
-    from unet3d_core.report import build_report
+    from unet3d_core.evaluation.report import build_report
 
     with open(os.path.join(model_dir, "log.json"), "w"):
         pass
@@ -160,7 +160,7 @@ def _volume(path):
 
 def test_predict_applies_the_cross_validation_choice(records, tmp_path, capsys):
     """A fold of a CV folder predicts with the parent's postprocessing.json unless --postprocessing none."""
-    from unet3d_core.layouts import map_labels
+    from unet3d_core.data.layouts import map_labels
 
     cv_dir = tmp_path / "cv"
     fold_dir = str(cv_dir / "fold-0")

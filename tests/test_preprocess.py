@@ -7,12 +7,12 @@ import nibabel
 import numpy as np
 import pytest
 
-from unet3d_core.case_scan import discover_cases
-from unet3d_core.cases import load_case
+from unet3d_core.data.case_scan import discover_cases
+from unet3d_core.data.cases import load_case
+from unet3d_core.data.layouts import map_labels
+from unet3d_core.data.preprocess import assign_folds, foreground_statistics, preprocess, scale_intensities
+from unet3d_core.data.records import Manifest
 from unet3d_core.errors import DataError
-from unet3d_core.layouts import map_labels
-from unet3d_core.preprocess import assign_folds, foreground_statistics, preprocess, scale_intensities
-from unet3d_core.records import Manifest
 
 
 def _copy(raw_dataset, tmp_path):
@@ -64,7 +64,7 @@ def test_corrupt_nifti_names_the_file(raw_dataset, tmp_path):
 
 
 def test_failure_while_writing_leaves_no_output(raw_dataset, tmp_path, monkeypatch):
-    import unet3d_core.preprocess as preprocess_module
+    import unet3d_core.data.preprocess as preprocess_module
 
     written = []
 
@@ -124,8 +124,8 @@ def test_uint16_records_read_back_and_train_inputs_match_the_raw_volume(raw_data
     voxels are the raw volume's z-scores within 16-bit rounding, where uint8's clip moves the bright ones."""
     import tensorflow as tf
 
-    from unet3d_core.input_pipeline import normalize
-    from unet3d_core.records import parse_case, read_record
+    from unet3d_core.data.input_pipeline import normalize
+    from unet3d_core.data.records import parse_case, read_record
 
     manifest = Manifest(records)
     assert manifest.intensity_format == "uint16" and manifest.content["format_version"] == 3
@@ -161,7 +161,7 @@ def test_uint8_storage_and_older_data_sets_read_as_uint8(raw_dataset, tmp_path):
     preprocess(raw_dataset, folder, folds=5, seed=0, show_progress=False, intensity="uint8")
     manifest = Manifest(folder)
     assert manifest.intensity_format == "uint8"
-    from unet3d_core.records import read_record
+    from unet3d_core.data.records import read_record
 
     assert read_record(manifest.record_path(manifest.cases[0]))["image"].dtype == np.uint8
     content = dict(manifest.content, format_version=2)
@@ -227,7 +227,7 @@ def test_existing_output_and_missing_records_are_refused(raw_dataset, records, t
 def test_hand_encoded_records_are_tensorflows_own_bytes(with_label):
     import tensorflow as tf
 
-    from unet3d_core.records import serialize_case
+    from unet3d_core.data.records import serialize_case
 
     rng = np.random.RandomState(1)
     image = rng.randint(0, 256, size=(5, 4, 3, 4)).astype(np.uint8)

@@ -11,8 +11,8 @@ import time
 import pytest
 from conftest import ROOT, cli_subprocess, pid_with, run_cli, train_args
 
-from unet3d_core import checkpoints
-from unet3d_core.records import Manifest
+from unet3d_core.data.records import Manifest
+from unet3d_core.model import checkpoints
 
 KILL_POINTS = 6  # random SIGKILLs in the kill-and-resume loop
 KILL_SEED = 20261125

@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli, train_args
 from raw_trees import save, write_brats2020
 
-from unet3d_core import report
+from unet3d_core.evaluation import report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # plot_curves: figsize (15, 4) at 100 dpi; plot_case: 3.3 x 6.6 inches a column at 90 dpi.

@@ -34,7 +34,7 @@ def copied_run(run_dir, tmp_path):
 
 
 def test_first_train_writes_the_network_data_and_options(run_dir, records):
-    from unet3d_core.records import Manifest
+    from unet3d_core.data.records import Manifest
 
     with open(os.path.join(run_dir, "run.json")) as handle:
         content = json.load(handle)
@@ -159,14 +159,14 @@ def test_a_copied_run_folder_restores_its_own_checkpoints(run_dir, tmp_path, rec
 def _resolved(args):
     """The RunConfig a command line resolves to (nothing is run)."""
     import cli
-    from unet3d_core.run_config import resolve
+    from unet3d_core.engine.run_config import resolve
 
     options = cli.build_parser(cli.load_backends()).parse_args([str(arg) for arg in args])
     return resolve(options)[1]
 
 
 def test_new_runs_use_the_nnunet_recipe_and_record_every_resolved_value(run_dir):
-    from unet3d_core.recipes import RECIPES
+    from unet3d_core.engine.recipes import RECIPES
 
     with open(os.path.join(run_dir, "run.json")) as handle:
         content = json.load(handle)
@@ -235,7 +235,7 @@ def test_raw_inputs_are_scaled_as_the_runs_training_data_was(copied_run, raw_dat
     with open(path, "w") as handle:
         json.dump(content, handle)
     assert _resolved(predict).intensity == "uint8"
-    from unet3d_core.preprocess import preprocess
+    from unet3d_core.data.preprocess import preprocess
 
     other = str(tmp_path / "other")
     preprocess(raw_dataset, other, folds=5, seed=1, show_progress=False)  # uint16, another fingerprint

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import TINY_MODEL, run_cli, train_args
 
-from unet3d_core import metrics
+from unet3d_core.evaluation import metrics
 
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])
 
@@ -66,7 +66,7 @@ def test_score_writes_hand_checkable_csv_and_json_summary(tmp_path, capsys):
 
 
 def test_score_reads_a_raw_brats_truth_folder(raw_dataset, tmp_path):
-    from unet3d_core.case_scan import discover_cases
+    from unet3d_core.data.case_scan import discover_cases
 
     pred_dir = tmp_path / "pred"
     pred_dir.mkdir()
@@ -84,8 +84,8 @@ def test_score_reads_a_raw_brats_truth_folder(raw_dataset, tmp_path):
 
 def test_scoring_predict_outputs_reproduces_evaluate_exactly(records, raw_dataset, tmp_path):
     """The two roads to a number (evaluate on records; predict to NIfTI, then score) agree."""
-    from unet3d_core.config import ModelConfig
-    from unet3d_core.inference import initialize_checkpoint
+    from unet3d_core.evaluation.inference import initialize_checkpoint
+    from unet3d_core.model.config import ModelConfig
 
     model_dir, predictions = str(tmp_path / "model"), str(tmp_path / "predictions")
     initialize_checkpoint(model_dir, ModelConfig(base_filters=4, max_filters=16, depth=3), seed=11)
@@ -143,7 +143,7 @@ def test_score_of_an_empty_folder_is_a_one_line_error(tmp_path, capsys):
 
 # ------------------------------------------------------------------ cross-validation
 def test_fold_all_trains_evaluates_each_fold_and_pools_every_case_once(records, tmp_path, capsys):
-    from unet3d_core.records import Manifest
+    from unet3d_core.data.records import Manifest
 
     model_dir = str(tmp_path / "cv")
     args = train_args(records, model_dir, "--fold", "all", "--exec_mode", "train_and_evaluate",

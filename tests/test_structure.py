@@ -190,6 +190,41 @@ def test_module_length_limit_applies_to_the_core_only(tree):
     assert "fits.py" not in output and "backends/x/big.py" not in output
 
 
+ROOMS_TREE = {
+    "unet3d_core/errors.py": "class DataError(Exception):\n    pass\n",
+    "unet3d_core/data/__init__.py": "",
+    "unet3d_core/data/records.py": "from unet3d_core.errors import DataError\n\nFORMAT = 2\n",
+    "unet3d_core/engine/__init__.py": "",
+    "unet3d_core/engine/trainer.py": "from unet3d_core.data import records\n\nSTEPS = records.FORMAT\n",
+}
+
+
+def test_rooms_import_only_downwards(tree):
+    write_tree(tree, ROOMS_TREE)
+    code, output = check(tree)
+    assert code == 0, output
+    # A data module reaching up into the engine, and a top-level module into a room, inside a function.
+    write_tree(tree, {"unet3d_core/data/records.py": "FORMAT = 2\n\n\ndef steps():\n"
+                                                     "    from unet3d_core.engine import trainer\n"
+                                                     "    return trainer.STEPS\n",
+                      "unet3d_core/errors.py": "from unet3d_core.data.records import FORMAT\n"})
+    code, output = check(tree)
+    assert code == 1, output
+    assert ("unet3d_core/data/records.py:5: unet3d_core.data.records (in unet3d_core.data) imports "
+            "unet3d_core.engine.trainer (in unet3d_core.engine, a room above it)") in output
+    assert "unet3d_core.errors (in the top-level modules) imports unet3d_core.data.records" in output
+
+
+def test_annotation_only_imports_do_not_count_as_room_imports(tree):
+    write_tree(tree, ROOMS_TREE)
+    write_tree(tree, {"unet3d_core/data/records.py": "from typing import TYPE_CHECKING\n\nif TYPE_CHECKING:\n"
+                                                     "    from unet3d_core.engine.trainer import STEPS\n"
+                                                     "FORMAT = 2\n",
+                      "unet3d_core/engine/trainer.py": "STEPS = 3\n"})
+    code, output = check(tree)
+    assert code == 0, output
+
+
 def test_the_baseline_ratchet(tree):
     accepted = "\n\ndef resolve(options):\n    options.fold = 1\n"
     write_tree(tree, {"unet3d_core/b.py": BASE_TREE["unet3d_core/b.py"] + accepted})

@@ -5,8 +5,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from unet3d_core.data.synth import MODALITIES, make_synthetic_case, write_synthetic_dataset
 from unet3d_core.errors import ConfigError, DataError
-from unet3d_core.synth import MODALITIES, make_synthetic_case, write_synthetic_dataset
 
 SHAPE = (32, 32, 24)
 SEEDS = range(6)
@@ -238,7 +238,7 @@ def _best_threshold_dice(image, truth):
 @pytest.fixture(scope="module")
 def anatomy():
     pytest.importorskip("nilearn")
-    from unet3d_core import synth_anatomy
+    from unet3d_core.data import synth_anatomy
 
     return synth_anatomy
 
@@ -362,7 +362,7 @@ def test_scanner_b_scans_the_same_patient_flipped_noisier_and_with_thick_slices(
 
 @pytest.mark.parametrize("scanner", ["a", "b"])
 def test_anatomical_dataset_has_brats_layout_and_preprocess_reads_it(anatomy, tmp_path, scanner):
-    from unet3d_core.preprocess import preprocess
+    from unet3d_core.data.preprocess import preprocess
 
     raw = tmp_path / "raw"
     ids = write_synthetic_dataset(raw, cases=2, shape=(48, 56, 48), seed=1, lgg_fraction=0.5,

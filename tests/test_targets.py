@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import TINY_MODEL, run_cli
 
+from unet3d_core.data.layouts import LAYOUTS, region_painting
 from unet3d_core.errors import DataError
-from unet3d_core.inference import labels_of
-from unet3d_core.layouts import LAYOUTS, region_painting
+from unet3d_core.evaluation.inference import labels_of
 
 GLIOMA = (("WT", (1, 2, 3)), ("TC", (1, 3)), ("ET", (3,)))
 
@@ -33,7 +33,7 @@ def test_regions_turn_back_into_the_innermost_regions_label():
 def test_region_loss_is_dice_plus_binary_cross_entropy_per_region():
     import tensorflow as tf
 
-    from unet3d_core.losses import region_loss, region_targets
+    from unet3d_core.model.losses import region_loss, region_targets
 
     labels = np.array([0, 2, 1, 3]).reshape(2, 2, 1, 1).astype(np.int32)  # two samples: Dice over the batch
     logits = np.array([[-2.0, -1.0, 0.0], [1.0, -1.0, -2.0], [2.0, 1.0, -1.0], [3.0, 2.0, 1.0]],
@@ -83,7 +83,7 @@ def test_a_region_run_trains_evaluates_and_predicts_region_probabilities(records
 
 
 def test_deep_supervision_weights_halve_per_level_and_sum_to_one():
-    from unet3d_core.model import deep_supervision_weights
+    from unet3d_core.model.network import deep_supervision_weights
 
     assert deep_supervision_weights(4) == pytest.approx([8 / 15, 4 / 15, 2 / 15, 1 / 15])
     assert sum(deep_supervision_weights(5)) == pytest.approx(1.0)
@@ -92,10 +92,10 @@ def test_deep_supervision_weights_halve_per_level_and_sum_to_one():
 def test_deep_supervision_loss_is_the_weighted_sum_over_resolutions():
     import tensorflow as tf
 
-    from unet3d_core.config import ModelConfig
-    from unet3d_core.losses import segmentation_loss
-    from unet3d_core.model import build_unet3d, count_parameters, deep_supervision_weights
-    from unet3d_core.training_graph import supervised_loss
+    from unet3d_core.engine.training_graph import supervised_loss
+    from unet3d_core.model.config import ModelConfig
+    from unet3d_core.model.losses import segmentation_loss
+    from unet3d_core.model.network import build_unet3d, count_parameters, deep_supervision_weights
 
     config = ModelConfig(base_filters=4, max_filters=16, depth=4, deep_supervision=True)
     rng = np.random.RandomState(0)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, cli_subprocess, run_cli, train_args
 
-from unet3d_core.records import Manifest
+from unet3d_core.data.records import Manifest
 
 
 def _log_records(model_dir):
@@ -106,7 +106,7 @@ def test_benchmark_reports_throughput_and_writes_no_checkpoint(records, tmp_path
 def test_learning_rate_schedule_values():
     import tensorflow as tf
 
-    from unet3d_core.training_graph import learning_rate_at
+    from unet3d_core.engine.training_graph import learning_rate_at
 
     graph = tf.Graph()
     with graph.as_default():

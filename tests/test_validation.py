@@ -9,9 +9,9 @@ import pytest
 from conftest import run_cli
 from raw_trees import AFFINE, SHAPE, save, write_brats2019, write_brats2020, write_msd
 
+from unet3d_core.data.preprocess import preprocess, validate
+from unet3d_core.data.records import Manifest
 from unet3d_core.errors import DataError, InvalidCaseError
-from unet3d_core.preprocess import preprocess, validate
-from unet3d_core.records import Manifest
 
 BROKEN = "BraTS20_Training_002"
 
@@ -212,7 +212,7 @@ def test_skip_invalid_continues_and_lists_what_was_skipped(tmp_path, capsys):
     assert [case["id"] for case in manifest.skipped] == ["BraTS20_Training_002", "BraTS20_Training_005"]
     assert sorted(os.listdir(out)) == sorted([case["file"] for case in manifest.cases] + ["manifest.json"])
     # Records are numbered by their place in the manifest, skipped cases leaving no gap.
-    from unet3d_core.records import read_record
+    from unet3d_core.data.records import read_record
 
     assert [read_record(manifest.record_path(case))["case_index"] for case in manifest.cases] == [0, 1, 2, 3]
 

@@ -9,7 +9,7 @@ Python 3.8 or newer (for the end line numbers of the syntax tree).
 The checks, each with the key that identifies a violation in the baseline:
 
 1. ``cycle`` - import cycles among the project's modules (``cli``,
-   ``unet3d_core.run_config``, ``backends.npu.plugin``...). Every import
+   ``unet3d_core.engine.run_config``, ``backends.npu.plugin``...). Every import
    statement counts, also one inside a function or under ``if``/``try``, and
    ``from X import Y`` counts as importing ``X.Y`` when that is a module of the
    project (and as importing ``X`` for the names that are not). Relative
@@ -31,6 +31,13 @@ The checks, each with the key that identifies a violation in the baseline:
    ``path:qualified.name`` (``Class.method``, ``outer.inner``).
 5. ``module_length`` - no module under ``unet3d_core/`` is longer than 450
    lines. Key: the path.
+6. ``room`` - the core's packages by stage import only downwards. The order,
+   lowest first: the top-level modules of ``unet3d_core`` (the plugin API and
+   what every stage shares: errors, types, hook specs, layers, folders...),
+   then ``data``, ``model``, ``evaluation``, ``engine`` (``ROOMS``). A module
+   may import its own room and the rooms below it; a top-level module only
+   other top-level modules. Imports under ``if TYPE_CHECKING:`` (annotations
+   only) do not count. Key: ``importer -> imported``.
 
 The ratchet: ``tools/structure_baseline.json`` lists the violations accepted
 when the checks were introduced, by kind and key (no line numbers, so moving
@@ -65,7 +72,10 @@ LENGTH_CHECKED_PACKAGE = "unet3d_core/"
 OPTIONS_NAMES = frozenset(("options", "args", "namespace"))
 DEFAULT_HOOKSPEC_MARKERS = frozenset(("_hookspec", "hookspec"))
 BASELINE_NAME = os.path.join("tools", "structure_baseline.json")
-KINDS = ("cycle", "hookspec", "options_write", "function_length", "module_length")
+KINDS = ("cycle", "hookspec", "options_write", "function_length", "module_length", "room")
+# The core's rooms (packages by stage), lowest first; the top-level modules of unet3d_core are below them all.
+CORE = "unet3d_core"
+ROOMS = ("data", "model", "evaluation", "engine")
 
 Violation = collections.namedtuple("Violation", "kind key path line message")
 SourceFile = collections.namedtuple("SourceFile", "path module is_package tree lines")
@@ -94,7 +104,7 @@ def checked_paths(root):
 
 
 def module_name(path):
-    """``unet3d_core/run_config.py`` -> ``unet3d_core.run_config``; a package's ``__init__.py`` -> the package."""
+    """``unet3d_core/data/records.py`` -> ``unet3d_core.data.records``; a package's ``__init__.py`` -> the package."""
     parts = path[:-len(".py")].split("/")
     if parts[-1] == "__init__":
         parts.pop()
@@ -464,10 +474,68 @@ def check_module_lengths(sources):
             if source.path.startswith(LENGTH_CHECKED_PACKAGE) and source.lines > MODULE_LIMIT]
 
 
+# --- 6. rooms -------------------------------------------------------------------
+
+def room_rank(module):
+    """0 for unet3d_core and its top-level modules, 1.. for the rooms in ROOMS order, None outside the core."""
+    parts = module.split(".")
+    if parts[0] != CORE:
+        return None
+    if len(parts) > 1 and parts[1] in ROOMS:
+        return ROOMS.index(parts[1]) + 1
+    return 0 if len(parts) <= 2 else None  # a package that is no room is not ranked
+
+
+def is_type_checking(test):
+    """``if TYPE_CHECKING:`` or ``if typing.TYPE_CHECKING:``."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def runtime_imports(tree):
+    """Every import statement of ``tree`` except those under ``if TYPE_CHECKING:``."""
+    pending = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and is_type_checking(child.test):
+                pending.extend(child.orelse)
+            else:
+                pending.append(child)
+
+
+def room_name(rank):
+    return "the top-level modules" if rank == 0 else "unet3d_core." + ROOMS[rank - 1]
+
+
+def check_rooms(sources):
+    """A core module imports only its own room and the rooms below it."""
+    modules = {source.module for source in sources}
+    violations = []
+    for source in sources:
+        rank = room_rank(source.module)
+        if rank is None:
+            continue
+        seen = set()
+        for node in sorted(runtime_imports(source.tree), key=lambda n: n.lineno):
+            for target in sorted(imported_modules(node, source, modules)):
+                target_rank = room_rank(target)
+                if target_rank is None or target_rank <= rank or target in seen:
+                    continue
+                seen.add(target)
+                violations.append(Violation(
+                    "room", "%s -> %s" % (source.module, target), source.path, node.lineno,
+                    "%s:%d: %s (in %s) imports %s (in %s, a room above it); move the helper it needs down"
+                    % (source.path, node.lineno, source.module, room_name(rank), target, room_name(target_rank))))
+    return violations
+
+
 def find_violations(sources):
     """Every violation of every check, in a stable order."""
     violations = (check_cycles(sources) + check_hookspecs(sources) + check_options_writes(sources)
-                  + check_function_lengths(sources) + check_module_lengths(sources))
+                  + check_function_lengths(sources) + check_module_lengths(sources) + check_rooms(sources))
     return sorted(violations, key=lambda v: (KINDS.index(v.kind), v.path, v.line))  # stable: keeps check order
 
 

@@ -30,7 +30,7 @@ class DataError(UNet3DError):
 class ConfigError(UNet3DError):
     """A flag or combination of flags is invalid.
 
-    Raised while the flags are checked and resolved (e.g. :mod:`unet3d_core.run_config`), before any work.
+    Raised while the flags are checked and resolved (e.g. :mod:`unet3d_core.engine.run_config`), before any work.
     """
 
 
@@ -60,8 +60,8 @@ class CaseProblem:
 class InvalidCaseError(DataError):
     """A case failed a check; ``problem`` says which case, file and why.
 
-    Raised while scanning or reading raw cases (:mod:`unet3d_core.case_scan`,
-    :mod:`unet3d_core.cases`) and by preprocessing unless it skips invalid cases.
+    Raised while scanning or reading raw cases (:mod:`unet3d_core.data.case_scan`,
+    :mod:`unet3d_core.data.cases`) and by preprocessing unless it skips invalid cases.
     """
 
     def __init__(self, problem: CaseProblem, hint: str = ""):
@@ -72,7 +72,7 @@ class InvalidCaseError(DataError):
 class CheckpointWriteError(UNet3DError):
     """A checkpoint could not be written or copied; the previous one is intact.
 
-    Raised by :mod:`unet3d_core.checkpoints` when saving a checkpoint or keeping
+    Raised by :mod:`unet3d_core.model.checkpoints` when saving a checkpoint or keeping
     one as the best fails (a full disk, a folder that cannot be written).
     """
 
@@ -80,12 +80,12 @@ class CheckpointWriteError(UNet3DError):
 class TrainingError(UNet3DError):
     """Training cannot go on (e.g. the loss became NaN); the last checkpoint is intact.
 
-    Raised by a step listener (:mod:`unet3d_core.listeners`) to end training.
+    Raised by a step listener (:mod:`unet3d_core.engine.listeners`) to end training.
     """
 
 
 class TrainingStopped(Exception):
     """Training stopped early on request, after saving a checkpoint; not an error (exit status 0).
 
-    Raised by the trainer after SIGTERM or SIGINT (:mod:`unet3d_core.stopping`).
+    Raised by the trainer after SIGTERM or SIGINT (:mod:`unet3d_core.engine.stopping`).
     """

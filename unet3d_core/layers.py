@@ -1,6 +1,6 @@
 """The layer operations the 3D U-Net is written against, in their textbook form.
 
-:mod:`unet3d_core.model` creates every variable and wires the network; the
+:mod:`unet3d_core.model.network` creates every variable and wires the network; the
 computations a device may want to write differently go through a
 :class:`LayerOps` object: convolutions, the transposed convolution, instance
 norm with its activation, the output convolution. A backend supplies a
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from unet3d_core.config import LEAKY_RELU_SLOPE, NORM_EPSILON
+# The numbers every implementation of the ops uses (the reference's leaky ReLU and instance norm).
+LEAKY_RELU_SLOPE = 0.01
+NORM_EPSILON = 1e-6
 
 
 class LayerOps:

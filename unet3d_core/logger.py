@@ -15,8 +15,11 @@ import json
 import os
 import sys
 import time
-from typing import Dict, Optional, Union
+from typing import Dict, List, Optional, Union
 
+import numpy as np
+
+from unet3d_core.errors import ConfigError
 from unet3d_core.types import optional_import
 
 Step = Union[int, str, tuple]
@@ -110,3 +113,25 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+def benchmark_report(step_times: List[float], mode: str, *, warmup_steps: int, max_steps: int, logger,
+                     volumes_per_step: int) -> Dict:
+    """Log and return ``throughput_<mode>`` (volumes/s, all workers) and latency mean/p90/p95/p99 (ms).
+
+    ``step_times`` are seconds per step of this worker, the first
+    ``warmup_steps`` of them untimed. Workers step in parallel, so the
+    global throughput is ``volumes_per_step`` (every worker's) over the mean step time.
+    """
+    timed = np.asarray(step_times[warmup_steps:], dtype=np.float64)
+    if timed.size == 0:
+        raise ConfigError("--benchmark: --max_steps ({}) must exceed --warmup_steps ({})".format(
+            max_steps, warmup_steps))
+    report = {
+        "throughput_{}".format(mode): volumes_per_step / float(timed.mean()),
+        "latency_{}_mean_ms".format(mode): 1000 * float(timed.mean()),
+    }
+    for percentile in (90, 95, 99):
+        report["latency_{}_p{}_ms".format(mode, percentile)] = 1000 * float(np.percentile(timed, percentile))
+    logger.metrics("benchmark", report)
+    return report
