@@ -521,13 +521,13 @@ def command_validate(options) -> int:
 
 def command_trainer(options, registry, argv: List[str]) -> int:
     """train, evaluate and predict: check every flag, let the backend launch its workers, else run here."""
-    from unet3d_core.engine.run_config import process_options, resolve_runs
+    from unet3d_core.engine.run_config import process_core_settings, resolve_runs
 
     backend = registry.get(options.backend)
     runs = resolve_runs(options)  # every flag checked against the data and the run folder before anything starts
-    resolved = process_options(options, runs)
-    backend.validate_options(resolved)
-    code = backend.launch(resolved, [sys.executable, os.path.abspath(__file__)] + argv)
+    # The backend's own flags, checked and frozen: what its hooks receive instead of the parsed options.
+    backend_options = backend.backend_options(options, process_core_settings(options, runs))
+    code = backend.launch(backend_options, [sys.executable, os.path.abspath(__file__)] + argv)
     if code is not None:
         return int(code)
     from unet3d_core.engine.modes import run

@@ -13,9 +13,10 @@ plain functions below from its own hooks, a line each::
     UNET3D_SHARED_OPTIONS = (horovod.OPTIONS,)     # --hosts
 
     @hookimpl
-    def unet3d_validate_options(options):
-        if options.backend == "mychip":
-            horovod.validate_process_count("mychip_procs", options.mychip_procs, "Horovod is not installed")
+    def unet3d_backend_options(flags, core):      # flags: {"mychip_procs": ..., "hosts": ...}
+        options = BackendOptions(core, flags)
+        horovod.validate_process_count("mychip_procs", options.mychip_procs, "Horovod is not installed")
+        return options
 
     @hookimpl
     def unet3d_launch(options, worker_command):
@@ -100,6 +101,8 @@ def validate_process_count(flag: str, count: int, not_installed: str) -> None:
 def launch(options, worker_command: List[str], num_processes: int) -> Optional[int]:
     """``unet3d_launch``'s body: start ``num_processes`` workers with horovodrun on ``--hosts``.
 
+    ``options``: the backend's frozen options, with its ``hosts`` (the shared flag) and ``core``.
+
     Returns None (train in this process) for one process, or inside a job that
     horovodrun or mpirun started; otherwise the workers' exit status. Their
     output is kept in MODEL_DIR/logs/rank.<i>/.
@@ -107,7 +110,7 @@ def launch(options, worker_command: List[str], num_processes: int) -> Optional[i
     if num_processes <= 1 or inside_horovod_job():
         return None
     return launch_with_horovodrun(num_processes, worker_command, hosts=options.hosts,
-                                  log_dir=os.path.join(options.model_dir, "logs"))
+                                  log_dir=os.path.join(options.core.model_dir, "logs"))
 
 
 def distributed_strategy() -> Optional[DistributedStrategy]:

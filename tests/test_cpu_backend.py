@@ -1,5 +1,6 @@
 """The CPU backend's thread and memory settings and its choice of layer ops."""
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -11,15 +12,20 @@ from backends.cpu import plugin as cpu
 from unet3d_core import plugins
 from unet3d_core.errors import ConfigError
 from unet3d_core.layers import LayerOps
-from unet3d_core.types import DistributedStrategy
+from unet3d_core.types import CoreSettings, DistributedStrategy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _options(*flags):
+def _flags(*argv):
     parser = argparse.ArgumentParser()
     cpu.unet3d_add_options(parser)
-    return parser.parse_args(list(flags))
+    return vars(parser.parse_args(list(argv)))
+
+
+def _options(*argv):
+    """The cpu backend's frozen options for these flags, as its unet3d_backend_options returns them."""
+    return cpu.unet3d_backend_options(flags=_flags(*argv), core=CoreSettings("cpu"))
 
 
 def test_each_op_gets_every_core_and_ops_run_one_at_a_time(monkeypatch):
@@ -82,9 +88,9 @@ def test_a_bad_kernels_choice_is_refused_by_the_cli_and_in_code():
                             capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 2
     assert "--cpu_kernels: invalid choice: 'fast'" in result.stderr
-    options = _options()
-    options.backend, options.cpu_native_ops = "cpu", "maybe"
     with pytest.raises(ConfigError, match="--cpu_native_ops 'maybe': expected one of on, off"):
-        cpu.unet3d_validate_options(options)
-    options.backend = "gpu"  # another backend's run: the cpu flags are not its business
-    cpu.unet3d_validate_options(options)
+        cpu.unet3d_backend_options(flags=dict(_flags(), cpu_native_ops="maybe"), core=CoreSettings("cpu"))
+    with pytest.raises(ConfigError, match="--cpu_threads must be >= 0, got -1"):
+        _options("--cpu_threads", "-1")
+    with pytest.raises(dataclasses.FrozenInstanceError):  # what the hooks receive cannot be written
+        _options().cpu_threads = 2

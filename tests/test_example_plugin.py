@@ -23,13 +23,13 @@ import types
 import pytest
 from conftest import ROOT, cli_subprocess, train_args
 
-from unet3d_core import DistributedStrategy, hookspecs, plugins
+from unet3d_core import CoreSettings, DistributedStrategy, hookspecs, plugins
 from unet3d_core.errors import ConfigError
 
 EXAMPLE = os.path.join(ROOT, "examples", "unet3d-cpu-xla")
 EXAMPLE_DISTRIBUTION = "unet3d-cpu-xla"
 EXAMPLE_BACKEND = "cpu-xla"
-EXAMPLE_HOOKS = {"unet3d_backend_info", "unet3d_add_options", "unet3d_validate_options",
+EXAMPLE_HOOKS = {"unet3d_backend_info", "unet3d_add_options", "unet3d_backend_options",
                  "unet3d_prepare_environment", "unet3d_session_config", "unet3d_mixed_precision"}
 GUIDE = os.path.join(ROOT, "docs", "writing-a-backend.md")
 # Each subprocess sees every installed backend, whatever a caller's environment restricts.
@@ -181,13 +181,13 @@ def test_installed_plugin_that_raises_in_a_hook_is_named(records, tmp_path):
     site = str(tmp_path)
     _write_distribution(site, "flaky-accel", "flaky_accel", _plugin_source("flaky", """
         @hookimpl
-        def unet3d_validate_options(options):
+        def unet3d_backend_options(flags, core):
             raise RuntimeError("device firmware too old")
         """), "flaky")
     result = _cli_with_site(site, ["train", "--data_dir", records, "--model_dir",
                                    str(tmp_path / "run"), "--backend", "flaky"])
     assert result.returncode == 1
-    assert ("backend 'flaky' (flaky-accel) failed in hook unet3d_validate_options: "
+    assert ("backend 'flaky' (flaky-accel) failed in hook unet3d_backend_options: "
             "RuntimeError: device firmware too old") in result.stderr
     assert not os.path.exists(str(tmp_path / "run"))
 
@@ -213,12 +213,13 @@ def test_guide_minimal_backend_is_a_valid_backend():
     backend = plugins.load_backend(module, "mychip", distribution="mychip-unet3d")
     parser = argparse.ArgumentParser()
     backend.add_options(parser)
-    options = parser.parse_args(["--mychip_threads", "3"])
-    backend.validate_options(options)
+    core = CoreSettings("mychip", model_dir="/tmp/run")
+    options = backend.backend_options(parser.parse_args(["--mychip_threads", "3"]), core)
+    assert options.core is core
     config = backend.session_config(_Config(), options, DistributedStrategy())
     assert config.intra_op_parallelism_threads == 3
     with pytest.raises(ConfigError, match="--mychip_threads"):
-        backend.validate_options(parser.parse_args(["--mychip_threads", "0"]))
+        backend.backend_options(parser.parse_args(["--mychip_threads", "0"]), core)
 
 
 class _Config:

@@ -1,5 +1,4 @@
 """The GPU backend's hooks, checked on the CPU (no GPU is needed or used)."""
-import types
 
 import pytest
 import tensorflow as tf
@@ -9,7 +8,7 @@ from backends.gpu import plugin as gpu
 from unet3d_core import plugins
 from unet3d_core.errors import ConfigError
 from unet3d_core.layers import LayerOps
-from unet3d_core.types import DistributedStrategy
+from unet3d_core.types import CoreSettings, DistributedStrategy
 
 
 class _LocalRank(DistributedStrategy):
@@ -21,10 +20,9 @@ class _LocalRank(DistributedStrategy):
         return self._local_rank
 
 
-def _options(**overrides):
-    values = dict(backend="gpu", gpus=1, amp=False, xla=False, hosts=None, model_dir="/tmp/run")
-    values.update(overrides)
-    return types.SimpleNamespace(**values)
+def _options(**flags):
+    """The gpu backend's frozen options (not checked: launching 4 processes needs no Horovod in a test)."""
+    return gpu.GpuOptions(core=CoreSettings("gpu", model_dir="/tmp/run"), **flags)
 
 
 def test_each_process_sees_the_gpu_of_its_local_rank_with_memory_growth():
@@ -69,7 +67,7 @@ def test_gpus_launches_one_horovod_process_per_gpu(monkeypatch):
 
 def test_bad_gpu_count_is_refused():
     with pytest.raises(ConfigError, match="--gpus must be at least 1"):
-        gpu.unet3d_validate_options(_options(gpus=0))
+        gpu.unet3d_backend_options(flags=dict(gpus=0, amp=False, xla=False, hosts=None), core=CoreSettings("gpu"))
 
 
 def test_unavailable_here_with_a_reason():

@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 import tensorflow as tf
 from conftest import ROOT
 
 from unet3d_core.errors import BackendError, ConfigError
-from unet3d_core.types import DistributedStrategy, StepRunner
+from unet3d_core.types import CoreSettings, DistributedStrategy, StepRunner
 
 FAKE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_npu")
 tf1 = tf.compat.v1
@@ -41,17 +40,37 @@ def saved_environment():
     os.environ.update(saved)
 
 
+# The core's resolved values the tests vary (CoreSettings fields), and their values when a test does not.
+CORE_DEFAULTS = dict(backend="npu", max_steps=16, model_dir="/tmp/unused", exec_mode="train", benchmark=False,
+                     warmup_steps=200)
+
+
+def _core(**values):
+    return CoreSettings(**dict(CORE_DEFAULTS, **values))
+
+
 def _options(**overrides):
-    values = dict(backend="npu", npus=1, device_ids=None, rank_table=None, hccn_conf="/etc/hccn.conf",
-                  server_id=None, job_id=None, hccl_connect_timeout=None, hccl_exec_timeout=None,
-                  precision_mode=None, precision_mode_v2=None, iterations_per_loop=1, hcom_parallel=True,
-                  enable_data_pre_proc=False, mix_compile_mode=False, npu_option=[], npu_loss_scale=1.0,
-                  no_sync_mode_patch=True, max_steps=16, model_dir="/tmp/unused", exec_mode="train",
-                  benchmark=False, warmup_steps=200, npu_chip="auto", npu_profiling=None,
-                  npu_profiling_options=None, npu_dump=None, npu_dump_step=None, npu_dump_mode="output",
-                  npu_overflow_dump=None, npu_op_cache=None)
-    values.update(overrides)
-    return types.SimpleNamespace(**values)
+    """The backend's frozen options for these flags and core values, as its unet3d_backend_options checks and
+    returns them to the core (a bad flag raises here)."""
+    from backends.npu import plugin
+
+    flags = dict(npus=1, device_ids=None, rank_table=None, hccn_conf="/etc/hccn.conf",
+                 server_id=None, job_id=None, hccl_connect_timeout=None, hccl_exec_timeout=None,
+                 precision_mode=None, precision_mode_v2=None, iterations_per_loop=1, hcom_parallel=True,
+                 enable_data_pre_proc=False, mix_compile_mode=False, npu_option=[], npu_loss_scale=1.0,
+                 no_sync_mode_patch=True, npu_chip="auto", npu_profiling=None,
+                 npu_profiling_options=None, npu_dump=None, npu_dump_step=None, npu_dump_mode="output",
+                 npu_overflow_dump=None, npu_op_cache=None)
+    core = {name: overrides.pop(name) for name in list(overrides) if name in CORE_DEFAULTS}
+    flags.update(overrides)
+    return plugin.unet3d_backend_options(flags=flags, core=_core(**core))
+
+
+def _checked(parsed, **core):
+    """The backend's options from its own parsed flags (what the core hands unet3d_backend_options)."""
+    from backends.npu import plugin
+
+    return plugin.unet3d_backend_options(flags=vars(parsed), core=_core(**core))
 
 
 class _Ranks(DistributedStrategy):
@@ -104,7 +123,7 @@ def test_one_device_gets_its_logical_id_among_the_visible_devices(npu, saved_env
     os.environ.pop("ASCEND_DEVICE_ID")
     with pytest.raises(ConfigError, match=r"--device_ids 2: device 2 is not visible here: this process sees "
                                           r"physical device\(s\) 4,5,6,7 \(ASCEND_VISIBLE_DEVICES=4-7\)"):
-        npu.unet3d_validate_options(_options(device_ids="2"))
+        _options(device_ids="2")
     assert "ASCEND_DEVICE_ID" not in os.environ
 
 
@@ -149,7 +168,6 @@ def test_npu_options_are_typed_as_the_adapter_reads_each_key(npu, tmp_path):
              "HCCL_algorithm=level0:NA"]
     # enable_dump, dump_path, dump_step come from --npu_dump and --npu_dump_step.
     options = _options(npu_option=extra, npu_dump=str(tmp_path), npu_dump_step="0|5|10-20")
-    npu.unet3d_validate_options(options)
     config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy(), "training")
     fields, values = _parameters(config, fields=True), _parameters(config)
     assert {key: fields[key] for key in ("graph_memory_max_size", "variable_memory_max_size", "dump_step",
@@ -200,7 +218,7 @@ def test_npu_options_are_typed_as_the_adapter_reads_each_key(npu, tmp_path):
 def test_npu_options_the_adapter_would_refuse_are_one_line_errors(npu, pairs, message):
     """``pairs``: --npu_option values, or other flags (a dict)."""
     with pytest.raises(ConfigError) as failure:
-        npu.unet3d_validate_options(_options(**pairs) if isinstance(pairs, dict) else _options(npu_option=pairs))
+        _options(**pairs) if isinstance(pairs, dict) else _options(npu_option=pairs)
     assert message in str(failure.value) and "\n" not in str(failure.value)
 
 
@@ -209,11 +227,10 @@ def test_profiling_dump_and_op_cache_flags_reach_an_npu_session(npu, saved_envir
     before the session (the adapter refuses a missing dump_path), and the strict fake takes the session."""
     import npu_bridge
 
-    options = _parse(npu, "--iterations_per_loop", "1", "--npu_profiling", str(tmp_path / "prof"),
-                     "--npu_profiling_options", '{"aic_metrics": "PipeUtilization"}',
-                     "--npu_overflow_dump", str(tmp_path / "dump"), "--npu_op_cache", str(tmp_path / "cache"))
-    options.__dict__.update(backend="npu", max_steps=16, exec_mode="train", no_sync_mode_patch=True)
-    npu.unet3d_validate_options(options)
+    options = _checked(_parse(npu, "--iterations_per_loop", "1", "--npu_profiling", str(tmp_path / "prof"),
+                              "--npu_profiling_options", '{"aic_metrics": "PipeUtilization"}',
+                              "--npu_overflow_dump", str(tmp_path / "dump"), "--npu_op_cache",
+                              str(tmp_path / "cache"), "--no_sync_mode_patch"))
     npu.unet3d_prepare_environment(options)
     assert all((tmp_path / name).is_dir() for name in ("prof", "dump", "cache"))
     assert "--npu_overflow_dump into {}".format(tmp_path / "dump") in capsys.readouterr().out
@@ -237,23 +254,20 @@ def test_profiling_dump_and_op_cache_flags_reach_an_npu_session(npu, saved_envir
                                   "allow_mix_precision", "cube_fp16in_fp32out", "allow_mix_precision_fp16",
                                   "allow_mix_precision_bf16", "allow_fp32_to_bf16"])
 def test_every_precision_mode_of_the_adapter_is_accepted(npu, mode):
-    options = _parse(npu, "--precision_mode", mode, "--iterations_per_loop", "1")
-    options.__dict__.update(backend="npu", max_steps=16, exec_mode="train")  # the core's resolved flags
+    options = _checked(_parse(npu, "--precision_mode", mode, "--iterations_per_loop", "1"))
     config = npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy(), "training")
     assert _parameters(config)["precision_mode"] == mode.encode()
 
 
 def test_precision_mode_v2_replaces_precision_mode_and_is_logged(npu, saved_environment, capsys):
-    options = _parse(npu, "--precision_mode_v2", "mixed_bfloat16", "--iterations_per_loop", "1",
-                     "--npu_option", "modify_mixlist=/ops.json")
-    options.__dict__.update(backend="npu", max_steps=16, exec_mode="train", no_sync_mode_patch=True)
-    npu.unet3d_validate_options(options)
+    options = _checked(_parse(npu, "--precision_mode_v2", "mixed_bfloat16", "--iterations_per_loop", "1",
+                              "--npu_option", "modify_mixlist=/ops.json", "--no_sync_mode_patch"))
     parameters = _parameters(npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy(), "training"))
     assert parameters["precision_mode_v2"] == b"mixed_bfloat16" and "precision_mode" not in parameters
     npu.unet3d_prepare_environment(options)
     assert "[npu] precision_mode_v2 mixed_bfloat16; iterations_per_loop 1; hcom_parallel on" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="the adapter takes one of them, not both"):
-        npu.unet3d_validate_options(_options(precision_mode="force_fp32", precision_mode_v2="fp16"))
+        _options(precision_mode="force_fp32", precision_mode_v2="fp16")
     with pytest.raises(SystemExit):
         _parse(npu, "--precision_mode_v2", "allow_fp32_to_fp16")
 
@@ -270,9 +284,8 @@ def test_defaults_follow_the_seeds_run_config(npu, saved_environment, capsys):
 
     def resolved(**overrides):
         options = _options(iterations_per_loop=None, **overrides)
-        npu.unet3d_validate_options(options)
-        assert options.iterations_per_loop is None  # the parsed options are not written
-        return npu.loop_size(options).iterations
+        assert options.iterations_per_loop is None  # the flag stays as given; the loop size is a field
+        return options.loop.iterations
 
     assert resolved(max_steps=16000) == 100
     assert resolved(max_steps=250) == 50
@@ -286,7 +299,6 @@ def test_defaults_follow_the_seeds_run_config(npu, saved_environment, capsys):
     assert resolved(max_steps=16000) == 100  # 2000 per device
     assert resolved(max_steps=1000) == 25  # 125 per device
     options = _options(iterations_per_loop=None, max_steps=1000)
-    npu.unet3d_validate_options(options)
     parameters = _parameters(npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy(), "training"))
     assert parameters["iterations_per_loop"] == 25 and parameters["hcom_parallel"] is True
     assert parameters["enable_data_pre_proc"] is True
@@ -303,7 +315,7 @@ def test_defaults_follow_the_seeds_run_config(npu, saved_environment, capsys):
 ])
 def test_hccl_timeouts_outside_hccls_ranges_are_refused(npu, overrides, message):
     with pytest.raises(ConfigError, match=message):
-        npu.unet3d_validate_options(_options(**overrides))
+        _options(**overrides)
 
 
 def test_hccl_timeouts_reach_every_worker(npu, saved_environment, monkeypatch, tmp_path, capsys):
@@ -315,7 +327,6 @@ def test_hccl_timeouts_reach_every_worker(npu, saved_environment, monkeypatch, t
     monkeypatch.setattr(launcher, "run_workers", lambda workers, command, stream: started.extend(workers) or 0)
     options = _options(npus=2, hccn_conf=str(conf), server_id="127.0.0.1", model_dir=str(tmp_path / "run"),
                        hccl_connect_timeout=300, hccl_exec_timeout=600)
-    npu.unet3d_validate_options(options)
     assert npu.unet3d_launch(options, ["python", "cli.py", "train"]) == 0
     assert [(w.environment["HCCL_CONNECT_TIMEOUT"], w.environment["HCCL_EXEC_TIMEOUT"]) for w in started] == [
         ("300", "600")] * 2
@@ -331,7 +342,7 @@ def test_hccl_timeouts_reach_every_worker(npu, saved_environment, monkeypatch, t
 ])
 def test_bad_npu_flags_are_refused(npu, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        npu.unet3d_validate_options(_options(**overrides))
+        _options(**overrides)
 
 
 def test_loss_scale_flag_keeps_the_seed_meaning(npu):
@@ -512,10 +523,10 @@ def test_rank_table_file_with_wrong_device_count_stops_before_launch(npu, tmp_pa
     path = tmp_path / "table.json"
     path.write_text(json.dumps(_table(4)))
     with pytest.raises(ConfigError, match="--npus 8: the rank table has 4 device"):
-        npu.unet3d_validate_options(_options(npus=8, rank_table=str(path)))
+        _options(npus=8, rank_table=str(path))
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
-        npu.unet3d_validate_options(_options(npus=8, rank_table=str(path)))
+        _options(npus=8, rank_table=str(path))
 
 
 def _cce_build(tmp_path, text="def build(sync_mode=2):\n    return sync_mode\n"):

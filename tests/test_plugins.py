@@ -1,4 +1,5 @@
 """Backends are plugins: discovery, selection by name, and clear errors on misuse."""
+import importlib
 import importlib.util
 import inspect
 import os
@@ -9,7 +10,7 @@ import pytest
 
 from unet3d_core import BackendInfo, hookimpl, hookspecs, plugins
 from unet3d_core.errors import BackendError
-from unet3d_core.types import DistributedStrategy, StepRunner, WrappedOptimizer
+from unet3d_core.types import BackendOptions, CoreSettings, DistributedStrategy, StepRunner, WrappedOptimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,6 +99,72 @@ def test_a_plugin_of_the_old_contract_gets_a_one_line_error_naming_the_change():
                                   "unet3d_core.WrappedOptimizer, got str (see docs/writing-a-backend.md)")
     with pytest.raises(ValueError, match="steps_per_run must be at least 1"):
         StepRunner("op", steps_per_run=0)
+
+
+def test_a_plugin_that_still_validates_the_parsed_options_is_told_what_replaced_it():
+    def unet3d_validate_options(options):
+        return None
+
+    with pytest.raises(BackendError, match=r"^backend 'toy' \(local\): implements unet3d_validate_options, a hook "
+                                           r"of the old contract: it is now unet3d_backend_options\(flags, core\)"):
+        plugins.load_backend(_plugin(unet3d_validate_options=unet3d_validate_options), "toy")
+
+
+def test_a_backend_gets_only_its_own_flags_frozen_beside_the_cores_settings():
+    """No hook sees the parsed command line: the backend's options hold exactly the flags its group (and its
+    shared option plugins) added, cannot be written, and carry the core's values as ``core``."""
+    import argparse
+    import dataclasses
+
+    registry = plugins.BackendRegistry.discover()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data_dir")
+    registry.add_options(parser)
+    parsed = parser.parse_args(["--data_dir", "records", "--cpu_threads", "3", "--hosts", "a:2", "--npus", "8"])
+    core = CoreSettings("cpu", exec_mode="train", model_dir="/runs/a", max_steps=40)
+    options = registry.backends["cpu"].backend_options(parsed, core)
+    assert type(options).__name__ == "CpuOptions" and options.core is core
+    assert (options.cpu_threads, options.hosts, options.np) == (3, "a:2", 1)
+    assert not hasattr(options, "npus") and not hasattr(options, "data_dir")  # another backend's, the core's
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.cpu_threads = 4
+    assert registry.backends["gpu"].backend_options(parsed, core).hosts == "a:2"  # the shared flag, for both
+    # A backend without its own options type gets the core's frozen holder of its flags.
+    toy = plugins.load_backend(_plugin(unet3d_add_options=lambda group: group.add_argument("--toy_level", type=int,
+                                                                                           default=2)), "toy")
+    toy_core = dataclasses.replace(core, backend="toy")
+    held = toy.backend_options(argparse.Namespace(toy_level=5, data_dir="x"), toy_core)
+    assert held == BackendOptions(toy_core, {"toy_level": 5}) and held.toy_level == 5
+    assert held.core.model_dir == "/runs/a"
+    with pytest.raises(AttributeError, match="backend 'toy' has no flag 'data_dir' \\(its flags: toy_level\\)"):
+        _ = held.data_dir
+
+
+@pytest.mark.parametrize("name, type_name", [("cpu", "CpuOptions"), ("gpu", "GpuOptions"), ("npu", "NpuOptions")])
+def test_each_builtin_options_type_has_one_field_per_flag_of_its_backend(name, type_name):
+    """The frozen types cannot drift from the parsers: a flag without a field (or a field without a flag)
+    fails here, not on a user's run."""
+    import dataclasses
+
+    backend = plugins.BackendRegistry.discover().backends[name]
+    options_type = getattr(importlib.import_module("backends.{}.{}".format(
+        name, "options" if name == "npu" else "plugin")), type_name)
+    fields = {field.name for field in dataclasses.fields(options_type)} - {"core", "loop"}
+    assert fields == set(backend._flag_names())
+
+
+def test_backend_options_that_are_not_a_frozen_dataclass_are_refused_in_one_line():
+    import argparse
+
+    def unet3d_backend_options(flags, core):
+        return dict(flags)
+
+    backend = plugins.load_backend(_plugin(unet3d_backend_options=unet3d_backend_options), "toy")
+    with pytest.raises(BackendError) as refused:
+        backend.backend_options(argparse.Namespace(), CoreSettings("toy"))
+    assert str(refused.value) == (
+        "backend 'toy' (local): unet3d_backend_options must return a frozen dataclass with a 'core' field (e.g. "
+        "unet3d_core.types.BackendOptions), got dict (see docs/writing-a-backend.md)")
 
 
 def test_unknown_hook_fails_at_load_naming_plugin_and_hook():

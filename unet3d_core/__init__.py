@@ -21,6 +21,10 @@ The module implements hooks from :mod:`unet3d_core.hookspecs`, decorated with
         config.intra_op_parallelism_threads = 4
         return config
 
+Each hook's ``options`` is what ``unet3d_backend_options`` returned: by default a frozen
+:class:`BackendOptions` holding the backend's own flags (``options.my_flag``) and the core's
+resolved :class:`CoreSettings` (``options.core.model_dir``); never the parsed command line.
+
 Only ``unet3d_backend_info`` is required; every other hook has a core default.
 Then ``python cli.py train --backend mychip`` uses it. A backend with faster
 layers for its device returns a subclass of :class:`unet3d_core.layers.LayerOps`
@@ -29,7 +33,14 @@ default is the textbook ops.
 """
 import pluggy
 
-from unet3d_core.types import BackendInfo, DistributedStrategy, StepRunner, WrappedOptimizer
+from unet3d_core.types import (
+                              BackendInfo,
+                              BackendOptions,
+                              CoreSettings,
+                              DistributedStrategy,
+                              StepRunner,
+                              WrappedOptimizer,
+)
 
 __version__ = "0.1.0"
 
@@ -38,5 +49,6 @@ ENTRY_POINT_GROUP = "unet3d.backends"
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-__all__ = ["hookimpl", "BackendInfo", "DistributedStrategy", "StepRunner", "WrappedOptimizer", "PROJECT_NAME",
+__all__ = ["hookimpl", "BackendInfo", "BackendOptions", "CoreSettings",
+           "DistributedStrategy", "StepRunner", "WrappedOptimizer", "PROJECT_NAME",
            "ENTRY_POINT_GROUP", "__version__"]

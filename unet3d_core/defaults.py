@@ -5,7 +5,12 @@ Registered before the backend, so any hook the backend implements wins.
 from __future__ import annotations
 
 from unet3d_core import hookimpl
-from unet3d_core.types import DistributedStrategy, StepRunner, WrappedOptimizer
+from unet3d_core.types import BackendOptions, DistributedStrategy, StepRunner, WrappedOptimizer
+
+
+@hookimpl
+def unet3d_backend_options(flags, core):
+    return BackendOptions(core, flags)
 
 
 @hookimpl

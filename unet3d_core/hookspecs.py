@@ -10,7 +10,8 @@ Lifecycle of ``cli.py train --backend X``:
 
 1. ``unet3d_backend_info`` — for every installed backend, to list and select.
 2. ``unet3d_add_options`` — for every installed backend, to build ``--help``.
-3. ``unet3d_validate_options`` — selected backend, before anything runs.
+3. ``unet3d_backend_options`` — selected backend, before anything runs: its
+   own flags in, its frozen options out (checked there).
 4. ``unet3d_launch`` — selected backend, in the process the user started; it
    may start one worker process per device and return their exit status.
 5. In each training process: ``unet3d_prepare_environment``, then
@@ -20,19 +21,23 @@ Lifecycle of ``cli.py train --backend X``:
    ``unet3d_step_runner``. At the end the core calls the strategy's
    ``close()``.
 
-Every parameter and return value is annotated. ``options`` is the command's
-parsed ``argparse.Namespace`` (read it, never write it: the core hands the
-hooks a resolved copy, and values a backend derives belong to its own
-objects). Hooks that hand an object back to the core return the typed,
-frozen objects of :mod:`unet3d_core.types` (``WrappedOptimizer``,
-``StepRunner``), which the core checks.
+Every parameter and return value is annotated. No hook sees the parsed
+command line: ``options`` is what the backend's own
+``unet3d_backend_options`` returned - a frozen object holding the
+backend's flags and, as ``options.core``, the core's resolved
+:class:`unet3d_core.types.CoreSettings` (by default a
+:class:`unet3d_core.types.BackendOptions`; the built-in backends return
+their own dataclasses). Values a backend derives from its flags (the NPU's
+loop size...) are fields of that object. Hooks that hand an object back to
+the core return the typed, frozen objects of :mod:`unet3d_core.types`
+(``WrappedOptimizer``, ``StepRunner``), which the core checks.
 
 ``unet3d_add_commands`` lets a backend add its own top-level commands.
 """
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional
 
 import pluggy
 
@@ -42,7 +47,7 @@ if TYPE_CHECKING:  # annotations only: importing TensorFlow here would slow down
     import tensorflow as tf
 
     from unet3d_core.layers import LayerOps
-    from unet3d_core.types import BackendInfo, DistributedStrategy, StepRunner, WrappedOptimizer
+    from unet3d_core.types import BackendInfo, CoreSettings, DistributedStrategy, StepRunner, WrappedOptimizer
 
 _hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -90,24 +95,34 @@ def unet3d_add_commands(commands: argparse._SubParsersAction) -> None:
     """
 
 
-@_hookspec
-def unet3d_validate_options(options: argparse.Namespace) -> None:
-    """Check the parsed options for the selected backend.
+@_hookspec(firstresult=True)
+def unet3d_backend_options(flags: Mapping[str, Any], core: CoreSettings) -> Any:
+    """Check the backend's own flags and return them as one frozen object. *First result.*
 
-    Called in the user's process before anything is launched or written.
-    Raise :class:`unet3d_core.errors.ConfigError` naming the flag on a bad
-    value or combination.
+    Called for the selected backend before anything is launched or written
+    (in the user's process and again in each worker, for each fold of
+    ``--fold all``). Raise :class:`unet3d_core.errors.ConfigError` naming
+    the flag on a bad value or combination. What it returns is the
+    ``options`` every later hook receives.
 
     Args:
-        options: the ``argparse.Namespace`` of the command.
+        flags: ``{dest: value}`` of exactly the flags this backend's
+            ``unet3d_add_options`` added (and those of the option plugins it
+            shares, e.g. ``hosts``), as parsed.
+        core: the core's resolved values for the run.
+
+    Returns:
+        A frozen dataclass instance with a ``core`` field (the default is
+        :class:`unet3d_core.types.BackendOptions` ``(core, flags)``); the core
+        refuses anything else with a one-line error.
     """
 
 
 @_hookspec(firstresult=True)
-def unet3d_launch(options: argparse.Namespace, worker_command: List[str]) -> Optional[int]:
+def unet3d_launch(options: Any, worker_command: List[str]) -> Optional[int]:
     """Start the worker processes of a multi-process run. *First result.*
 
-    Called in the user's process after the options were validated. A
+    Called in the user's process after ``unet3d_backend_options``. A
     backend that needs one process per device starts them here (with
     argument lists, never shell strings), waits for all of them and returns
     the job's exit status. Return None to train in this process (the
@@ -116,7 +131,7 @@ def unet3d_launch(options: argparse.Namespace, worker_command: List[str]) -> Opt
     variables) and return None there.
 
     Args:
-        options: the parsed options.
+        options: what the backend's ``unet3d_backend_options`` returned.
         worker_command: the full command each worker should run, starting
             with the Python interpreter (``[python, cli.py, train, ...]``).
 
@@ -126,7 +141,7 @@ def unet3d_launch(options: argparse.Namespace, worker_command: List[str]) -> Opt
 
 
 @_hookspec
-def unet3d_prepare_environment(options: argparse.Namespace) -> None:
+def unet3d_prepare_environment(options: Any) -> None:
     """Prepare this process for training, before TensorFlow builds a graph.
 
     Called in every training process. Use it for device checks, environment
@@ -134,12 +149,12 @@ def unet3d_prepare_environment(options: argparse.Namespace) -> None:
     :class:`unet3d_core.errors.BackendError` with a one-line reason on failure.
 
     Args:
-        options: the parsed options.
+        options: what the backend's ``unet3d_backend_options`` returned.
     """
 
 
 @_hookspec(firstresult=True)
-def unet3d_distributed_strategy(options: argparse.Namespace) -> Optional[DistributedStrategy]:
+def unet3d_distributed_strategy(options: Any) -> Optional[DistributedStrategy]:
     """Return the process's :class:`unet3d_core.types.DistributedStrategy`. *First result.*
 
     Called once per training process, after ``unet3d_prepare_environment``
@@ -147,12 +162,12 @@ def unet3d_distributed_strategy(options: argparse.Namespace) -> Optional[Distrib
     single process.
 
     Args:
-        options: the parsed options.
+        options: what the backend's ``unet3d_backend_options`` returned.
     """
 
 
 @_hookspec(firstresult=True)
-def unet3d_session_config(config: tf.compat.v1.ConfigProto, options: argparse.Namespace,
+def unet3d_session_config(config: tf.compat.v1.ConfigProto, options: Any,
                           strategy: DistributedStrategy, phase: str) -> tf.compat.v1.ConfigProto:
     """Return the ``tf.compat.v1.ConfigProto`` for this process's sessions of one phase. *First result.*
 
@@ -166,14 +181,14 @@ def unet3d_session_config(config: tf.compat.v1.ConfigProto, options: argparse.Na
 
     Args:
         config: a ``tf.compat.v1.ConfigProto``.
-        options: the parsed options.
+        options: what the backend's ``unet3d_backend_options`` returned.
         strategy: the process's DistributedStrategy.
         phase: ``"training"`` or ``"evaluation"``.
     """
 
 
 @_hookspec(firstresult=True)
-def unet3d_layer_ops(options: argparse.Namespace) -> Optional[LayerOps]:
+def unet3d_layer_ops(options: Any) -> Optional[LayerOps]:
     """Return the :class:`unet3d_core.layers.LayerOps` the network is computed with. *First result.*
 
     Called once per process that builds a graph of the network (training,
@@ -185,12 +200,12 @@ def unet3d_layer_ops(options: argparse.Namespace) -> Optional[LayerOps]:
     the textbook ops (the core default, what device compilers see best).
 
     Args:
-        options: the parsed options.
+        options: what the backend's ``unet3d_backend_options`` returned.
     """
 
 
 @_hookspec(firstresult=True)
-def unet3d_mixed_precision(optimizer: tf.compat.v1.train.Optimizer, options: argparse.Namespace,
+def unet3d_mixed_precision(optimizer: tf.compat.v1.train.Optimizer, options: Any,
                            strategy: DistributedStrategy) -> WrappedOptimizer:
     """Return the optimiser for mixed precision and loss scaling, as a WrappedOptimizer. *First result.*
 
@@ -206,14 +221,14 @@ def unet3d_mixed_precision(optimizer: tf.compat.v1.train.Optimizer, options: arg
 
     Args:
         optimizer: the core's ``tf.compat.v1.train.Optimizer``.
-        options: the parsed options.
+        options: what the backend's ``unet3d_backend_options`` returned.
         strategy: the process's DistributedStrategy.
     """
 
 
 @_hookspec(firstresult=True)
 def unet3d_step_runner(session: tf.compat.v1.Session, train_op: tf.Operation,
-                       options: argparse.Namespace) -> StepRunner:
+                       options: Any) -> StepRunner:
     """Return the StepRunner: the op each ``session.run`` runs and the training steps it performs. *First result.*
 
     Called once per training process after the session is created and the
@@ -230,5 +245,5 @@ def unet3d_step_runner(session: tf.compat.v1.Session, train_op: tf.Operation,
     Args:
         session: the training ``tf.compat.v1.Session``.
         train_op: the op that performs one training step.
-        options: the parsed options.
+        options: what the backend's ``unet3d_backend_options`` returned.
     """

@@ -18,15 +18,16 @@ Set ``UNET3D_BACKENDS=cpu,npu`` to load only the named backends (tests, debuggin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import pluggy
 
 from unet3d_core import ENTRY_POINT_GROUP, PROJECT_NAME, defaults, hookspecs
 from unet3d_core.errors import BackendError, UNet3DError
-from unet3d_core.types import BackendInfo, DistributedStrategy, StepRunner, WrappedOptimizer
+from unet3d_core.types import BackendInfo, CoreSettings, DistributedStrategy, StepRunner, WrappedOptimizer
 
 try:  # Python >= 3.8
     from importlib import metadata as importlib_metadata
@@ -39,6 +40,9 @@ SHARED_OPTIONS_ATTRIBUTE = "UNET3D_SHARED_OPTIONS"
 RENAMED_HOOKS = {
     "unet3d_training_loop": "is now unet3d_step_runner(session, train_op, options) and returns "
                             "unet3d_core.StepRunner(op, steps_per_run) instead of a tuple",
+    "unet3d_validate_options": "is now unet3d_backend_options(flags, core): check the flags there and return "
+                               "them frozen (unet3d_core.types.BackendOptions(core, flags) or your own frozen "
+                               "dataclass); every later hook receives that object, not the parsed flags",
 }
 
 
@@ -51,6 +55,8 @@ class Backend:
     distribution: str = "local"
     version: str = ""
     manager: pluggy.PluginManager = field(default=None, repr=False)
+    # The dests of the flags this backend's group (and its shared option plugins' groups) added to a parser.
+    flag_names: Optional[Tuple[str, ...]] = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -81,9 +87,35 @@ class Backend:
         """The option plugins this backend shares with others (its module's ``UNET3D_SHARED_OPTIONS``)."""
         return list(getattr(self.module, SHARED_OPTIONS_ATTRIBUTE, ()))
 
-    def add_options(self, parser: argparse.ArgumentParser) -> None:
+    def add_options(self, parser: argparse.ArgumentParser, shared_flags: Tuple[str, ...] = ()) -> None:
+        """Add the backend's group to ``parser``; ``shared_flags``: the dests its shared option plugins added."""
         group = parser.add_argument_group("{} backend".format(self.name), self.info.summary)
         self._call("unet3d_add_options", group=group)
+        # dict.fromkeys: one entry per dest (two flags may set one, e.g. --hcom_parallel / --no_hcom_parallel).
+        dests = tuple(shared_flags) + tuple(action.dest for action in group._group_actions)
+        self.flag_names = tuple(dict.fromkeys(dests))
+
+    def _flag_names(self) -> Tuple[str, ...]:
+        if self.flag_names is None:  # no parser built in this process (a test): build a throw-away one
+            parser = argparse.ArgumentParser(add_help=False)
+            shared = ()
+            for plugin in self.shared_options:
+                shared += _add_shared_options(plugin, parser)
+            self.add_options(parser, shared)
+        return self.flag_names
+
+    def backend_options(self, parsed: argparse.Namespace, core: CoreSettings) -> Any:
+        """The backend's frozen options (``unet3d_backend_options``) from its own flags in ``parsed``."""
+        flags = {name: getattr(parsed, name) for name in self._flag_names() if hasattr(parsed, name)}
+        answer = self._call("unet3d_backend_options", flags=flags, core=core)
+        params = getattr(answer, "__dataclass_params__", None)
+        if not dataclasses.is_dataclass(answer) or isinstance(answer, type) or not params.frozen or not hasattr(
+                answer, "core"):
+            raise BackendError("backend '{}' ({}): unet3d_backend_options must return a frozen dataclass with a "
+                               "'core' field (e.g. unet3d_core.types.BackendOptions), got {} (see "
+                               "docs/writing-a-backend.md)".format(self.name, self.distribution,
+                                                                    type(answer).__name__))
+        return answer
 
     def add_commands(self, commands) -> None:
         self._call("unet3d_add_commands", commands=commands)
@@ -99,9 +131,6 @@ class Backend:
     def step_runner(self, session, train_op, options) -> StepRunner:
         return self._typed("unet3d_step_runner", self._call(
             "unet3d_step_runner", session=session, train_op=train_op, options=options), StepRunner)
-
-    def validate_options(self, options) -> None:
-        self._call("unet3d_validate_options", options=options)
 
     def launch(self, options, worker_command: List[str]) -> Optional[int]:
         return self._call("unet3d_launch", options=options, worker_command=list(worker_command))
@@ -132,8 +161,9 @@ def _new_manager() -> pluggy.PluginManager:
     return manager
 
 
-def _add_shared_options(plugin, parser: argparse.ArgumentParser) -> None:
-    """Call a shared option plugin's ``unet3d_add_options`` in a group titled by its ``title``."""
+def _add_shared_options(plugin, parser: argparse.ArgumentParser) -> Tuple[str, ...]:
+    """Call a shared option plugin's ``unet3d_add_options`` in a group titled by its ``title``; the dests it
+    added."""
     title = getattr(plugin, "title", type(plugin).__name__)
     manager = pluggy.PluginManager(PROJECT_NAME)
     manager.add_hookspecs(hookspecs)
@@ -143,13 +173,15 @@ def _add_shared_options(plugin, parser: argparse.ArgumentParser) -> None:
     except pluggy.PluginValidationError as error:
         raise BackendError("shared options '{}': invalid plugin: {}".format(
             title, " ".join(str(error).split()))) from error
+    group = parser.add_argument_group(title)
     try:
-        manager.hook.unet3d_add_options(group=parser.add_argument_group(title))
+        manager.hook.unet3d_add_options(group=group)
     except (BackendError, KeyboardInterrupt, SystemExit):
         raise
     except Exception as error:
         raise BackendError("shared options '{}' failed in hook unet3d_add_options: {}: {}".format(
             title, type(error).__name__, error)) from error
+    return tuple(action.dest for action in group._group_actions)
 
 
 def load_backend(module, entry_name: str, distribution: str = "local", version: str = "") -> Backend:
@@ -275,15 +307,17 @@ class BackendRegistry:
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         """Each shared option plugin's group once, then each backend's group."""
-        shared = []
+        shared = []  # (plugin, the dests it added)
         for name in self.names:
             for plugin in self.backends[name].shared_options:
-                if not any(plugin is seen for seen in shared):
-                    shared.append(plugin)
-        for plugin in shared:
-            _add_shared_options(plugin, parser)
+                if not any(plugin is seen for seen, _ in shared):
+                    shared.append((plugin, ()))
+        shared = [(plugin, _add_shared_options(plugin, parser)) for plugin, _ in shared]
         for name in self.names:
-            self.backends[name].add_options(parser)
+            backend = self.backends[name]
+            flags = sum((dests for plugin, dests in shared if any(plugin is own for own in backend.shared_options)),
+                        ())
+            backend.add_options(parser, flags)
 
     def add_commands(self, commands) -> None:
         for name in self.names:

@@ -3,11 +3,11 @@
 :func:`runtime_for` calls the backend's process-wide hooks once (environment, strategy, the session
 configuration of each phase, layer ops) and hands the engine one frozen object. Training, evaluation and
 prediction take ``runtime`` instead of loose pieces; the two hooks that act on one run's graph (mixed
-precision, the step runner) are bound to that run's resolved options by :meth:`Runtime.for_run`.
+precision, the step runner) are bound to that run's backend options by :meth:`Runtime.for_run`. The hooks
+receive the backend's own frozen options (``Backend.backend_options``), never the parsed flags.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +35,8 @@ class Runtime:
 
     Attributes:
         backend: the selected backend (its hooks, for the run-bound ones below).
-        options: the resolved options the run-bound hooks receive (see :meth:`for_run`).
+        options: the backend's frozen options (``unet3d_backend_options``) the hooks receive; the run-bound
+            ones get each run's (see :meth:`for_run`).
         strategy: how the work is spread over processes.
         worker: this process's place in the job.
         training_session: the ``ConfigProto`` of the training session.
@@ -44,15 +45,15 @@ class Runtime:
     """
 
     backend: "Backend"
-    options: argparse.Namespace
+    options: Any
     strategy: DistributedStrategy
     worker: WorkerIdentity
     training_session: Any
     evaluation_session: Any
     layer_ops: "LayerOps"
 
-    def for_run(self, options: argparse.Namespace) -> "Runtime":
-        """This runtime with the run-bound hooks answering for one run's resolved ``options``."""
+    def for_run(self, options: Any) -> "Runtime":
+        """This runtime with the run-bound hooks answering for one run's backend ``options``."""
         return replace(self, options=options)
 
     def wrap_optimizer(self, optimizer) -> WrappedOptimizer:
@@ -67,8 +68,9 @@ class Runtime:
         return self.strategy.describe()
 
 
-def runtime_for(backend: "Backend", options: argparse.Namespace) -> Runtime:
-    """Ask ``backend`` once for this process's runtime; the caller closes ``runtime.strategy``."""
+def runtime_for(backend: "Backend", options: Any) -> Runtime:
+    """Ask ``backend`` once for this process's runtime, with its frozen ``options`` (``backend.backend_options``);
+    the caller closes ``runtime.strategy``."""
     backend.prepare_environment(options)
     strategy = backend.distributed_strategy(options)
     try:

@@ -6,7 +6,8 @@ import TensorFlow lazily so that listing backends stays fast.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
+from types import MappingProxyType
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -28,6 +29,60 @@ class BackendInfo:
     summary: str
     available: bool = True
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class CoreSettings:
+    """The core's values a backend may read, resolved for one run (the recipe and ``run.json`` applied).
+
+    Handed to ``unet3d_backend_options`` and kept in what it returns; a backend never sees the parsed flags.
+
+    Attributes:
+        backend: the selected backend's name.
+        exec_mode: ``train``, ``evaluate``, ``train_and_evaluate`` or ``predict``.
+        model_dir: the run folder (one fold's, for ``--fold all``).
+        max_steps: training steps of the whole job, shared out over the workers.
+        batch_size: volumes per step and worker.
+        benchmark: ``--benchmark``: time steps, write no checkpoint.
+        warmup_steps: untimed steps before a benchmark's timing starts.
+        seed: the run's seed.
+    """
+
+    backend: str
+    exec_mode: str = "train"
+    model_dir: str = ""
+    max_steps: int = 0
+    batch_size: int = 1
+    benchmark: bool = False
+    warmup_steps: int = 0
+    seed: int = 0
+
+    @property
+    def trains(self) -> bool:
+        return self.exec_mode in ("train", "train_and_evaluate")
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """A backend's own flags, frozen, beside the core's settings: what ``unet3d_backend_options`` returns by default.
+
+    Each flag the backend's ``unet3d_add_options`` added (and its shared option plugins') reads as an attribute,
+    ``options.my_flag``; the core's values are ``options.core``. A backend may return its own frozen dataclass
+    instead (the built-in ones do), with a ``core`` field the same way.
+    """
+
+    core: CoreSettings
+    flags: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "flags", MappingProxyType(dict(self.flags)))
+
+    def __getattr__(self, name: str) -> Any:
+        flags = self.__dict__.get("flags", {})
+        if name in flags:
+            return flags[name]
+        raise AttributeError("backend '{}' has no flag {!r} (its flags: {})".format(
+            self.__dict__.get("core", CoreSettings("?")).backend, name, ", ".join(sorted(flags)) or "none"))
 
 
 def _no_step_metrics() -> Dict[str, Any]:

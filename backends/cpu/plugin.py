@@ -12,10 +12,13 @@ import ctypes
 import ctypes.util
 import os
 import platform
+from dataclasses import dataclass
+from typing import Optional
 
 from backends import horovod
 from unet3d_core import BackendInfo, hookimpl
 from unet3d_core.errors import ConfigError
+from unet3d_core.types import CoreSettings
 
 KERNEL_CHOICES = ("auto", "onednn", "eigen", "textbook")
 NATIVE_OPS_CHOICES = ("on", "off")
@@ -54,10 +57,22 @@ def unet3d_add_options(group):
                             "(default on)")
 
 
+@dataclass(frozen=True)
+class CpuOptions:
+    """The cpu backend's flags (``unet3d_add_options``), checked, beside the core's settings."""
+
+    core: CoreSettings
+    np: int = 1
+    hosts: Optional[str] = None  # Horovod's --hosts (backends/horovod.py)
+    cpu_threads: int = 0
+    cpu_inter_op_threads: int = 1
+    cpu_kernels: str = "auto"
+    cpu_native_ops: str = "on"
+
+
 @hookimpl
-def unet3d_validate_options(options):
-    if options.backend != "cpu":
-        return
+def unet3d_backend_options(flags, core):
+    options = CpuOptions(core=core, **flags)
     for flag in ("cpu_threads", "cpu_inter_op_threads"):
         if getattr(options, flag) < 0:
             raise ConfigError("--{} must be >= 0, got {}".format(flag, getattr(options, flag)))
@@ -67,6 +82,7 @@ def unet3d_validate_options(options):
             raise ConfigError("--{} {!r}: expected one of {}".format(flag, getattr(options, flag), ", ".join(choices)))
     horovod.validate_process_count("np", options.np, "Horovod is not installed in this environment (run 'make "
                                    "venvs', or HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 pip install horovod)")
+    return options
 
 
 def _glibc() -> bool:

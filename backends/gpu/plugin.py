@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
+from typing import Optional
 
 from backends import horovod
 from unet3d_core import BackendInfo, WrappedOptimizer, hookimpl
 from unet3d_core.errors import BackendError
+from unet3d_core.types import CoreSettings
 
 UNET3D_SHARED_OPTIONS = (horovod.OPTIONS,)  # --hosts
 
@@ -81,12 +84,23 @@ def unet3d_add_options(group):
     group.add_argument("--xla", action="store_true", help="XLA JIT compilation of the graph (gpu)")
 
 
+@dataclass(frozen=True)
+class GpuOptions:
+    """The gpu backend's flags (``unet3d_add_options``), checked, beside the core's settings."""
+
+    core: CoreSettings
+    gpus: int = 1
+    amp: bool = False
+    xla: bool = False
+    hosts: Optional[str] = None  # Horovod's --hosts (backends/horovod.py)
+
+
 @hookimpl
-def unet3d_validate_options(options):
-    if options.backend != "gpu":
-        return
+def unet3d_backend_options(flags, core):
+    options = GpuOptions(core=core, **flags)
     horovod.validate_process_count("gpus", options.gpus, "Horovod is not installed (HOROVOD_WITH_TENSORFLOW=1 "
                                    "HOROVOD_GPU_OPERATIONS=NCCL pip install horovod)")
+    return options
 
 
 @hookimpl

@@ -13,11 +13,11 @@ anything starts.
 """
 from __future__ import annotations
 
-import copy
 import difflib
 import math
 import os
 import re
+from dataclasses import replace
 from typing import Dict, List, Tuple, Union
 
 from backends.npu import diagnostics
@@ -291,7 +291,7 @@ def parse_npu_options(pairs: List[str]) -> Dict[str, Value]:
 
 def precision_parameters(options) -> Dict[str, str]:
     """The one precision key in force: --precision_mode_v2, else --precision_mode, else the default."""
-    if getattr(options, "precision_mode_v2", None):
+    if options.precision_mode_v2:
         return {"precision_mode_v2": options.precision_mode_v2}
     return {"precision_mode": options.precision_mode or DEFAULT_PRECISION_MODE}
 
@@ -383,11 +383,11 @@ def iterations_per_loop(options, steps: int) -> Tuple[int, str]:
             raise ConfigError("--iterations_per_loop {}: the {} steps per device must be a multiple of it "
                               "(adjust --max_steps)".format(given, steps))
         return given, "given"
-    if options.mix_compile_mode or getattr(options, "exec_mode", "train") not in ("train", "train_and_evaluate"):
+    if options.mix_compile_mode or not options.core.trains:
         return 1, "auto: 1 {}".format("with --mix_compile_mode" if options.mix_compile_mode else "outside training")
-    benchmark = getattr(options, "benchmark", False)
+    benchmark = options.core.benchmark
     limit = BENCHMARK_LOOP_LIMIT if benchmark else LOOP_LIMIT
-    warmup = getattr(options, "warmup_steps", 0) if benchmark else 0
+    warmup = options.core.warmup_steps if benchmark else 0
     chosen = _largest_divisor(math.gcd(steps, warmup) if warmup else steps, limit)
     seed = "auto: the seed's {}{}".format(limit, " with --benchmark" if benchmark else "")
     if chosen == limit:
@@ -446,23 +446,15 @@ def _check_combinations(parameters: Dict[str, Value]) -> None:
 
 def validate(options, total_steps_per_worker: int) -> Tuple[int, str]:
     """Flag rules of the adapter, checked before anything starts; returns :func:`iterations_per_loop`'s answer."""
-    if getattr(options, "precision_mode_v2", None) and options.precision_mode:
+    if options.precision_mode_v2 and options.precision_mode:
         raise ConfigError("--precision_mode {} and --precision_mode_v2 {}: the adapter takes one of them, not both "
                           "(npu_attrs.cc:2478)".format(options.precision_mode, options.precision_mode_v2))
-    if getattr(options, "npu_dump_step", None) is not None:
+    if options.npu_dump_step is not None:
         problem = VALUE_CHECKS["dump_step"](options.npu_dump_step)
         if problem:
             raise ConfigError("--npu_dump_step {}: {} (the adapter's rule)".format(options.npu_dump_step, problem))
     loop = iterations_per_loop(options, total_steps_per_worker)
     hccl_timeouts(options)
-    parameters = npu_parameters(with_values(options, iterations_per_loop=loop[0]))
+    parameters = npu_parameters(replace(options, iterations_per_loop=loop[0]))
     _check_combinations(parameters)
     return loop
-
-
-def with_values(options, **values):
-    """A copy of ``options`` with ``values`` set (the options themselves are not written)."""
-    changed = copy.copy(options)
-    for name, value in values.items():
-        setattr(changed, name, value)
-    return changed

@@ -19,11 +19,12 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 
 from backends.npu import adapter as npu_adapter
 from backends.npu import check, devices, diagnostics, launcher, rank_table, run_devices, sync_mode
 from backends.npu import config as npu_config
+from backends.npu.options import LoopSize, NpuOptions
 from backends.npu.strategy import HcclStrategy, loss_scaling_optimizer
 from unet3d_core import BackendInfo, StepRunner, WrappedOptimizer, hookimpl
 from unet3d_core.distributed import steps_per_worker
@@ -220,9 +221,8 @@ def _command_rank_table(options) -> int:
 
 
 @hookimpl
-def unet3d_validate_options(options):
-    if options.backend != "npu":
-        return
+def unet3d_backend_options(flags, core):
+    options = NpuOptions(core=core, **flags)
     if options.npus < 1:
         raise ConfigError("--npus must be at least 1, got {}".format(options.npus))
     run_devices.device_ids(options)
@@ -236,17 +236,12 @@ def unet3d_validate_options(options):
                 options.npus, here, server))
     elif not os.environ.get(launcher.WORKER_VARIABLE) and "ASCEND_DEVICE_ID" not in os.environ:
         _single_device(options)  # the device must be visible before anything is built
-    loop_size(options)  # the adapter's flag rules and --iterations_per_loop, checked before anything starts
+    # The adapter's flag rules and --iterations_per_loop, checked before anything starts; the loop size is a
+    # field of the options from here on.
+    return replace(options, loop=_loop_size(options))
 
 
-@dataclass(frozen=True)
-class LoopSize:
-    """``--iterations_per_loop`` resolved: the training steps one ``session.run`` performs on the device."""
-    iterations: int
-    reason: str  # "given", or how auto chose it
-
-
-def _rank_count(options) -> int:
+def _rank_count(options: NpuOptions) -> int:
     """The ranks of the job: the rank table's in the launching process, the launcher's in a worker, else 1."""
     if _launches_workers(options):
         return run_devices.table_for(options)[0].size
@@ -255,14 +250,14 @@ def _rank_count(options) -> int:
     return 1
 
 
-def loop_size(options) -> LoopSize:
-    """The loop size of these options (the parsed options are never written: each hook asks for it)."""
-    return LoopSize(*npu_config.validate(options, steps_per_worker(options.max_steps, _rank_count(options))))
+def _loop_size(options: NpuOptions) -> LoopSize:
+    steps = steps_per_worker(options.core.max_steps, _rank_count(options))
+    return LoopSize(*npu_config.validate(options, steps))
 
 
-def _resolved(options) -> argparse.Namespace:
-    """A copy of ``options`` whose ``iterations_per_loop`` is the resolved loop size."""
-    return npu_config.with_values(options, iterations_per_loop=loop_size(options).iterations)
+def _resolved(options: NpuOptions) -> NpuOptions:
+    """``options`` whose ``iterations_per_loop`` is the resolved loop size."""
+    return replace(options, iterations_per_loop=options.loop.iterations)
 
 
 @hookimpl
@@ -274,18 +269,18 @@ def unet3d_launch(options, worker_command):
     _apply_sync_mode_patch(options)  # once, before any rank starts
     table, table_path = run_devices.table_for(options)
     if table_path is None:
-        table_path = os.path.join(os.path.abspath(options.model_dir), "rank_table.json")
+        table_path = os.path.join(os.path.abspath(options.core.model_dir), "rank_table.json")
         rank_table.write_rank_table(rank_table.build_rank_table(
             table.devices[0].server_id, [device.device_id for device in table.devices],
             {device.device_id: device.device_ip for device in table.devices}), table_path)
     server = rank_table.this_server(table, options.server_id if options.rank_table else None)
     job_id = options.job_id or "unet3d-{}-{}".format(os.getpid(), int(time.time()))
     workers = launcher.worker_environments(table=table, server_id=server, table_path=table_path, job_id=job_id,
-                                           model_dir=os.path.abspath(options.model_dir), base=dict(os.environ),
+                                           model_dir=os.path.abspath(options.core.model_dir), base=dict(os.environ),
                                            extra_environment=_hccl_timeouts(options))
     _say("starting {} rank(s) on server {} (devices {}), {} rank(s) in all; rank table {}; logs in {}".format(
         len(workers), server, ",".join(str(worker.device_id) for worker in workers), table.size, table_path,
-        os.path.join(options.model_dir, "Device-<id>", "train.log")))
+        os.path.join(options.core.model_dir, "Device-<id>", "train.log")))
     return launcher.run_workers(workers, worker_command, stream=sys.stdout)
 
 
@@ -301,8 +296,8 @@ def _hccl_timeouts(options):
 
 def _describe_settings(options) -> str:
     parts = [npu_config.describe_precision(options)]
-    if getattr(options, "exec_mode", "train") in ("train", "train_and_evaluate"):
-        loop = loop_size(options)
+    if options.core.trains:
+        loop = options.loop
         parts.append("iterations_per_loop {}{}".format(loop.iterations,
                                                          "" if loop.reason == "given" else " ({})".format(loop.reason)))
         parts.append("hcom_parallel {}".format("on" if options.hcom_parallel else "off (--no_hcom_parallel)"))
@@ -343,7 +338,7 @@ def unet3d_session_config(config, options, strategy, phase):
     if phase == "training":
         resolved = _resolved(options)
     else:  # inference sessions have no device loop (no IterationOp): one step per run
-        resolved = npu_config.with_values(options, iterations_per_loop=1)
+        resolved = replace(options, iterations_per_loop=1)
     return npu_config.apply_session_config(config, npu_config.npu_parameters(resolved))
 
 
@@ -357,7 +352,7 @@ def unet3d_mixed_precision(optimizer, options, strategy):
 
 @hookimpl
 def unet3d_step_runner(session, train_op, options):
-    iterations = loop_size(options).iterations
+    iterations = options.loop.iterations
     if iterations <= 1:
         return StepRunner(train_op)
     util = npu_adapter.load().util

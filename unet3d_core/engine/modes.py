@@ -15,7 +15,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from unet3d_core.data.layouts import LAYOUTS
-from unet3d_core.engine.run_config import RunConfig, process_options
+from unet3d_core.engine.run_config import RunConfig, process_core_settings, process_options
 from unet3d_core.engine.trainer import train
 from unet3d_core.evaluation import metrics as metrics_lib
 from unet3d_core.evaluation.evaluate import EVAL_RESULTS, evaluate, evaluation_is_current
@@ -38,7 +38,7 @@ def run_fold(config, *, options, runtime: Runtime, reuse_evaluation=False) -> Di
     """Run ``config.exec_mode`` for one fold (or one raw prediction folder) with ``options`` resolved for it."""
     import tensorflow as tf
 
-    runtime = runtime.for_run(options)
+    runtime = runtime.for_run(runtime.backend.backend_options(options, config.core_settings()))
     if runtime.worker.is_chief:
         os.makedirs(config.model_dir, exist_ok=True)
     logger = RunLogger(os.path.join(config.model_dir, "log.json"), enabled=runtime.worker.is_chief)
@@ -128,8 +128,8 @@ def run(*, options, backend, runs: List[Tuple[argparse.Namespace, RunConfig]]) -
     folds 0..N-1 one after another, each in ``<model_dir>/fold-N`` (each resumable), then pools their
     evaluations.
     """
+    runtime = runtime_for(backend, backend.backend_options(options, process_core_settings(options, runs)))
     options = process_options(options, runs)
-    runtime = runtime_for(backend, options)
     try:
         console = RunLogger(None, enabled=runtime.worker.is_chief)
         if getattr(runs[0][0], "ensemble_member", False):  # resolve_runs made the folds' models members

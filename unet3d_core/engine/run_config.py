@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 from unet3d_core.data.layouts import LAYOUTS, detect_layout, region_painting
@@ -39,6 +39,7 @@ from unet3d_core.evaluation.inference import InferenceSettings
 from unet3d_core.model.checkpoints import check_folder_can_be_written, select_checkpoint
 from unet3d_core.model.config import ModelConfig
 from unet3d_core.model.run_folder import network_record, read_run
+from unet3d_core.types import CoreSettings
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,13 @@ class RunConfig:
     @property
     def trains(self) -> bool:
         return self.exec_mode in TRAINING_MODES
+
+    def core_settings(self) -> CoreSettings:
+        """The core's values the backend's hooks may read (``unet3d_backend_options``' ``core``)."""
+        training = self.training
+        return CoreSettings(backend=self.backend, exec_mode=self.exec_mode, model_dir=self.model_dir,
+                            max_steps=training.max_steps, batch_size=training.batch_size,
+                            benchmark=training.benchmark, warmup_steps=training.warmup_steps, seed=training.seed)
 
     def network_record(self) -> Dict:
         """The ``network`` section of ``run.json``."""
@@ -421,6 +429,15 @@ def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
 def process_options(options, runs: List[Tuple[argparse.Namespace, RunConfig]]) -> argparse.Namespace:
     """The options the backend's process-wide hooks see: one run's resolved copy; the parsed options when the
     command performs several runs (``--fold all``, an ensemble), whose ``--model_dir`` holds them all."""
-    if str(options.fold) == "all" or getattr(runs[0][0], "ensemble_member", False):
-        return options
-    return runs[0][0]
+    return options if _several_runs(options, runs) else runs[0][0]
+
+
+def _several_runs(options, runs: List[Tuple[argparse.Namespace, RunConfig]]) -> bool:
+    return str(options.fold) == "all" or getattr(runs[0][0], "ensemble_member", False)
+
+
+def process_core_settings(options, runs: List[Tuple[argparse.Namespace, RunConfig]]) -> CoreSettings:
+    """The core's values the backend's process-wide hooks (launch, environment, sessions) see: the first run's,
+    with the ``--model_dir`` that holds them all when the command performs several runs."""
+    settings = runs[0][1].core_settings()
+    return replace(settings, model_dir=options.model_dir) if _several_runs(options, runs) else settings

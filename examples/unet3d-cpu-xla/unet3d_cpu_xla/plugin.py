@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from unet3d_core import BackendInfo, WrappedOptimizer, hookimpl
+from unet3d_core import BackendInfo, BackendOptions, WrappedOptimizer, hookimpl
 from unet3d_core.errors import ConfigError
 
 NAME = "cpu-xla"
@@ -186,11 +186,14 @@ def unet3d_add_options(group):
 
 
 @hookimpl
-def unet3d_validate_options(options):
+def unet3d_backend_options(flags, core):
+    # The core's frozen holder of this backend's flags (options.cpu_xla_threads...) and its settings (options.core).
+    options = BackendOptions(core, flags)
     if options.cpu_xla_threads < 0:
         raise ConfigError("--cpu_xla_threads must be >= 0, got {}".format(options.cpu_xla_threads))
     # An explicit choice this machine cannot honour is refused here, before anything starts.
     _plan_for(options)
+    return options
 
 
 @hookimpl
