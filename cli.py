@@ -21,6 +21,7 @@ from unet3d_core import __version__, plugins
 from unet3d_core.data.layouts import LAYOUT_NAMES
 from unet3d_core.data.records import DEFAULT_INTENSITY, INTENSITY_FORMATS
 from unet3d_core.engine.recipes import RECIPE_NAMES
+from unet3d_core.engine.run_flags import DEFAULTS, shown
 from unet3d_core.errors import TrainingStopped, UNet3DError
 from unet3d_core.model.config import (
     AUGMENTATIONS,
@@ -36,6 +37,11 @@ from unet3d_core.model.config import (
 # Used only when running from a source tree that was never pip-installed, so
 # no entry points exist; an installed unet3d registers these same modules.
 SOURCE_TREE_BACKENDS = {"cpu": "backends.cpu.plugin", "gpu": "backends.gpu.plugin", "npu": "backends.npu.plugin"}
+
+
+def _default(name: str) -> str:
+    """``default X`` for a run-bound flag's help, from the one table of defaults (run_flags.DEFAULTS)."""
+    return "default " + shown(DEFAULTS[name])
 
 
 def positive_int(text: str) -> int:
@@ -110,7 +116,8 @@ def _add_data_options(parser: argparse.ArgumentParser, exec_mode: str) -> None:
                       help="run folder: checkpoints, logs, results; re-running on it resumes")
     data.add_argument("--fold", type=fold_value, default=None,
                       help="cross-validation fold held out, or 'all': folds 0..N-1 in turn, each in "
-                           "MODEL_DIR/fold-N, then the pooled table MODEL_DIR/cv_results.json (default 0; "
+                           "MODEL_DIR/fold-N, then the pooled table MODEL_DIR/cv_results.json ("
+                           + _default("fold") + "; "
                            "a run folder remembers its fold)")
 
 
@@ -122,7 +129,8 @@ def _add_run_options(parser: argparse.ArgumentParser, exec_mode: str, registry):
     run.add_argument("--backend", default="cpu",
                      help="device backend: {} (default cpu; see 'cli.py backends')".format(", ".join(registry.names)))
     run.add_argument("--max_steps", type=positive_int, default=None,
-                     help="training steps shared out over the workers, as in the seed (default 16000)")
+                     help="training steps shared out over the workers, as in the seed ({})".format(
+                         _default("max_steps")))
     return run
 
 
@@ -148,7 +156,8 @@ def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
                              "round(SHARE x batch) samples (nnunet 0.33, seed 0)")
     recipe.add_argument("--elastic_probability", type=float, default=None, metavar="P",
                         help="with --augmentation nnunet: share of samples also deformed elastically, a smooth "
-                             "random displacement of up to a few percent of the crop (default 0, as nnU-Net)")
+                             "random displacement of up to a few percent of the crop ({}, as nnU-Net)".format(
+                            _default("elastic_probability")))
 
 
 def _add_run_timing_options(run) -> None:
@@ -165,7 +174,8 @@ def _add_run_timing_options(run) -> None:
                      help="feed random in-memory data instead of the records, so the device and not the disk is "
                           "timed: train repeats one batch of --input_shape crops, predict one volume of "
                           "--eval_crop (--data_dir is still read for its case list)")
-    run.add_argument("--seed", type=int, default=None, help="random seed for weights and data order (default 0)")
+    run.add_argument("--seed", type=int, default=None,
+                     help="random seed for weights and data order ({})".format(_default("seed")))
     run.add_argument("--log_every", type=positive_int, default=100, help="steps between log lines (default 100)")
     run.add_argument("--checkpoint_every", type=positive_int, default=500,
                      help="steps between checkpoints (default 500)")
@@ -175,12 +185,13 @@ def _add_run_timing_options(run) -> None:
 def _add_optimiser_options(parser: argparse.ArgumentParser) -> None:
     optim = parser.add_argument_group("loss and optimiser",
                                       "A resumed run keeps the values it was started with unless these are given.")
-    optim.add_argument("--loss", choices=LOSSES, default=None, help="training loss (default dice+ce)")
+    optim.add_argument("--loss", choices=LOSSES, default=None, help="training loss ({})".format(_default("loss")))
     optim.add_argument("--optimizer", choices=OPTIMIZERS, default=None,
                        help="sgd (Nesterov momentum) or adam (nnunet sgd, seed adam)")
     optim.add_argument("--learning_rate", type=positive_float, default=None,
                        help="base learning rate (nnunet 0.01, seed 2e-4)")
-    optim.add_argument("--momentum", type=float, default=None, help="SGD's Nesterov momentum (default 0.99)")
+    optim.add_argument("--momentum", type=float, default=None,
+                       help="SGD's Nesterov momentum ({})".format(_default("momentum")))
     optim.add_argument("--weight_decay", type=float, default=None,
                        help="L2 weight decay added to the gradients (nnunet 3e-5, seed 0)")
     optim.add_argument("--grad_clip", type=float, default=None,
@@ -190,10 +201,10 @@ def _add_optimiser_options(parser: argparse.ArgumentParser) -> None:
                        help="after warm-up: constant, cosine decay to 0, or poly decay (1 - step/steps)^0.9 "
                             "(nnunet poly, seed constant)")
     optim.add_argument("--lr_warmup_steps", type=non_negative_int, default=None,
-                       help="linear learning-rate warm-up steps (default 0)")
+                       help="linear learning-rate warm-up steps ({})".format(_default("lr_warmup_steps")))
     optim.add_argument("--lr_scaling", choices=("none", "linear"), default=None,
                        help="multi-worker runs: keep --learning_rate (none, the seed's way) or multiply it "
-                            "by the number of workers (linear) (default none)")
+                            "by the number of workers (linear) ({})".format(_default("lr_scaling")))
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -202,14 +213,16 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                                       "--input_shape, --base_filters, --max_filters, --depth, --norm, "
                                       "--target and --deep_supervision.")
     model.add_argument("--input_shape", type=positive_int, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                       help="training crop (default 128 128 128)")
+                       help="training crop ({})".format(_default("input_shape")))
     model.add_argument("--eval_crop", type=positive_int, nargs=3, default=[224, 224, 155], metavar=("X", "Y", "Z"),
                        help="evaluation centre crop, padded to the network's multiple (default 224 224 155)")
     model.add_argument("--base_filters", type=positive_int, default=None,
-                       help="filters at full resolution (default 32)")
-    model.add_argument("--max_filters", type=positive_int, default=None, help="filter cap (default 320)")
-    model.add_argument("--depth", type=positive_int, default=None, help="resolutions incl. bottleneck (default 6)")
-    model.add_argument("--norm", choices=NORMS, default=None, help="normalisation (default instancenorm)")
+                       help="filters at full resolution ({})".format(_default("base_filters")))
+    model.add_argument("--max_filters", type=positive_int, default=None,
+                       help="filter cap ({})".format(_default("max_filters")))
+    model.add_argument("--depth", type=positive_int, default=None,
+                       help="resolutions incl. bottleneck ({})".format(_default("depth")))
+    model.add_argument("--norm", choices=NORMS, default=None, help="normalisation ({})".format(_default("norm")))
     model.add_argument("--target", choices=TARGETS, default=None,
                        help="what the network outputs: labels (softmax over the data's labels, the seed's way) or "
                             "regions (one sigmoid per region of the cohort, e.g. WT, TC, ET, trained with Dice + "

@@ -21,6 +21,21 @@ def test_train_help_lists_seed_flags_and_backend_options():
         assert flag in text, flag
 
 
+def test_help_states_the_defaults_a_new_run_really_gets():
+    """The run-bound flags' help takes its defaults from the table resolve() uses (run_flags.DEFAULTS)."""
+    import argparse
+
+    from cli import build_parser, load_backends
+    from unet3d_core.engine.run_flags import DEFAULTS, shown
+
+    parser = build_parser(load_backends())
+    train = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    helps = {action.dest: action.help for action in train.choices["train"]._actions}
+    for name in ("fold", "max_steps", "seed", "loss", "momentum", "lr_warmup_steps", "lr_scaling", "input_shape",
+                 "base_filters", "max_filters", "depth", "norm", "elastic_probability"):
+        assert "default {}".format(shown(DEFAULTS[name])) in " ".join(helps[name].split()), name
+
+
 def test_bad_flag_value_is_an_argparse_error():
     result = cli_subprocess(["train", "--data_dir", "x", "--model_dir", "y", "--batch_size", "0"], timeout=60)
     assert result.returncode == 2
