@@ -1,6 +1,7 @@
 """The lean loop: one session.run per training step, two distinct fetch lists, initializable input."""
 import os
 
+import numpy as np
 import pytest
 from conftest import run_cli, train_args
 
@@ -106,3 +107,49 @@ def test_steps_a_run_did_not_apply_are_counted_as_skipped():
     assert logger.records[-1][1]["loss_scale"] == 1024.0
     assert logger.lines[-1].startswith("step 10/10  loss 0.5000  lr 0.001")
     assert logger.lines[-1].endswith("loss_scale 1024  skipped_steps 4")
+
+
+class _TwoRanks:
+    """Rank 0 of two; the other rank's fingerprint row is this rank's plus ``drift``."""
+
+    size, rank = 2, 0
+
+    def __init__(self, drift=0.0):
+        self.drift = drift
+
+    def allreduce_sum(self, table):
+        return np.stack([table[0], table[0] + self.drift])
+
+
+class _Messages:
+    def __init__(self):
+        self.lines = []
+
+    def message(self, text):
+        self.lines.append(text)
+
+
+def test_ranks_compare_their_weights_on_the_host_with_no_float64_op_in_the_graph():
+    """An AI Core has no float64 (a float64 op falls back to the AI CPU, in a graph of its own): the end-of-run
+    comparison of the replicas fetches the weights and sums them on the host, adding nothing to the graph."""
+    import tensorflow as tf
+
+    from unet3d_core.engine.listeners import RankAgreement, weights_fingerprint
+    from unet3d_core.errors import TrainingError
+
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        weights = [tf1.get_variable("w", initializer=np.full((2, 3), 0.5, np.float32)),
+                   tf1.get_variable("b", initializer=np.arange(4, dtype=np.float32))]
+        with tf1.Session() as session:
+            session.run(tf1.global_variables_initializer())
+            operations = len(graph.get_operations())
+            messages = _Messages()
+            RankAgreement(_TwoRanks(), weights, messages).end(session, 10, stopped=False)
+            assert messages.lines == ["Weights identical on all 2 ranks (4 fingerprint values compared)"]
+            with pytest.raises(TrainingError, match="the 2 ranks ended training with different weights"):
+                RankAgreement(_TwoRanks(drift=1e-3), weights, messages).end(session, 10, stopped=False)
+            assert len(graph.get_operations()) == operations
+    assert not [op.name for op in graph.get_operations() if any(out.dtype == tf.float64 for out in op.outputs)]
+    np.testing.assert_array_equal(weights_fingerprint([np.full((2, 3), 0.5), np.arange(4.0)]), [3.0, 1.5, 6.0, 14.0])

@@ -582,3 +582,33 @@ def test_npu_unpatch_command(tmp_path):
         result = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), "npu", tool, "--path", path],
                                 stdout=subprocess.PIPE, universal_newlines=True, cwd=ROOT)
         assert result.returncode == 0 and result.stdout.strip().endswith(expected)
+
+
+def test_a_rank_table_free_launch_is_refused_not_run_as_independent_copies(npu, saved_environment):
+    """The reference's performance scripts start one process per device with CM_CHIEF_IP/CM_WORKER_SIZE and
+    no rank table. With --npus 1 each such process built a one-device graph: N trainings into one folder."""
+    saved_environment.update(CM_CHIEF_IP="10.0.0.1", CM_CHIEF_PORT="29688", CM_CHIEF_DEVICE="0",
+                             CM_WORKER_SIZE="8", CM_WORKER_IP="10.0.0.1")
+    with pytest.raises(ConfigError, match=r"^CM_CHIEF_DEVICE, CM_CHIEF_IP, CM_CHIEF_PORT, CM_WORKER_IP, "
+                                          r"CM_WORKER_SIZE set in the environment: a rank-table-free launch"):
+        _options()
+    saved_environment["UNET3D_NPU_WORKER"] = "1"  # a rank unet3d started never has them; nothing to refuse there
+    for name in ("CM_CHIEF_IP", "CM_CHIEF_PORT", "CM_CHIEF_DEVICE", "CM_WORKER_SIZE", "CM_WORKER_IP"):
+        saved_environment.pop(name)
+    assert _options().npus == 1
+
+
+def test_the_stop_vote_is_an_allreduce_of_its_own(npu):
+    """fusion=0: the per-step stop vote must not join the gradients' fused segments (the adapter's own
+    float-status allreduce does the same)."""
+    import npu_bridge
+
+    from backends.npu import adapter
+    from backends.npu.strategy import HcclStrategy
+
+    strategy = object.__new__(HcclStrategy)  # the reduction alone: no HCCL system to start for it
+    strategy._npu = adapter.load().npu_init
+    with tf.Graph().as_default():
+        strategy.allreduce_sum_tensor(tf1.placeholder_with_default(tf.constant(0.0), []))
+    (vote,) = [call for call in npu_bridge.calls if call["call"] == "allreduce"]
+    assert vote["fusion"] == 0

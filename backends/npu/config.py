@@ -31,7 +31,8 @@ PRECISION_MODES = ("allow_fp32_to_fp16", "force_fp32", "force_fp16", "must_keep_
 PRECISION_MODES_V2 = ("fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", "mixed_bfloat16", "cube_hif8",
                       "mixed_hif8")  # 2205-2206
 # The adapter sets none when absent and leaves it to the device; this is the Atlas training series' (910)
-# own default and what the seed ran with, written explicitly so that a run means the same everywhere.
+# own default, written explicitly so that a run means the same everywhere. The reference's README shows it,
+# but the reference's code sets force_fp32 (runtime/setup.py): --precision_mode force_fp32 for its numbers.
 DEFAULT_PRECISION_MODE = "allow_fp32_to_fp16"
 # The seed's run config: iterations_per_loop 100 (10 with --benchmark); ours is the largest divisor of the
 # steps per device not above these, so that every run performs whole loops.

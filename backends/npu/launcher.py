@@ -68,10 +68,18 @@ class Visibility:
 
 
 def refuse_mixed_environment(environment: Dict[str, str]) -> None:
+    """Refuse the rank-table-free (cluster manager) launch: ``CM_*`` variables in the environment.
+
+    HCCL takes them instead of RANK_TABLE_FILE/RANK_ID, never beside them (DESIGN.md, from HCCL's docs); the
+    reference's performance scripts start one process per device that way. unet3d starts its ranks itself, so
+    such a process would build a one-device graph and train alone, N copies into one folder.
+    """
     names = sorted(name for name in environment if name.startswith(CLUSTER_MANAGER_PREFIX))
     if names:
-        raise ConfigError("{} set in the environment: those configure HCCL without a rank table and cannot be "
-                          "mixed with RANK_TABLE_FILE/RANK_ID; unset them".format(", ".join(names)))
+        raise ConfigError("{} set in the environment: a rank-table-free launch, which unet3d does not take (each "
+                          "process would train alone into the same folder); unset them and start 'cli.py train "
+                          "--backend npu --npus N' once per server: it starts the ranks with a rank table".format(
+                              ", ".join(names)))
 
 
 def _mounted_devices(value: str) -> List[int]:

@@ -226,8 +226,9 @@ def unet3d_backend_options(flags, core):
     if options.npus < 1:
         raise ConfigError("--npus must be at least 1, got {}".format(options.npus))
     run_devices.device_ids(options)
-    if _launches_workers(options):
+    if not os.environ.get(launcher.WORKER_VARIABLE):  # (the launcher starts its workers without CM_*)
         launcher.refuse_mixed_environment(dict(os.environ))
+    if _launches_workers(options):
         table, _ = run_devices.table_for(options)
         server = rank_table.this_server(table, options.server_id if options.rank_table else None)
         here = len(table.devices_of(server))

@@ -79,7 +79,9 @@ class HcclStrategy(DistributedStrategy):
         return np.asarray(session.run(total, {placeholder: values.astype(np.float32)}), dtype=np.float64)
 
     def allreduce_sum_tensor(self, tensor):
-        return self._npu.hccl_ops.allreduce(tensor, "sum")
+        # fusion=0: a collective of its own. With the default (1) HCCL may fuse it into the gradients'
+        # segments (by the split strategy), as the adapter avoids for its own float-status allreduce.
+        return self._npu.hccl_ops.allreduce(tensor, "sum", fusion=0)
 
     def close(self) -> None:
         for session, _, _ in self._reducers.values():

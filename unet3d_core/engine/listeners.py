@@ -180,17 +180,26 @@ class BenchmarkTimer(StepListener):
             self.step_times.extend([result.seconds / result.steps] * result.steps)
 
 
+def weights_fingerprint(values: List[np.ndarray]) -> np.ndarray:
+    """Per array, the sum and the sum of squares of its values, computed in float64 on the host.
+
+    On the host, not in the graph: an AI Core has no float64 (a float64 op there falls back to the AI CPU and
+    its own graph), and float32 sums on the device may round differently between ranks."""
+    return np.array([total for value in values for total in (
+        np.sum(value, dtype=np.float64), np.sum(np.square(value, dtype=np.float64)))], dtype=np.float64)
+
+
 class RankAgreement(StepListener):
     """At the end of a finished multi-process run: every rank's own weights are compared by fingerprint;
     diverged replicas are a bug, not a result."""
 
-    def __init__(self, strategy, fingerprint, logger):
-        self.strategy, self.fingerprint, self.logger = strategy, fingerprint, logger
+    def __init__(self, strategy, variables, logger):
+        self.strategy, self.variables, self.logger = strategy, list(variables), logger
 
     def end(self, session, step: int, stopped: bool) -> None:
         if stopped:
             return
-        own = session.run(self.fingerprint)
+        own = weights_fingerprint(session.run(self.variables))
         table = np.zeros((self.strategy.size, own.size))
         table[self.strategy.rank] = own
         table = self.strategy.allreduce_sum(table)

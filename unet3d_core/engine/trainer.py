@@ -124,8 +124,8 @@ def train(config, *, runtime: Runtime, logger) -> Dict:
                                                 saver=graph.saver, guard=guard, patches=validation_patches,
                                                 session_config=inference_session, layer_ops=layer_ops,
                                                 logger=logger))
-        if graph.fingerprint is not None:
-            listeners.append(listeners_lib.RankAgreement(strategy, graph.fingerprint, logger))
+        if graph.compared_variables is not None:
+            listeners.append(listeners_lib.RankAgreement(strategy, graph.compared_variables, logger))
         graph.graph.finalize()
         step, stopped = run_training_loop(session, graph, listeners, start_step=start_step,
                                           total_steps=total_steps, steps_per_run=steps_per_run, stop=stop,

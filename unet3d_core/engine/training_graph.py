@@ -77,17 +77,6 @@ def variables_bytes(variables) -> int:
     return total
 
 
-def weights_fingerprint(variables):
-    """Graph op: per variable, the sum and the sum of squares of its values (float64)."""
-    import tensorflow as tf
-
-    parts = []
-    for variable in variables:
-        values = tf.cast(variable, tf.float64)
-        parts.append(tf.stack([tf.reduce_sum(values), tf.reduce_sum(tf.square(values))]))
-    return tf.concat(parts, axis=0)
-
-
 @dataclass
 class TrainingGraph:
     """The ops and tensors of one training process's graph."""
@@ -102,7 +91,7 @@ class TrainingGraph:
     saver: object
     summaries: object
     broadcast: Optional[object]
-    fingerprint: Optional[object]
+    compared_variables: Optional[list]  # multi-rank runs: the weights RankAgreement compares at the end
     stop_request: Optional[object]  # placeholder: 1.0 when this rank wants to stop
     stop_votes: Optional[object]  # the ranks' requests summed inside the step
     step_metrics: Dict[str, object] = field(default_factory=dict)
@@ -208,20 +197,20 @@ def build_training_graph(config, *, record_files: List[str], start_step: int, to
         with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
             train_op = optimizer.minimize(loss, global_step=global_step)
         step_metrics = dict(wrapped.step_metrics())
-        stop_request = stop_votes = fingerprint = None
+        stop_request = stop_votes = compared = None
         if strategy.size > 1:
             # Stop agreement rides on the step's own run: each rank feeds its request,
             # the sum comes back with the loss; no extra round trip.
             stop_request = tf1.placeholder_with_default(tf.constant(0.0, tf.float32), [], name="stop_request")
             stop_votes = strategy.allreduce_sum_tensor(stop_request)
-            fingerprint = weights_fingerprint(tf1.trainable_variables())
+            compared = tf1.trainable_variables()
         summaries = tf1.summary.merge([tf1.summary.scalar("loss", loss),
                                        tf1.summary.scalar("learning_rate", learning_rate)])
         built = TrainingGraph(
             graph=graph, global_step=global_step, loss=loss, learning_rate=learning_rate, train_op=train_op,
             input_initializer=iterator.initializer, initializer=tf1.global_variables_initializer(),
             saver=tf1.train.Saver(max_to_keep=training.keep_checkpoints), summaries=summaries,
-            broadcast=strategy.broadcast_initial_variables_op(), fingerprint=fingerprint,
+            broadcast=strategy.broadcast_initial_variables_op(), compared_variables=compared,
             stop_request=stop_request, stop_votes=stop_votes, step_metrics=step_metrics,
             parameters=count_parameters(tf1.trainable_variables()),
             checkpoint_bytes=variables_bytes(tf1.global_variables()), record_files=list(record_files))
