@@ -10,7 +10,9 @@ synthetic data, CPU).
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 
 # TensorFlow's C++ start-up chatter drowns our progress lines; warnings and errors still show.
@@ -18,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 from typing import List, Optional
 
 from unet3d_core import __version__, plugins
-from unet3d_core.data.layouts import LAYOUT_NAMES
+from unet3d_core.data.layouts import LAYOUT_ALIASES, LAYOUT_NAMES
 from unet3d_core.data.records import DEFAULT_INTENSITY, INTENSITY_FORMATS
 from unet3d_core.engine.recipes import RECIPE_NAMES
 from unet3d_core.engine.run_flags import DEFAULTS, shown
@@ -121,11 +123,22 @@ def _add_data_options(parser: argparse.ArgumentParser, exec_mode: str) -> None:
                            "a run folder remembers its fold)")
 
 
+class GivenFlag(argparse.Action):
+    """Store the value and record that the flag was given (``DEST_given``): a resumed run tells an explicit
+    ``--exec_mode train`` from the command's default."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest + "_given", True)
+
+
 def _add_run_options(parser: argparse.ArgumentParser, exec_mode: str, registry):
     """The 'run' group with its first options; returned, as more options join it after the recipe's."""
     run = parser.add_argument_group("run")
-    run.add_argument("--exec_mode", choices=EXEC_MODES, default=exec_mode,
-                     help="what to run (default {})".format(exec_mode))
+    run.add_argument("--exec_mode", choices=EXEC_MODES, default=exec_mode, action=GivenFlag,
+                     help="what to run (default {}{})".format(exec_mode, "; a resumed run finishes the mode it was "
+                                                                     "started with" if exec_mode == "train" else ""))
+    parser.set_defaults(exec_mode_given=False)
     run.add_argument("--backend", default="cpu",
                      help="device backend: {} (default cpu; see 'cli.py backends')".format(", ".join(registry.names)))
     run.add_argument("--max_steps", type=positive_int, default=None,
@@ -291,9 +304,74 @@ def _add_best_checkpoint_options(parser: argparse.ArgumentParser) -> None:
                            "one, else latest)")
 
 
+def program_name() -> str:
+    """How the user invoked us, for usage lines and hints: ``unet3d`` (the installed command) or ``cli.py``."""
+    return "unet3d" if os.path.basename(sys.argv[0] or "") == "unet3d" else "cli.py"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with exact flag names only (no abbreviations) and one-line errors: the problem, a "did you
+    mean" where a flag or choice is close to a known one, and where the command's help is."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        self.given = list(sys.argv[1:] if args is None else args)
+        return super().parse_args(args, namespace)
+
+    def _command_parser(self) -> "Parser":
+        """The sub-command's parser named on the command line (unrecognised flags are the top parser's error)."""
+        commands = [action for action in self._actions if isinstance(action, argparse._SubParsersAction)]
+        words = [token for token in getattr(self, "given", []) if not token.startswith("-")]
+        if commands and words and words[0] in commands[0].choices:
+            return commands[0].choices[words[0]]
+        return self
+
+    def known_flags(self) -> List[str]:
+        return [flag for action in self._actions for flag in action.option_strings if flag.startswith("--")]
+
+    def error(self, message: str):
+        hint, parser = "", self
+        unknown = re.match(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            parser = self._command_parser()
+            names = [token.split("=")[0] for token in unknown.group(1).split() if token.startswith("-")]
+            hint = "; ".join(filter(None, (_closest(name, parser.known_flags()) for name in names)))
+        choice = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            choices = [item.strip(" '") for item in choice.group(3).split(",")]
+            match = difflib.get_close_matches(choice.group(2), choices, n=1, cutoff=0.5) or \
+                [item for item in choices if item.lower() == choice.group(2).lower()]
+            hint = "did you mean {}?".format(match[0]) if match else ""
+        self.exit(2, "error: {}{} (see '{} --help')\n".format(message, " - " + hint if hint else "", parser.prog))
+
+
+def _closest(name: str, flags: List[str]) -> str:
+    """"did you mean" for an unknown flag: the flags it abbreviates (argparse's abbreviations are off), else
+    the nearest spelling; '' when none is close."""
+    longer = sorted(flag for flag in flags if flag.startswith(name))
+    close = longer[:3] or difflib.get_close_matches(name, flags, n=1, cutoff=0.6)
+    return "did you mean {}?".format(" or ".join(close)) if close else ""
+
+
+def normalised_flags(argv: List[str]) -> List[str]:
+    """``--data-dir`` spelt with hyphens is ``--data_dir``: every flag of ours is written with underscores."""
+    out = []
+    for position, token in enumerate(argv):
+        if token == "--":
+            return out + argv[position:]
+        if token.startswith("--") and "-" in token.split("=", 1)[0][2:]:
+            name, equals, value = token.partition("=")
+            token = "--" + name[2:].replace("-", "_") + equals + value
+        out.append(token)
+    return out
+
+
 def build_parser(registry) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cli.py", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog=program_name(), description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version="unet3d " + __version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -339,7 +417,7 @@ def _add_synth_command(commands) -> None:
 
 def _add_raw_data_commands(commands) -> None:
     """preprocess and validate, the two commands that read raw NIfTI cases."""
-    layout_choices = ("auto",) + LAYOUT_NAMES
+    layout_choices = ("auto",) + LAYOUT_NAMES + tuple(LAYOUT_ALIASES)
     prep = commands.add_parser("preprocess", help="raw NIfTI (BraTS 2018-2023+, MSD) -> records + manifest",
                                description="Check and convert raw cases (BraTS 2018/2019, 2020/2021, 2023+ or MSD "
                                            "Task01_BrainTumour; detected automatically) into TFRecords and a "
@@ -411,7 +489,10 @@ def _add_export_command(commands) -> None:
                                              "with a serving signature (TensorFlow 1.15/2.x, TensorFlow Serving) "
                                              "or a frozen GraphDef with a fixed input shape (Ascend ATC, TF-TRT). "
                                              "export.json beside it says how to normalise the input.")
-    export.add_argument("--model_dir", required=True, help="the run folder (one fold's, for --fold all runs)")
+    export.add_argument("--model_dir", required=True,
+                        help="the run folder, or a --fold all run's folder with --fold N")
+    export.add_argument("--fold", type=non_negative_int, default=None,
+                        help="with a cross-validation --model_dir: the fold whose run is exported")
     export.add_argument("--format", choices=("savedmodel", "frozen", "onnx"), default="savedmodel",
                         help="savedmodel (any input size), frozen (.pb, fixed --window) or onnx (tf2onnx, an "
                              "optional extra of the TensorFlow 2.15 environment) (default savedmodel)")
@@ -484,8 +565,12 @@ def command_demo(options) -> int:
 
 def command_export(options) -> int:
     from unet3d_core.evaluation.export import export
+    from unet3d_core.model.run_folder import run_folder_for
 
-    described = export(options.model_dir, options.out, fmt=options.format, window=options.window,
+    model_dir, note = run_folder_for(options.model_dir, options.fold, "export")
+    if note is not None:
+        print("note: " + note)
+    described = export(model_dir, options.out, fmt=options.format, window=options.window,
                        checkpoint=options.checkpoint)
     print("wrote {} ({}, input {} {}, output {} with {} channels)".format(
         options.out, described["format"], described["input"]["name"], described["input"]["shape"],
@@ -571,6 +656,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         registry = load_backends()
+        argv = normalised_flags(argv)
         options = build_parser(registry).parse_args(argv)
         return run_command(options, registry, argv)
     except TrainingStopped as stopped:

@@ -29,6 +29,9 @@ setup(
         "tf2-gpu": ["tensorflow==2.15.1"],
         # TensorFlow 2.6.5 environment (Python 3.7-3.9): the NPU's TF Adapter 2.x (npu_device).
         "tf26": ["tensorflow==2.6.5", "keras==2.6.0", "numpy~=1.19.2", "protobuf<3.20"],
+        # An Ascend host: no TensorFlow pin - install CANN's TensorFlow first (1.15 for npu_bridge, 2.6.5 for
+        # npu_device; built from source on aarch64, tensorflow-cpu on x86: docs/npu.md); protobuf 4 breaks both.
+        "npu": ["protobuf<3.20"],
         # Build with HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1, after TensorFlow.
         "horovod": ["horovod==0.28.1"],
         "test": ["pytest", "scipy"],

@@ -16,6 +16,9 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The fakes of CANN's adapters run under each environment's TensorFlow (2.15 too), which the real ones are not
+# built for; tests/test_npu_backend.py checks the refusal with this unset.
+os.environ.setdefault("UNET3D_NPU_ANY_TENSORFLOW", "1")
 
 TINY_SHAPE = (32, 32, 24)
 TINY_MODEL = ["--input_shape", "16", "16", "16", "--base_filters", "4", "--max_filters", "16", "--depth", "3",

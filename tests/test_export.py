@@ -135,7 +135,13 @@ def test_export_refuses_what_it_cannot_write(tmp_path, capsys):
     model_dir = str(tmp_path / "run")
     initialize_checkpoint(model_dir, CONFIGS["labels"], seed=5, input_shape=(16, 16, 16))
     assert run_cli(["export", "--model_dir", str(tmp_path / "none"), "--out", str(tmp_path / "a")], check=False) == 1
-    assert "no run.json" in capsys.readouterr().err
+    assert "none: does not exist" in capsys.readouterr().err
+    os.makedirs(str(tmp_path / "other"))
+    with open(str(tmp_path / "other" / "notes.txt"), "w") as handle:
+        handle.write("not a run")
+    assert run_cli(["export", "--model_dir", str(tmp_path / "other"), "--out", str(tmp_path / "a")],
+                   check=False) == 1
+    assert "other: not a run folder (no run.json)" in capsys.readouterr().err
     assert run_cli(["export", "--model_dir", model_dir, "--format", "frozen", "--window", "16", "16", "15",
                     "--out", str(tmp_path / "b")], check=False) == 1
     assert "--window 16 16 15: every size must be a positive multiple of 4" in capsys.readouterr().err

@@ -127,6 +127,39 @@ def test_one_device_gets_its_logical_id_among_the_visible_devices(npu, saved_env
     assert "ASCEND_DEVICE_ID" not in os.environ
 
 
+@pytest.mark.parametrize("version, allowed", [("1.15.5", True), ("1.15.0", True), ("2.15.1", False),
+                                              ("1.14.0", False), ("2.6.5", False)])
+def test_a_tensorflow_the_adapter_is_not_built_for_is_refused_before_anything_starts(
+        npu, saved_environment, monkeypatch, version, allowed):
+    """TF Adapter 1.x is built for TensorFlow 1.15 only (2.x for 2.6.5): another TensorFlow, e.g. PyPI's newest
+    pulled in on an Ascend host, is a one-line error naming both and the install guide, before any launch."""
+    monkeypatch.delenv("UNET3D_NPU_ANY_TENSORFLOW", raising=False)
+    monkeypatch.setattr(tf, "__version__", version)
+    if allowed:
+        npu.unet3d_prepare_environment(_options())
+        return
+    with pytest.raises(BackendError) as refused:
+        npu.unet3d_prepare_environment(_options())
+    assert str(refused.value) == (
+        "npu backend: TensorFlow {} with npu_bridge, which is built for TensorFlow 1.15 only; install "
+        "TensorFlow 1.15 (docs/npu.md, 'Installing on an Ascend host'), or set UNET3D_NPU_ANY_TENSORFLOW=1 "
+        "for an adapter built for {}".format(version, version))
+    monkeypatch.setenv("UNET3D_NPU_ANY_TENSORFLOW", "1")
+    npu.unet3d_prepare_environment(_options())
+
+
+def test_the_tf2_adapter_needs_tensorflow_2_6(monkeypatch):
+    from backends.npu import adapter
+
+    monkeypatch.delenv("UNET3D_NPU_ANY_TENSORFLOW", raising=False)
+    monkeypatch.setattr(adapter, "installed", lambda: adapter.TF2_ADAPTER)
+    monkeypatch.setattr(tf, "__version__", "2.6.5")
+    adapter.check_tensorflow()
+    monkeypatch.setattr(tf, "__version__", "2.10.0")
+    with pytest.raises(BackendError, match="TensorFlow 2.10.0 with npu_device, which is built for TensorFlow 2.6 "):
+        adapter.check_tensorflow()
+
+
 def test_an_adapter_that_fails_to_import_is_a_one_line_error(npu, saved_environment, monkeypatch):
     monkeypatch.setitem(sys.modules, "npu_bridge.npu_init", None)  # what `import` does with a broken module
     with pytest.raises(BackendError, match="importing npu_bridge.npu_init failed") as failure:
@@ -316,6 +349,33 @@ def test_defaults_follow_the_seeds_run_config(npu, saved_environment, capsys):
 def test_hccl_timeouts_outside_hccls_ranges_are_refused(npu, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _options(**overrides)
+
+
+@pytest.mark.parametrize("chip, seconds", [("910b", 0), ("910b", 30000), ("910_93", 2147483647)])
+def test_atlas_a2_and_a3_take_hccls_wider_exec_timeout_range(npu, chip, seconds):
+    """HCCL_EXEC_TIMEOUT.md: Atlas A2 (HOST mode) and A3 (AI_CPU mode) take [0, 2147483647], 0 = never, and
+    apply it as given (no 68 s steps)."""
+    from backends.npu import config
+
+    options = _options(npu_chip=chip, hccl_exec_timeout=seconds)
+    assert config.hccl_timeouts(options, chip) == {"HCCL_EXEC_TIMEOUT": str(seconds)}
+    assert config.applied_exec_timeout(seconds, chip) == seconds
+    with pytest.raises(ConfigError, match="HCCL_EXEC_TIMEOUT must be within 1..17340 seconds on the Atlas training"):
+        _options(npu_chip="910", hccl_exec_timeout=max(seconds, 17341))
+
+
+def test_a_job_over_several_servers_waits_300_s_for_hccl_to_connect(npu, saved_environment):
+    """The reference's 8-device script sets HCCL_CONNECT_TIMEOUT 300; HCCL's 120 s default is short for servers
+    that start apart. Given values (flag or environment) are kept; one server keeps HCCL's default."""
+    from backends.npu import config
+
+    saved_environment.pop("HCCL_CONNECT_TIMEOUT", None)
+    assert config.hccl_timeouts(_options(), "910", servers=2) == {"HCCL_CONNECT_TIMEOUT": "300"}
+    assert config.hccl_timeouts(_options(), "910", servers=1) == {}
+    assert config.hccl_timeouts(_options(hccl_connect_timeout=900), "910", servers=2) == {
+        "HCCL_CONNECT_TIMEOUT": "900"}
+    saved_environment["HCCL_CONNECT_TIMEOUT"] = "600"
+    assert config.hccl_timeouts(_options(), "910", servers=2) == {}
 
 
 def test_hccl_timeouts_reach_every_worker(npu, saved_environment, monkeypatch, tmp_path, capsys):

@@ -78,7 +78,8 @@ def test_each_problem_fails_its_row_and_the_exit_code(server, tmp_path):
     assert "device 4 is not visible here" in table["visible devices"][1]
     assert table["CANN environment"][0] == "FAIL" and "source CANN's set_env.sh" in table["CANN environment"][1]
     assert table["npu-smi"][0] == "FAIL" and "not healthy: 7 Alarm" in table["npu-smi"][1]
-    assert table["HCCL timeouts"] == ("FAIL", "HCCL_CONNECT_TIMEOUT=60: HCCL takes whole seconds within 120..7200")
+    assert table["HCCL timeouts"] == ("FAIL", "HCCL_CONNECT_TIMEOUT=60: HCCL takes whole seconds within 120..7200 "
+                                              "(910b rules)")
     # On an Atlas 910 (npu-smi says 910A) a 3-device set breaks HCCL's placement rules.
     ascend_910 = dict(environment, FAKE_NPU_SMI="4:910A:OK,5:910A:OK,6:910A:OK,7:910A:OK")
     result, table = _check(ascend_910, "--npus", "3", "--device_ids", "4,5,6", "--hccn_conf", conf,
@@ -114,3 +115,17 @@ def test_sync_mode_row_says_which_case_applies_and_writes_nothing(server, tmp_pa
     monkeypatch.setattr(sync_mode.os, "access", lambda path, mode: False)
     works, detail = sync_mode.inspect(str(target))
     assert not works and "is not writable" in detail and "run once as root: sudo " in detail
+
+
+@pytest.mark.parametrize("smi, value, status", [("910B3", "0", "ok"), ("910B3", "30000", "ok"),
+                                                ("910A", "30000", "FAIL"), ("910A", "0", "FAIL"),
+                                                ("910A", "1836", "ok")])
+def test_hccl_exec_timeout_is_checked_against_the_devices_range(server, smi, value, status):
+    """HCCL_EXEC_TIMEOUT.md: the Atlas training series takes (0, 17340]; A2 and A3 [0, 2147483647], 0 = never."""
+    conf, environment = server
+    chips = dict(environment, FAKE_NPU_SMI=",".join("{}:{}:OK".format(device, smi) for device in range(4, 8)),
+                 HCCL_EXEC_TIMEOUT=value)
+    _, table = _check(chips, "--npus", "2", "--device_ids", "4,5", "--hccn_conf", conf, "--server_id", "node_0")
+    assert table["HCCL timeouts"][0] == status, table["HCCL timeouts"]
+    if status == "FAIL":
+        assert "within 1..17340 (910 rules)" in table["HCCL timeouts"][1]

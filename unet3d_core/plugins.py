@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -295,8 +296,10 @@ class BackendRegistry:
     def get(self, name: str) -> Backend:
         """Return an available backend, or raise a one-line BackendError saying why not."""
         if name not in self.backends:
-            raise BackendError("backend '{}' is not available (plugin not installed?) — installed: {}".format(
-                name, ", ".join(self.names) or "none"))
+            close = [known for known in self.names if known.lower() == name.lower()] or \
+                difflib.get_close_matches(name, self.names, n=1, cutoff=0.6)
+            raise BackendError("backend '{}' is not available (plugin not installed?) — installed: {}{}".format(
+                name, ", ".join(self.names) or "none", "; did you mean {}?".format(close[0]) if close else ""))
         backend = self.backends[name]
         if not backend.info.available:
             others = ["{}: {}".format(other.name, "usable" if other.info.available else other.info.reason)

@@ -25,6 +25,12 @@ from typing import Optional
 from unet3d_core.errors import BackendError
 
 TF1_ADAPTER, TF2_ADAPTER = "npu_bridge", "npu_device"
+# The one TensorFlow each adapter is built for: TF Adapter 1.x and 2.x (up to 9.2.0) support only TensorFlow
+# 1.15 and 2.6.5 (CANN's TF Adapter release notes and install guide; ../shared/DESIGN.md section 11).
+SUPPORTED_TENSORFLOW = {TF1_ADAPTER: "1.15", TF2_ADAPTER: "2.6"}
+# Set to 1 to run an adapter under another TensorFlow (an adapter built for it; unet3d's tests run the fakes so).
+ANY_TENSORFLOW = "UNET3D_NPU_ANY_TENSORFLOW"
+INSTALL_GUIDE = "docs/npu.md, 'Installing on an Ascend host'"
 INSTALL_HINT = ("neither npu_bridge nor npu_device importable — install CANN's TensorFlow adapter (1.x for "
                 "TensorFlow 1.15, 2.x for TensorFlow 2.6.5) and source its set_env.sh")
 
@@ -67,6 +73,30 @@ def installed() -> Optional[str]:
     import tensorflow as tf
 
     return TF2_ADAPTER if tf.__version__.startswith("2.") else TF1_ADAPTER
+
+
+def check_tensorflow() -> None:
+    """Refuse, in one line, a TensorFlow the installed adapter is not built for (before anything starts: a
+    mismatched ``_tf_adapter.so`` fails to load with undefined symbols, or a source-built TensorFlow is
+    missing).
+
+    Raises:
+        BackendError: TensorFlow is missing, or not the version the adapter supports (unless ANY_TENSORFLOW).
+    """
+    name = installed()
+    if name is None:
+        return
+    wanted = SUPPORTED_TENSORFLOW[name]
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise BackendError("npu backend: TensorFlow is not importable ({}); install the TensorFlow {} that {} is "
+                           "built for ({})".format(" ".join(str(error).split()), wanted, name, INSTALL_GUIDE)) from None
+    version = tf.__version__
+    if not (version == wanted or version.startswith(wanted + ".")) and os.environ.get(ANY_TENSORFLOW) != "1":
+        raise BackendError("npu backend: TensorFlow {} with {}, which is built for TensorFlow {} only; install "
+                           "TensorFlow {} ({}), or set {}=1 for an adapter built for {}".format(
+                               version, name, wanted, wanted, INSTALL_GUIDE, ANY_TENSORFLOW, version))
 
 
 def _failure(name: str, error: Exception) -> BackendError:

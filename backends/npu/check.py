@@ -115,15 +115,16 @@ def _run_rows(options, environment) -> List[Row]:
     return rows
 
 
-def _timeouts_row(environment) -> Row:
+def _timeouts_row(environment, chip: str) -> Row:
     notes = []
-    for _, variable, (low, high) in npu_config.HCCL_TIMEOUTS:
+    for _, variable, _ in npu_config.HCCL_TIMEOUTS:
         value = environment.get(variable)
         if value is None:
             continue
+        low, high = npu_config.timeout_range(variable, chip)
         if not value.isdigit() or not low <= int(value) <= high:
-            return "HCCL timeouts", FAIL, "{}={}: HCCL takes whole seconds within {}..{}".format(
-                variable, value, low, high)
+            return "HCCL timeouts", FAIL, "{}={}: HCCL takes whole seconds within {}..{} ({} rules)".format(
+                variable, value, low, high, chip)
         notes.append("{}={}".format(variable, value))
     return "HCCL timeouts", OK, ", ".join(notes) if notes else "HCCL's defaults (connect 120 s, execution 1836 s)"
 
@@ -137,7 +138,7 @@ def rows(options, environment=None) -> List[Row]:
     environment = dict(os.environ if environment is None else environment)
     result = [_adapter_row(), _environment_row(environment), _npu_smi_row(devices.npu_smi_devices())]
     result.extend(_run_rows(options, environment))
-    result.extend([_timeouts_row(environment), _sync_mode_row()])
+    result.extend([_timeouts_row(environment, devices.resolve_chip(options.npu_chip)), _sync_mode_row()])
     return result
 
 

@@ -20,7 +20,7 @@ import re
 from dataclasses import replace
 from typing import Dict, List, Tuple, Union
 
-from backends.npu import diagnostics
+from backends.npu import diagnostics, rank_table
 from unet3d_core.errors import ConfigError
 
 # Lines below are those of tf_adapter/util/npu_attrs.cc in hicann/tensorflow at
@@ -43,6 +43,13 @@ BENCHMARK_LOOP_LIMIT = 10
 HCCL_CONNECT_TIMEOUT_RANGE = (120, 7200)
 HCCL_EXEC_TIMEOUT_RANGE = (1, 17340)
 HCCL_EXEC_TIMEOUT_UNIT = 68
+# HCCL_EXEC_TIMEOUT per device family (HCCL_EXEC_TIMEOUT.md): Atlas A2 (HOST/HOST_TS expansion) and A3
+# (AI_CPU) take whole seconds in [0, 2147483647], 0 meaning never; only the 910 rounds to multiples of 68.
+HCCL_EXEC_TIMEOUT_RANGES = {rank_table.CHIP_910: HCCL_EXEC_TIMEOUT_RANGE, rank_table.CHIP_A2: (0, 2147483647),
+                            rank_table.CHIP_A3: (0, 2147483647)}
+# HCCL_CONNECT_TIMEOUT for jobs over several servers when none is given: the reference's 8-device script sets
+# 300 s (its 16-device one 600); HCCL's 120 s is short for servers that start a few minutes apart.
+MULTI_SERVER_CONNECT_TIMEOUT = 300
 # (flag, variable, range) of each HCCL timeout.
 HCCL_TIMEOUTS = (("hccl_connect_timeout", "HCCL_CONNECT_TIMEOUT", HCCL_CONNECT_TIMEOUT_RANGE),
                  ("hccl_exec_timeout", "HCCL_EXEC_TIMEOUT", HCCL_EXEC_TIMEOUT_RANGE))
@@ -398,21 +405,38 @@ def iterations_per_loop(options, steps: int) -> Tuple[int, str]:
                                                  else "", limit, limit)
 
 
-def hccl_timeouts(options) -> Dict[str, str]:
-    """HCCL_CONNECT_TIMEOUT / HCCL_EXEC_TIMEOUT for the workers' environment, checked against HCCL's ranges."""
+def timeout_range(variable: str, chip: str) -> Tuple[int, int]:
+    """HCCL's range of ``variable`` (HCCL_CONNECT_TIMEOUT or HCCL_EXEC_TIMEOUT) on the device family ``chip``."""
+    if variable == "HCCL_EXEC_TIMEOUT":
+        return HCCL_EXEC_TIMEOUT_RANGES.get(chip, HCCL_EXEC_TIMEOUT_RANGE)
+    return HCCL_CONNECT_TIMEOUT_RANGE
+
+
+def hccl_timeouts(options, chip: str = rank_table.CHIP_910, servers: int = 1) -> Dict[str, str]:
+    """HCCL_CONNECT_TIMEOUT / HCCL_EXEC_TIMEOUT for the workers' environment, checked against HCCL's ranges on
+    ``chip``; a job over several ``servers`` gets MULTI_SERVER_CONNECT_TIMEOUT unless a connect timeout is given
+    (flag or environment)."""
     variables = {}
-    for flag, variable, (low, high) in HCCL_TIMEOUTS:
+    for flag, variable, _ in HCCL_TIMEOUTS:
         value = getattr(options, flag, None)
         if value is None:
             continue
+        low, high = timeout_range(variable, chip)
         if not low <= value <= high:
-            raise ConfigError("--{} {}: {} must be within {}..{} seconds".format(flag, value, variable, low, high))
+            raise ConfigError("--{} {}: {} must be within {}..{} seconds{}".format(
+                flag, value, variable, low, high, " on the Atlas training series (910)" if chip ==
+                rank_table.CHIP_910 and variable == "HCCL_EXEC_TIMEOUT" else ""))
         variables[variable] = str(value)
+    if servers > 1 and "HCCL_CONNECT_TIMEOUT" not in variables and "HCCL_CONNECT_TIMEOUT" not in os.environ:
+        variables["HCCL_CONNECT_TIMEOUT"] = str(MULTI_SERVER_CONNECT_TIMEOUT)
     return variables
 
 
-def applied_exec_timeout(seconds: int) -> int:
-    """What HCCL on the Atlas training series makes of HCCL_EXEC_TIMEOUT: whole multiples of 68 s, at least 68."""
+def applied_exec_timeout(seconds: int, chip: str = rank_table.CHIP_910) -> int:
+    """What HCCL makes of HCCL_EXEC_TIMEOUT: on the Atlas training series whole multiples of 68 s, at least 68;
+    elsewhere the value itself."""
+    if chip != rank_table.CHIP_910:
+        return seconds
     return max(HCCL_EXEC_TIMEOUT_UNIT, seconds // HCCL_EXEC_TIMEOUT_UNIT * HCCL_EXEC_TIMEOUT_UNIT)
 
 
@@ -445,7 +469,7 @@ def _check_combinations(parameters: Dict[str, Value]) -> None:
             raise ConfigError("--npu_option: {} (the adapter's rule)".format(message))
 
 
-def validate(options, total_steps_per_worker: int) -> Tuple[int, str]:
+def validate(options, total_steps_per_worker: int, chip: str = rank_table.CHIP_910) -> Tuple[int, str]:
     """Flag rules of the adapter, checked before anything starts; returns :func:`iterations_per_loop`'s answer."""
     if options.precision_mode_v2 and options.precision_mode:
         raise ConfigError("--precision_mode {} and --precision_mode_v2 {}: the adapter takes one of them, not both "
@@ -455,7 +479,7 @@ def validate(options, total_steps_per_worker: int) -> Tuple[int, str]:
         if problem:
             raise ConfigError("--npu_dump_step {}: {} (the adapter's rule)".format(options.npu_dump_step, problem))
     loop = iterations_per_loop(options, total_steps_per_worker)
-    hccl_timeouts(options)
+    hccl_timeouts(options, chip)
     parameters = npu_parameters(replace(options, iterations_per_loop=loop[0]))
     _check_combinations(parameters)
     return loop

@@ -110,13 +110,13 @@ def unet3d_add_options(group):
                        help="this server's id in the rank table (default: the host's address / the only server)")
     group.add_argument("--job_id", default=None, help="JOB_ID for HCCL (default: generated)")
     group.add_argument("--hccl_connect_timeout", type=int, default=None, metavar="SECONDS",
-                       help="HCCL_CONNECT_TIMEOUT for the ranks, {}..{} (HCCL's default 120)".format(
+                       help="HCCL_CONNECT_TIMEOUT for the ranks, {}..{} (HCCL's default 120; 300 for a job "
+                            "over several servers)".format(
                            *npu_config.HCCL_CONNECT_TIMEOUT_RANGE))
     group.add_argument("--hccl_exec_timeout", type=int, default=None, metavar="SECONDS",
                        help="HCCL_EXEC_TIMEOUT for the ranks: how long a collective may wait, {}..{} on the Atlas "
-                            "training series, applied in multiples of 68 (HCCL's default 1836; for other devices' "
-                            "ranges set HCCL_EXEC_TIMEOUT in the environment)".format(
-                                *npu_config.HCCL_EXEC_TIMEOUT_RANGE))
+                            "training series, applied in multiples of 68; 0..2147483647 on Atlas A2/A3, 0 = never "
+                            "(HCCL's default 1836)".format(*npu_config.HCCL_EXEC_TIMEOUT_RANGE))
     group.add_argument("--precision_mode", choices=npu_config.PRECISION_MODES, default=None,
                        help="NpuOptimizer precision_mode (default {}, the Atlas training series' own, as in the "
                             "seed)".format(npu_config.DEFAULT_PRECISION_MODE))
@@ -253,7 +253,7 @@ def _rank_count(options: NpuOptions) -> int:
 
 def _loop_size(options: NpuOptions) -> LoopSize:
     steps = steps_per_worker(options.core.max_steps, _rank_count(options))
-    return LoopSize(*npu_config.validate(options, steps))
+    return LoopSize(*npu_config.validate(options, steps, devices.resolve_chip(options.npu_chip)))
 
 
 def _resolved(options: NpuOptions) -> NpuOptions:
@@ -267,6 +267,7 @@ def unet3d_launch(options, worker_command):
         return None
     if not _adapter_present():
         raise BackendError("npu backend: " + INSTALL_HINT)
+    npu_adapter.check_tensorflow()
     _apply_sync_mode_patch(options)  # once, before any rank starts
     table, table_path = run_devices.table_for(options)
     if table_path is None:
@@ -278,20 +279,24 @@ def unet3d_launch(options, worker_command):
     job_id = options.job_id or "unet3d-{}-{}".format(os.getpid(), int(time.time()))
     workers = launcher.worker_environments(table=table, server_id=server, table_path=table_path, job_id=job_id,
                                            model_dir=os.path.abspath(options.core.model_dir), base=dict(os.environ),
-                                           extra_environment=_hccl_timeouts(options))
+                                           extra_environment=_hccl_timeouts(options, len(table.server_ids)))
     _say("starting {} rank(s) on server {} (devices {}), {} rank(s) in all; rank table {}; logs in {}".format(
         len(workers), server, ",".join(str(worker.device_id) for worker in workers), table.size, table_path,
         os.path.join(options.core.model_dir, "Device-<id>", "train.log")))
     return launcher.run_workers(workers, worker_command, stream=sys.stdout)
 
 
-def _hccl_timeouts(options):
-    variables = npu_config.hccl_timeouts(options)
+def _hccl_timeouts(options, servers: int = 1):
+    chip = devices.resolve_chip(options.npu_chip)
+    variables = npu_config.hccl_timeouts(options, chip, servers)
     if "HCCL_EXEC_TIMEOUT" in variables:
         given = int(variables["HCCL_EXEC_TIMEOUT"])
-        applied = npu_config.applied_exec_timeout(given)
+        applied = npu_config.applied_exec_timeout(given, chip)
         _say("HCCL_EXEC_TIMEOUT {} s{}".format(given, "" if applied == given else
                                                 " (HCCL on the Atlas training series applies {} s)".format(applied)))
+    if servers > 1 and options.hccl_connect_timeout is None and "HCCL_CONNECT_TIMEOUT" in variables:
+        _say("HCCL_CONNECT_TIMEOUT {} s for {} servers (HCCL's default 120 s is short for servers that start "
+             "apart; --hccl_connect_timeout sets it)".format(variables["HCCL_CONNECT_TIMEOUT"], servers))
     return variables
 
 
@@ -310,6 +315,7 @@ def _describe_settings(options) -> str:
 def unet3d_prepare_environment(options):
     if not _adapter_present():
         raise BackendError("npu backend: " + INSTALL_HINT)
+    npu_adapter.check_tensorflow()
     if not os.environ.get(launcher.WORKER_VARIABLE):  # a launched worker has all of this from the launcher
         # One device in this process: the variables the launcher would have set.
         os.environ.setdefault("ASCEND_DEVICE_ID", str(_single_device(options)))

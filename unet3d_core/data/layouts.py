@@ -156,6 +156,8 @@ LAYOUTS = OrderedDict([
                    seed_table=True)),
 ])
 LAYOUT_NAMES = tuple(LAYOUTS)
+# Other names users give a layout: BraTS 2021's release (RSNA-ASNR-MICCAI) uses the 2020 file layout and labels.
+LAYOUT_ALIASES = {"brats2021": "brats2020"}
 # Kept for callers of the first version: source label -> internal label per layout.
 LABEL_MAPS = {name: dict(layout.label_map) for name, layout in LAYOUTS.items()}
 # How a segmentation file's name ends after its case id, over every layout: "_seg", "-seg", "_gtv".
@@ -213,6 +215,7 @@ def layout_for_case_name(name: str) -> Optional[str]:
 
 def layout_of(name: str) -> Layout:
     """The layout called ``name``; an unknown name is a DataError listing the known ones."""
+    name = LAYOUT_ALIASES.get(name, name)
     if name not in LAYOUTS:
         raise DataError("layout {}: unknown; known layouts: {}".format(name, ", ".join(LAYOUT_NAMES)))
     return LAYOUTS[name]
@@ -284,6 +287,7 @@ def detect_layout(input_dir: str, layout: str = AUTO) -> str:
     if not os.path.isdir(input_dir):
         raise DataError("{}: no such directory".format(input_dir))
     if layout != AUTO:
+        layout = LAYOUT_ALIASES.get(layout, layout)
         if layout not in LAYOUTS:
             raise DataError("--layout {}: unknown; choose auto, {}".format(layout, ", ".join(LAYOUT_NAMES)))
         return layout

@@ -36,6 +36,7 @@ import os
 from typing import Dict, List, Optional
 
 from unet3d_core.errors import ConfigError, DataError
+from unet3d_core.folders import KIND_DESCRIPTIONS, MANIFEST_NAME, folder_kind
 
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)  # version 1: no foreground locations; 1 and 2: uint8 images alone
@@ -44,7 +45,6 @@ DEFAULT_INTENSITY = "uint16"  # preprocess --intensity
 LEGACY_INTENSITY = "uint8"  # the storage of data sets whose manifest names none
 _IMAGE_DTYPES = {"uint8": "u1", "uint16": "<u2"}
 FOREGROUND_SAMPLES = 10000  # per class, as nnU-Net's preprocessing keeps
-MANIFEST_NAME = "manifest.json"
 RECORD_SUFFIX = ".tfrecord"
 
 
@@ -217,6 +217,19 @@ def write_manifest(folder: str, manifest: Dict) -> None:
         json.dump(manifest, handle, indent=1, sort_keys=True)
 
 
+def _not_a_data_set(data_dir: str) -> str:
+    """Why ``data_dir`` (no manifest.json) is not a data set, and the likely fix."""
+    kind = folder_kind(data_dir)
+    text = "--data_dir {}: no {}, so not a preprocessed data set".format(data_dir, MANIFEST_NAME)
+    if kind in ("run", "cross-validation"):
+        return text + "; it is {}: --data_dir and --model_dir swapped?".format(KIND_DESCRIPTIONS[kind])
+    if kind == "raw":
+        return text + "; it holds {}: preprocess it into a new folder first, e.g. 'python cli.py preprocess " \
+                      "-i {} -o {}-records'".format(KIND_DESCRIPTIONS[kind], data_dir, data_dir.rstrip("/\\"))
+    return text + " ({}); preprocess raw cases into it with 'python cli.py preprocess -i RAW_DIR -o {}'".format(
+        KIND_DESCRIPTIONS[kind], data_dir)
+
+
 class Manifest:
     """A preprocessed data folder, checked on open."""
 
@@ -226,8 +239,7 @@ class Manifest:
         if not os.path.isdir(data_dir):
             raise DataError("--data_dir {}: no such directory".format(data_dir))
         if not os.path.isfile(path):
-            raise DataError("--data_dir {}: no {} (not a preprocessed data set; run "
-                            "'python cli.py preprocess -i RAW_DIR -o {}')".format(data_dir, MANIFEST_NAME, data_dir))
+            raise DataError(_not_a_data_set(data_dir))
         try:
             with open(path) as handle:
                 self.content = json.load(handle)

@@ -21,7 +21,7 @@ from unet3d_core.evaluation import metrics as metrics_lib
 from unet3d_core.evaluation.evaluate import EVAL_RESULTS, evaluate, evaluation_is_current
 from unet3d_core.evaluation.postprocessing import POSTPROCESSING_FILE, choose_for_cross_validation
 from unet3d_core.evaluation.prediction import predict, predict_ensemble
-from unet3d_core.folders import write_json_atomic
+from unet3d_core.folders import check_shared_folder, write_json_atomic
 from unet3d_core.logger import RunLogger
 from unet3d_core.runtime import Runtime, runtime_for
 
@@ -41,6 +41,7 @@ def run_fold(config, *, options, runtime: Runtime, reuse_evaluation=False) -> Di
     runtime = runtime.for_run(runtime.backend.backend_options(options, config.core_settings()))
     if runtime.worker.is_chief:
         os.makedirs(config.model_dir, exist_ok=True)
+    check_shared_folder(runtime.strategy, config.model_dir)  # before any rank waits for another
     logger = RunLogger(os.path.join(config.model_dir, "log.json"), enabled=runtime.worker.is_chief)
     logger.parameters(_loggable(options))
     logger.message("unet3d {} on backend '{}' ({}), TensorFlow {}".format(
@@ -145,7 +146,7 @@ def run(*, options, backend, runs: List[Tuple[argparse.Namespace, RunConfig]]) -
             if not every_fold:
                 return outcome
             results[config.fold] = outcome
-        if runtime.worker.is_chief and options.exec_mode in ("evaluate", "train_and_evaluate"):
+        if runtime.worker.is_chief and runs[0][1].exec_mode in ("evaluate", "train_and_evaluate"):
             summary = write_cross_validation(options.model_dir, len(runs), console)
             if summary is not None:
                 results["cross_validation"] = summary

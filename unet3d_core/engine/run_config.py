@@ -31,6 +31,7 @@ from unet3d_core.engine.run_flags import (
     has_checkpoints,
     network_values,
     resolve_recipe,
+    resumed_exec_mode,
     shown,
     training_values,
 )
@@ -38,7 +39,7 @@ from unet3d_core.errors import ConfigError
 from unet3d_core.evaluation.inference import InferenceSettings
 from unet3d_core.model.checkpoints import check_folder_can_be_written, select_checkpoint
 from unet3d_core.model.config import ModelConfig
-from unet3d_core.model.run_folder import network_record, read_run
+from unet3d_core.model.run_folder import network_record, read_run, run_folder_for
 from unet3d_core.types import CoreSettings
 
 
@@ -128,6 +129,7 @@ class RunConfig:
         """The ``training`` section of ``run.json``: the recipe and every optimisation flag's resolved value."""
         record = {name: getattr(self.training, name) for name, _ in TRAINING_FLAGS}
         record["recipe"] = self.training.recipe
+        record["exec_mode"] = self.exec_mode  # what a resumed 'train' finishes
         return record
 
     def data_record(self) -> Dict:
@@ -231,21 +233,20 @@ def _check_lesion_rules(manifest: Manifest, options: argparse.Namespace) -> None
 
 
 def resolve(parsed, *, model_dir: Optional[str] = None, fold: Optional[int] = None,
-            manifest: Optional[Manifest] = None) -> Tuple[argparse.Namespace, RunConfig]:
+            manifest: Optional[Manifest] = None, note: Optional[str] = None) -> Tuple[argparse.Namespace, RunConfig]:
     """One fold's validated RunConfig, and a copy of ``parsed`` holding the resolved values (the flags
     a run remembers, its folder and fold); ``parsed`` itself is never written.
 
-    ``manifest``: ``--data_dir``'s data set if already open (else opened here); kept as ``RunConfig.manifest``.
-
-    Raises:
-        ConfigError / DataError: a bad flag, folder or data set, or a flag that conflicts with the run.
+    ``manifest``: ``--data_dir``'s data set if already open (else opened here), kept as ``RunConfig.manifest``;
+    ``note``: told to the user first (e.g. which fold's run of a cross-validation folder this is). Raises
+    ConfigError / DataError for a bad flag, folder or data set, or a flag that conflicts with the run.
     """
     model_dir = model_dir or parsed.model_dir
-    options = argparse.Namespace(**dict(vars(parsed), model_dir=model_dir))
-    exec_mode = options.exec_mode
-    _check_folders(options, exec_mode)
     record = read_run(model_dir) if os.path.isdir(model_dir) else None
-    notes: List[str] = []
+    notes: List[str] = [] if note is None else [note]
+    exec_mode = resumed_exec_mode(parsed, record, notes)
+    options = argparse.Namespace(**dict(vars(parsed), model_dir=model_dir, exec_mode=exec_mode))
+    _check_folders(options, exec_mode)
     fold = bound_value("fold", options.fold if fold is None else fold, record, "data", model_dir)
     fold = DEFAULTS["fold"] if fold is None else int(fold)
 
@@ -411,14 +412,19 @@ def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
     ``--fold all`` gives one per fold of the data set, each in ``MODEL_DIR/fold-N``. ``options`` is not written.
     The data set is opened once and shared by every run's RunConfig.
     """
+    if str(options.fold) == "all" and options.exec_mode == "predict" and options.predict_on == "all":
+        raise ConfigError("--fold all with --predict_on all would predict every case once per fold; "
+                          "use --predict_on fold (each case once, by the fold that held it out)")
+    _check_folders(options, options.exec_mode)  # flags about folders first, whatever --model_dir holds
+    if getattr(options, "folds", None) is None:
+        model_dir, note = run_folder_for(options.model_dir, options.fold, options.exec_mode)
+        if note is not None:
+            return [resolve(argparse.Namespace(**dict(vars(options), model_dir=model_dir)), note=note)]
     folds, manifest = _ensemble(options)
     if folds is not None:
         return [resolve(fold_options(options, fold, ensemble_member=True), manifest=manifest) for fold in folds]
     if str(options.fold) != "all":
         return [resolve(options)]
-    if options.exec_mode == "predict" and options.predict_on == "all":
-        raise ConfigError("--fold all with --predict_on all would predict every case once per fold; "
-                          "use --predict_on fold (each case once, by the fold that held it out)")
     if not options.data_dir:
         raise ConfigError("--data_dir is required with --fold all")
 

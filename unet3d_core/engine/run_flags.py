@@ -127,3 +127,15 @@ def training_values(options, record, exec_mode: str, notes: List[str], recipe: D
     if float(values["momentum"]) < 0.0 or float(values["momentum"]) >= 1.0:
         raise ConfigError("--momentum {}: must be in [0, 1)".format(values["momentum"]))
     return values
+
+
+def resumed_exec_mode(parsed, record: Optional[Dict], notes: List[str]) -> str:
+    """The exec mode: ``--exec_mode`` or the command's; a plain ``train`` resuming a run started as
+    ``train_and_evaluate`` finishes that (the final evaluation included), and a note says so."""
+    started = ((record or {}).get("training") or {}).get("exec_mode")
+    if parsed.exec_mode == "train" and not getattr(parsed, "exec_mode_given", True) and \
+            started == "train_and_evaluate":
+        notes.append("this run was started with --exec_mode train_and_evaluate: it evaluates when training ends, "
+                     "as asked then (--exec_mode train only trains)")
+        return started
+    return parsed.exec_mode

@@ -1,9 +1,11 @@
 """Evaluation: every validation case of the fold scored exactly once (sharded over ranks), whole volume and
 lesion-wise, on the regions of the data's cohort.
 
-Writes ``eval_results.json`` (means, statistics, per-case values, the
-checkpoint's path and step and the inference settings), ``eval_results.csv`` and the
-means as TensorBoard scalars under ``eval/`` at the checkpoint's step. Each
+Writes ``eval_results.json`` (the data set scored - folder and manifest
+fingerprint -, means, statistics, per-case values, the checkpoint's path and step
+and the inference settings), ``eval_results.csv`` and the means as TensorBoard
+scalars under ``eval/`` at the checkpoint's step. Another data set than the
+run's own is written to ``eval_results-NAME-FINGERPRINT.{json,csv}`` instead. Each
 case's label map (before any post-processing) and truth are kept in
 ``heldout/<case>.npz``, so ``--fold all`` can choose post-processing on the
 pooled held-out cases without predicting again (:mod:`unet3d_core.evaluation.postprocessing`).
@@ -12,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
-from typing import Dict
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -29,6 +32,30 @@ from unet3d_core.runtime import Runtime
 
 EVAL_RESULTS = "eval_results.json"
 EVAL_CASES = "eval_results.csv"
+
+
+def own_data(config) -> bool:
+    """Whether ``--data_dir`` is the data set the run was trained on (or the run records none)."""
+    recorded = (config.run_record or {}).get("data", {}).get("fingerprint")
+    return recorded is None or recorded == config.data_fingerprint
+
+
+def result_names(config) -> Tuple[str, str, str]:
+    """(JSON, CSV, held-out label map folder) names in the run folder for this evaluation: the run's own for
+    its training data set; for another data set names of its own (``eval_results-NAME-FINGERPRINT``), so the
+    run's own evaluation is never overwritten by another data set's."""
+    if own_data(config):
+        return EVAL_RESULTS, EVAL_CASES, HELDOUT_DIR
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(config.data_dir))) or "data"
+    tag = "{}-{}".format(name, config.data_fingerprint[:8])
+    return "eval_results-{}.json".format(tag), "eval_results-{}.csv".format(tag), "{}-{}".format(HELDOUT_DIR, tag)
+
+
+def data_provenance(config) -> Dict:
+    """What a result file says of the data it scored: the folder, the manifest's fingerprint, and whether it
+    is the run's own training data set."""
+    return {"data_dir": os.path.abspath(config.data_dir), "fingerprint": config.data_fingerprint,
+            "training_data": own_data(config)}
 
 
 def write_eval_summaries(folder: str, summary: Dict, step: int) -> None:
@@ -54,12 +81,14 @@ def evaluation_is_current(config) -> bool:
                             [case["id"] for case in manifest.split(config.fold)[1]]):
         return False
     path = os.path.join(config.model_dir, EVAL_RESULTS)
-    if not os.path.isfile(path):
+    if not own_data(config) or not os.path.isfile(path):
         return False
     try:
         with open(path) as handle:
             previous = json.load(handle)
     except (OSError, ValueError):
+        return False
+    if previous.get("data", {}).get("fingerprint", config.data_fingerprint) != config.data_fingerprint:
         return False
     # A best checkpoint is a copy of the step's own: the step names the weights.
     return (previous.get("checkpoint_step") == select_checkpoint(config.model_dir, config.checkpoint)[1]
@@ -100,7 +129,8 @@ def evaluate(config, *, runtime: Runtime, logger) -> Dict:
     runner, step = restore_network(config, session_config, layer_ops, logger)
     checkpoint = checkpoint_name(config, runner)
     source = volumes.record_cases(manifest, strategy.shard(cases), session_config)
-    heldout = os.path.join(config.model_dir, HELDOUT_DIR)
+    json_name, csv_name, heldout_name = result_names(config)
+    heldout = os.path.join(config.model_dir, heldout_name)
     for case, prediction, _ in segment_all(source, runner, config.inference):
         values = metrics_lib.case_metrics(prediction, case.label, case.geometry.spacing, scheme)
         save_heldout(heldout, case.case_id, prediction, case.label)  # every rank keeps its own cases
@@ -119,6 +149,7 @@ def evaluate(config, *, runtime: Runtime, logger) -> Dict:
         statistics = metrics_lib.describe(per_case)
         logger.message(metrics_lib.format_table(statistics, len(cases), scheme.descriptions()))
         report = {
+            "data": data_provenance(config),
             "fold": config.fold,
             "checkpoint": checkpoint,  # relative to the run folder: best/model.ckpt-N or model.ckpt-N
             "checkpoint_step": step,
@@ -131,7 +162,12 @@ def evaluate(config, *, runtime: Runtime, logger) -> Dict:
             "statistics": statistics,
             "cases": {case["id"]: values for case, values in zip(cases, per_case)},
         }
-        write_json_atomic(os.path.join(config.model_dir, EVAL_RESULTS), report)
-        metrics_lib.write_case_table(os.path.join(config.model_dir, EVAL_CASES), report["cases"])
-        write_eval_summaries(os.path.join(config.model_dir, "eval"), summary, step)
+        write_json_atomic(os.path.join(config.model_dir, json_name), report)
+        metrics_lib.write_case_table(os.path.join(config.model_dir, csv_name), report["cases"])
+        if json_name == EVAL_RESULTS:
+            write_eval_summaries(os.path.join(config.model_dir, "eval"), summary, step)
+        else:
+            logger.message("--data_dir {} is not the run's training data set: its scores are in {} (the run's own "
+                           "{} is kept)".format(config.data_dir, os.path.join(config.model_dir, json_name),
+                                                EVAL_RESULTS))
     return summary

@@ -312,6 +312,11 @@ def _results_table(path: str, title: str) -> List[str]:
             lines.append("| {} | {} | {:.4f} |".format(name, metrics_lib.scheme_of(name), value))
     if content.get("naming"):
         lines += [""] + ["- **{}**: {}".format(scheme, text) for scheme, text in content["naming"].items()]
+    data = content.get("data")
+    if data:
+        lines += ["", "Data scored: {} (manifest fingerprint {}){}.".format(
+            data.get("data_dir"), str(data.get("fingerprint"))[:12],
+            "" if data.get("training_data", True) else ", not the run's training data set")]
     described = content.get("checkpoint_step")
     if described is not None:
         lines += ["", "Checkpoint step {}; inference {}.".format(described, json.dumps(content.get("inference", {})))]
@@ -365,6 +370,10 @@ def build_report(run_dir: str, *, out_dir: Optional[str] = None, cases: int = 3,
         results = os.path.join(folder, "eval_results.json")
         if os.path.isfile(results):
             lines += _results_table(results, "{} ({})".format(label, results))
+        for name in sorted(os.listdir(folder)):
+            if name.startswith("eval_results-") and name.endswith(".json"):  # another data set's scores
+                other = os.path.join(folder, name)
+                lines += _results_table(other, "{}, another data set ({})".format(label, other))
 
     lines += ["## Cases", ""]
     drawn: List[str] = []
