@@ -59,7 +59,13 @@ def test_evaluate_and_export_act_on_the_folds_run(cross_validation, records, tmp
     assert not os.path.exists(os.path.join(cross_validation, "eval_results.json"))
     out = str(tmp_path / "exported")
     run_cli(["export", "--model_dir", cross_validation, "--fold", "2", "--out", out])
-    assert os.path.isfile(os.path.join(out, "export.json"))
+    with open(os.path.join(out, "export.json")) as handle:
+        labels = json.load(handle)["output"]["labels"]
+    # The nnunet recipe's regions, in the BraTS 2019 labels the data set's files use (ET = 4 there).
+    assert labels == {"layout": "brats2019", "channels": [
+        {"channel": 0, "region": "WT", "source_labels": [1, 2, 4]},
+        {"channel": 1, "region": "TC", "source_labels": [1, 4]},
+        {"channel": 2, "region": "ET", "source_labels": [4]}]}
 
 
 def test_a_fold_the_cross_validation_lacks_is_named(cross_validation, records, tmp_path, capsys):

@@ -156,7 +156,10 @@ def test_fold_all_trains_evaluates_each_fold_and_pools_every_case_once(records, 
     labelled = [case["id"] for case in Manifest(records).cases if case["has_label"]]
     assert pooled["cases"] == len(labelled) and pooled["folds"] == 5
     with open(os.path.join(model_dir, "cv_results.csv")) as handle:
-        assert sorted(row["case"] for row in csv.DictReader(handle)) == sorted(labelled)
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["case"] for row in rows) == sorted(labelled)
+    held_out = {case["id"]: case["fold"] for case in Manifest(records).cases if case["has_label"]}
+    assert {row["case"]: int(row["fold"]) for row in rows} == held_out  # the fold that scored each case
     assert set(pooled["pooled"]) == set(metrics.default_scheme().names)
     # The pooled numbers are those of every case once, each scored by the fold that held it out.
     per_fold = []

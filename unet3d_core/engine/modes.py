@@ -99,7 +99,8 @@ def write_cross_validation(model_dir: str, folds: int, logger: RunLogger):
     logger.message(metrics_lib.format_table(statistics, len(cases), naming))
     content["postprocessing"] = _choose_postprocessing(model_dir, per_fold, first.get("layout"), logger)
     write_json_atomic(os.path.join(model_dir, CV_RESULTS), content)
-    metrics_lib.write_case_table(os.path.join(model_dir, CV_CASES), cases)
+    metrics_lib.write_case_table(os.path.join(model_dir, CV_CASES), cases,
+                                 folds={case: fold for fold, report in per_fold.items() for case in report["cases"]})
     for fold, report in per_fold.items():
         mean = report["mean"]
         shown = [name for name in mean if name.startswith(("Dice_", "LesionDice_"))]

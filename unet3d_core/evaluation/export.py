@@ -31,7 +31,7 @@ from typing import Dict, Optional, Sequence
 
 from unet3d_core.data.preprocess import intensity_description
 from unet3d_core.data.records import LEGACY_INTENSITY, Manifest
-from unet3d_core.errors import ConfigError
+from unet3d_core.errors import ConfigError, UNet3DError
 from unet3d_core.evaluation.inference import output_probabilities
 from unet3d_core.folders import published_folder
 from unet3d_core.model.checkpoints import latest_checkpoint, restore_checkpoint, select_checkpoint
@@ -169,6 +169,25 @@ def _write_model(staging: str, fmt: str, config, window: Sequence[int], checkpoi
         _to_onnx(frozen, os.path.join(staging, "model.onnx"))
 
 
+def _label_mapping(record: Dict, config) -> Optional[Dict]:
+    """What each output channel means in the data set's own labels (the run's data set read from its
+    manifest): softmax channel k -> the source label written for internal label k, with its name; a region's
+    sigmoid -> the source labels it covers. None when the data set is not readable here."""
+    try:
+        manifest = Manifest(str(record.get("data", {}).get("data_dir") or ""))
+    except UNet3DError:
+        return None
+    source_of = {internal: source for source, internal in manifest.label_map.items()}
+    names = {int(label): str(name) for label, name in (manifest.content.get("label_names") or {}).items()}
+    if config.target == "regions":
+        return {"layout": manifest.layout, "channels": [
+            {"channel": channel, "region": name, "source_labels": [source_of.get(label, label) for label in labels]}
+            for channel, (name, labels) in enumerate(config.regions)]}
+    return {"layout": manifest.layout, "channels": [
+        {"channel": channel, "source_label": source_of.get(channel, channel),
+         "name": names.get(source_of.get(channel, channel), "")} for channel in range(config.num_classes)]}
+
+
 def _description(model_dir: str, fmt: str, record: Dict, config, window: Sequence[int], selection,
                  tensorflow_version: str) -> Dict:
     """The content of ``export.json``: the model's file, its source, its input and output, how to use it."""
@@ -192,6 +211,9 @@ def _description(model_dir: str, fmt: str, record: Dict, config, window: Sequenc
                                if config.target == "regions" else
                                "softmax over the internal labels 0..{}".format(config.num_classes - 1))},
     }
+    labels = _label_mapping(record, config)
+    if labels is not None:
+        description["output"]["labels"] = labels
     if fmt == "savedmodel":
         description["signature"] = "serving_default"
     elif fmt == "frozen":

@@ -221,13 +221,16 @@ def format_table(statistics: Dict[str, Dict], cases: int, descriptions: Optional
     return "\n".join(lines)
 
 
-def write_case_table(path: str, per_case: Dict[str, Dict[str, float]]) -> None:
-    """Write per-case metrics as CSV (``case`` then every metric name), atomically."""
+def write_case_table(path: str, per_case: Dict[str, Dict[str, float]],
+                     folds: Optional[Dict[str, int]] = None) -> None:
+    """Write per-case metrics as CSV (``case``, the ``fold`` that scored it when ``folds`` maps cases to folds,
+    then every metric name), atomically."""
     import csv
 
     names = metric_names(per_case)
     with atomic_text_file(path, newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["case"] + names)
+        writer.writerow(["case"] + (["fold"] if folds is not None else []) + names)
         for case_id, values in per_case.items():
-            writer.writerow([case_id] + ["{:.6g}".format(values[name]) for name in names])
+            writer.writerow([case_id] + ([folds[case_id]] if folds is not None else [])
+                            + ["{:.6g}".format(values[name]) for name in names])
