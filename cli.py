@@ -255,6 +255,9 @@ def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
                      help="predict the --fold cases or all cases of --data_dir (default fold)")
     out.add_argument("--output_dir", default=None, help="prediction folder (default MODEL_DIR/predictions)")
     out.add_argument("--overwrite", action="store_true", help="replace existing prediction files")
+    out.add_argument("--skip_invalid", action="store_true",
+                     help="predict --input_dir: leave out a case that cannot be read (corrupt NIfTI, wrong shapes, "
+                          "unknown labels) and list it at the end, instead of stopping at it")
     out.add_argument("--input_dir", default=None,
                      help="predict a folder of raw BraTS NIfTI cases (segmentations optional) instead of --data_dir")
     out.add_argument("--folds", default=None, metavar="0,2,4",

@@ -279,3 +279,43 @@ def test_a_rank_that_does_not_see_the_run_folder_stops_every_rank_at_once(tmp_pa
     chief = _TwoRanks(0, other_adds=[[0], [0, 0]])
     check_shared_folder(chief, shared)
     assert list(chief.sums[1]) == [0, 0] and os.listdir(shared) == []
+
+
+def test_preprocess_refuses_an_output_inside_its_input(raw_dataset, capsys):
+    before = sorted(os.listdir(raw_dataset))
+    for inside in (os.path.join(raw_dataset, "records"), raw_dataset):
+        code = run_cli(["preprocess", "-i", raw_dataset, "-o", inside], check=False)
+        assert code == 1
+        message = _error(capsys)
+        assert "is inside -i" in message or "already exists and is not empty" in message
+    assert sorted(os.listdir(raw_dataset)) == before
+    code = run_cli(["preprocess", "-i", raw_dataset, "-o", os.path.join(raw_dataset, "records")], check=False)
+    assert "-o {} is inside -i {}".format(os.path.join(raw_dataset, "records"), raw_dataset) in _error(capsys)
+
+
+def test_predict_skip_invalid_leaves_out_an_unreadable_case_and_lists_it(records, raw_dataset, tmp_path, capsys):
+    import shutil
+
+    run_dir = str(tmp_path / "run")
+    run_cli(["train", "--data_dir", records, "--model_dir", run_dir, "--max_steps", "1", "--backend", "cpu"]
+            + TINY_MODEL)
+    new_cases = tmp_path / "new" / "HGG"
+    source = os.path.join(raw_dataset, "HGG")
+    names = sorted(os.listdir(source))[:3]
+    for name in names:
+        shutil.copytree(os.path.join(source, name), str(new_cases / name))
+    broken = new_cases / names[1] / "{}_flair.nii.gz".format(names[1])
+    broken.write_bytes(b"not a NIfTI file")
+    flags = ["predict", "--model_dir", run_dir, "--input_dir", str(tmp_path / "new"), "--inference_mode", "crop",
+             "--backend", "cpu"]
+    # Without the flag the batch stops at the broken case, naming it.
+    code = run_cli(flags + ["--output_dir", str(tmp_path / "stopped")], check=False)
+    assert code == 1 and str(broken) in _error(capsys)
+    capsys.readouterr()
+    run_cli(flags + ["--output_dir", str(tmp_path / "out"), "--skip_invalid"])
+    out = capsys.readouterr().out
+    assert sorted(os.listdir(str(tmp_path / "out"))) == sorted(
+        "{}.nii.gz".format(name) for name in (names[0], names[2]))
+    assert "--skip_invalid: left out 1 case(s) that could not be read:" in out
+    listed = [line for line in out.splitlines() if line.startswith("  {}: ".format(names[1]))]
+    assert len(listed) == 1 and str(broken) in listed[0] and "not a gzip file" in listed[0]

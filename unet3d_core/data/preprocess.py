@@ -216,6 +216,9 @@ def preprocess(input_dir: str, output_dir: str, *, folds: int = 5, seed: int = 0
     _check_options(folds, workers, intensity)
     if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
         raise DataError("{}: already exists and is not empty; choose another -o or remove it".format(output_dir))
+    if (os.path.realpath(output_dir) + os.sep).startswith(os.path.realpath(input_dir) + os.sep):
+        raise DataError("-o {} is inside -i {}: records among the raw cases would be read as cases later (validate, "
+                        "a second preprocess); choose a folder outside it".format(output_dir, input_dir))
     scan = scan_cases(input_dir, layout)
     hint = INVALID_HINT.format(input_dir)
     if scan.problems and not skip_invalid:

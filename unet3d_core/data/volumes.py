@@ -64,9 +64,12 @@ class InferenceCase:
 
 
 def raw_folder_cases(input_dir: str, shard: Callable[[List], List] = list,
-                     intensity: str = DEFAULT_INTENSITY) -> Tuple[List[str], Iterator[InferenceCase]]:
+                     intensity: str = DEFAULT_INTENSITY,
+                     skipped: Optional[List[Tuple[str, str]]] = None) -> Tuple[List[str], Iterator[InferenceCase]]:
     """Cases of a raw BraTS folder (segmentations optional), preprocessed like the records: ``intensity`` is
-    the storage of the data set the network trained on (its run's ``RunConfig.intensity``).
+    the storage of the data set the network trained on (its run's ``RunConfig.intensity``). With a
+    ``skipped`` list, a case that fails to load (DataError) is appended to it as (case id, reason) and left
+    out instead of stopping the iteration.
 
     Returns:
         (ids of this worker's cases, iterator loading them one at a time).
@@ -79,7 +82,13 @@ def raw_folder_cases(input_dir: str, shard: Callable[[List], List] = list,
     def load() -> Iterator[InferenceCase]:
         for raw in raw_cases:
             layout = getattr(raw, "layout", None) or folder_layout
-            loaded = load_case(raw, layout)
+            try:
+                loaded = load_case(raw, layout)
+            except DataError as error:
+                if skipped is None:
+                    raise
+                skipped.append((raw.case_id, str(error)))
+                continue
             scaled = scale_intensities(loaded.image, intensity)
             loaded.image = None  # free the float copy before normalising
             mean, std = foreground_statistics(scaled)

@@ -84,6 +84,7 @@ class PredictionConfig:
     input_dir: Optional[str] = None
     save_probabilities: bool = False
     postprocessing: str = "auto"  # --postprocessing: apply postprocessing.json (auto) or not (none)
+    skip_invalid: bool = False  # --skip_invalid: an unreadable --input_dir case is listed and left out
 
 
 @dataclass(frozen=True)
@@ -294,12 +295,11 @@ def resolve(parsed, *, model_dir: Optional[str] = None, fold: Optional[int] = No
         # Also the check that the regions turn back into labels.
         painting=tuple(region_painting(model_config.regions)) if model_config.target == "regions" else ())
     inference.validate()
-    prediction = PredictionConfig(predict_on=options.predict_on,
-                                  output_dir=options.output_dir,
-                                  overwrite=bool(options.overwrite),
-                                  input_dir=options.input_dir,
+    prediction = PredictionConfig(predict_on=options.predict_on, output_dir=options.output_dir,
+                                  overwrite=bool(options.overwrite), input_dir=options.input_dir,
                                   save_probabilities=bool(options.save_probabilities),
-                                  postprocessing=getattr(options, "postprocessing", None) or "auto")
+                                  postprocessing=getattr(options, "postprocessing", None) or "auto",
+                                  skip_invalid=bool(getattr(options, "skip_invalid", False)))
     if exec_mode in ("evaluate", "predict") and not has_checkpoints(model_dir):
         raise ConfigError("--model_dir {}: no checkpoint to {} with; train first".format(model_dir, exec_mode))
     if exec_mode in ("evaluate", "predict") and getattr(options, "checkpoint", None) is not None:

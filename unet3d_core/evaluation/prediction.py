@@ -119,9 +119,11 @@ def predict(config, *, runtime: Runtime, logger):
     """``predict``: a raw folder (``--input_dir``) or the data set's cases (``--predict_on``), sharded over
     ranks; with ``--benchmark`` timed and not written."""
     strategy, session_config, layer_ops = runtime.strategy, runtime.evaluation_session, runtime.layer_ops
+    skipped: List = []  # (case, reason) of --skip_invalid
     if config.prediction.input_dir:
         case_ids, listed = volumes.raw_folder_cases(config.prediction.input_dir, shard=strategy.shard,
-                                                    intensity=config.intensity)
+                                                    intensity=config.intensity,
+                                                    skipped=skipped if config.prediction.skip_invalid else None)
         unused = [listed]  # the listing's lazy iterator, for the first pass over the cases
 
         def load():
@@ -142,7 +144,13 @@ def predict(config, *, runtime: Runtime, logger):
     if config.training.benchmark:
         return benchmark_prediction(config, load, session_config=session_config, layer_ops=layer_ops,
                                     logger=logger, workers=strategy.size)
-    return predict_cases(config, case_ids, load, session_config=session_config, layer_ops=layer_ops, logger=logger)
+    written = predict_cases(config, case_ids, load, session_config=session_config, layer_ops=layer_ops,
+                            logger=logger)
+    if skipped:
+        logger.message("--skip_invalid: left out {} case(s) that could not be read:".format(len(skipped)))
+        for case_id, reason in skipped:
+            logger.message("  {}: {}".format(case_id, reason))
+    return written
 
 
 def predict_ensemble(configs, *, output_dir: str, runtime: Runtime, logger) -> List[str]:
