@@ -98,15 +98,32 @@ def load_backends():
 
 def add_trainer_options(parser: argparse.ArgumentParser, exec_mode: str, registry) -> None:
     """The options of train, evaluate and predict, in the groups (and the order) that --help shows."""
+    trains = exec_mode == "train"  # evaluate and predict show (and take) only the flags they use
     _add_data_options(parser, exec_mode)
     run = _add_run_options(parser, exec_mode, registry)
-    _add_recipe_options(parser)
-    _add_run_timing_options(run)
-    _add_optimiser_options(parser)
+    if trains:
+        _add_recipe_options(parser)
+    _add_run_timing_options(run, trains)
+    if trains:
+        _add_optimiser_options(parser)
     _add_model_options(parser)
     _add_prediction_options(parser)
-    _add_best_checkpoint_options(parser)
+    _add_best_checkpoint_options(parser, trains)
+    if not trains:
+        _hide_training_flags(parser)
     registry.add_options(parser)
+
+
+def _hide_training_flags(parser: argparse.ArgumentParser) -> None:
+    """The training-only flags' defaults (as 'train' states them) without the flags: evaluate and predict
+    neither list nor accept them, and the run's values come from run.json."""
+    scratch = argparse.ArgumentParser(add_help=False)
+    _add_recipe_options(scratch)
+    _add_run_timing_options(scratch.add_argument_group("run"), True)
+    _add_optimiser_options(scratch)
+    _add_best_checkpoint_options(scratch, True)
+    shown = {action.dest for action in parser._actions}
+    parser.set_defaults(**{action.dest: action.default for action in scratch._actions if action.dest not in shown})
 
 
 def _add_data_options(parser: argparse.ArgumentParser, exec_mode: str) -> None:
@@ -135,10 +152,10 @@ class GivenFlag(argparse.Action):
 def _add_run_options(parser: argparse.ArgumentParser, exec_mode: str, registry):
     """The 'run' group with its first options; returned, as more options join it after the recipe's."""
     run = parser.add_argument_group("run")
-    run.add_argument("--exec_mode", choices=EXEC_MODES, default=exec_mode, action=GivenFlag,
-                     help="what to run (default {}{})".format(exec_mode, "; a resumed run finishes the mode it was "
-                                                                     "started with" if exec_mode == "train" else ""))
-    parser.set_defaults(exec_mode_given=False)
+    if exec_mode == "train":
+        run.add_argument("--exec_mode", choices=EXEC_MODES, default=exec_mode, action=GivenFlag,
+                         help="what to run (default train; a resumed run finishes the mode it was started with)")
+    parser.set_defaults(exec_mode=exec_mode, exec_mode_given=False)
     run.add_argument("--backend", default="cpu",
                      help="device backend: {} (default cpu; see 'cli.py backends')".format(", ".join(registry.names)))
     run.add_argument("--max_steps", type=positive_int, default=None,
@@ -173,10 +190,12 @@ def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
                             _default("elastic_probability")))
 
 
-def _add_run_timing_options(run) -> None:
-    """The rest of the 'run' group: caching, benchmarking, seed, logging and checkpoint intervals."""
-    run.add_argument("--cache", action="store_true",
-                     help="keep the decoded training cases in memory (about 45 MB per BraTS case per worker)")
+def _add_run_timing_options(run, trains: bool) -> None:
+    """The rest of the 'run' group: benchmarking, seed and, for training, caching, logging and checkpoint
+    intervals."""
+    if trains:
+        run.add_argument("--cache", action="store_true",
+                         help="keep the decoded training cases in memory (about 45 MB per BraTS case per worker)")
     run.add_argument("--benchmark", action="store_true",
                      help="time the steps after --warmup_steps up to --max_steps and log throughput (volumes/s, "
                           "all workers) and latency; no checkpoints or evaluation. For predict a step is one "
@@ -189,10 +208,12 @@ def _add_run_timing_options(run) -> None:
                           "--eval_crop (--data_dir is still read for its case list)")
     run.add_argument("--seed", type=int, default=None,
                      help="random seed for weights and data order ({})".format(_default("seed")))
-    run.add_argument("--log_every", type=positive_int, default=100, help="steps between log lines (default 100)")
-    run.add_argument("--checkpoint_every", type=positive_int, default=500,
-                     help="steps between checkpoints (default 500)")
-    run.add_argument("--keep_checkpoints", type=positive_int, default=3, help="checkpoints kept (default 3)")
+    if trains:
+        run.add_argument("--log_every", type=positive_int, default=100,
+                         help="steps between log lines (default 100)")
+        run.add_argument("--checkpoint_every", type=positive_int, default=500,
+                         help="steps between checkpoints (default 500)")
+        run.add_argument("--keep_checkpoints", type=positive_int, default=3, help="checkpoints kept (default 3)")
 
 
 def _add_optimiser_options(parser: argparse.ArgumentParser) -> None:
@@ -291,16 +312,17 @@ def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
                           "(default auto: the year the cohort's release was scored; see docs/metrics.md)")
 
 
-def _add_best_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+def _add_best_checkpoint_options(parser: argparse.ArgumentParser, trains: bool) -> None:
     best = parser.add_argument_group(
         "best checkpoint", "train_and_evaluate keeps MODEL_DIR/best/, the checkpoint where a smoothed pseudo-Dice on "
                            "fixed validation patches peaked (docs/training.md, 'The best checkpoint').")
-    best.add_argument("--validate_every", type=non_negative_int, default=None,
-                      help="train_and_evaluate: steps between pseudo-Dice validations, also done at the last step; "
-                           "0 = none, so no best checkpoint (default: --checkpoint_every)")
-    best.add_argument("--validation_patches", type=positive_int, default=None,
-                      help="fixed patches of the training crop's size cut from the fold's validation cases, every "
-                           "other one centred on tumour (default 16)")
+    if trains:
+        best.add_argument("--validate_every", type=non_negative_int, default=None,
+                          help="train_and_evaluate: steps between pseudo-Dice validations, also done at the last "
+                               "step; 0 = none, so no best checkpoint (default: --checkpoint_every)")
+        best.add_argument("--validation_patches", type=positive_int, default=None,
+                          help="fixed patches of the training crop's size cut from the fold's validation cases, "
+                               "every other one centred on tumour (default 16)")
     best.add_argument("--checkpoint", type=checkpoint_choice, default=None, metavar="best|latest|STEP",
                       help="checkpoint that evaluate and predict (and train_and_evaluate's final evaluation) "
                            "restore: best, latest (the newest) or a step number (default: best where the run has "
@@ -324,12 +346,14 @@ class Parser(argparse.ArgumentParser):
         self.given = list(sys.argv[1:] if args is None else args)
         return super().parse_args(args, namespace)
 
-    def _command_parser(self) -> "Parser":
-        """The sub-command's parser named on the command line (unrecognised flags are the top parser's error)."""
+    def _command_parser(self, name: Optional[str] = None) -> "Parser":
+        """The sub-command's parser called ``name``, or else the one named on the command line (unrecognised
+        flags are the top parser's error); this parser when there is none."""
         commands = [action for action in self._actions if isinstance(action, argparse._SubParsersAction)]
         words = [token for token in getattr(self, "given", []) if not token.startswith("-")]
-        if commands and words and words[0] in commands[0].choices:
-            return commands[0].choices[words[0]]
+        name = name or (words[0] if words else None)
+        if commands and name in commands[0].choices:
+            return commands[0].choices[name]
         return self
 
     def known_flags(self) -> List[str]:
@@ -341,7 +365,13 @@ class Parser(argparse.ArgumentParser):
         if unknown:
             parser = self._command_parser()
             names = [token.split("=")[0] for token in unknown.group(1).split() if token.startswith("-")]
-            hint = "; ".join(filter(None, (_closest(name, parser.known_flags()) for name in names)))
+            trainer = self._command_parser("train")
+            hint = "; ".join(filter(None, (
+                "{} takes no --exec_mode: it is a mode of its own ('train --exec_mode' picks one)".format(
+                    parser.prog.split()[-1]) if name == "--exec_mode" and parser is not trainer else
+                "{} is a training flag: {} takes the run's values from its run.json".format(
+                    name, parser.prog.split()[-1]) if parser is not trainer and name in trainer.known_flags()
+                else _closest(name, parser.known_flags()) for name in names)))
         choice = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if choice:
             choices = [item.strip(" '") for item in choice.group(3).split(",")]
@@ -418,9 +448,14 @@ def _add_synth_command(commands) -> None:
                             "noise, 3 mm slices along z and x flipped (default a)")
 
 
+def layout_name(text: str) -> str:
+    """A --layout value with its aliases resolved (brats2021 is the 2020 layout)."""
+    return LAYOUT_ALIASES.get(text, text)
+
+
 def _add_raw_data_commands(commands) -> None:
     """preprocess and validate, the two commands that read raw NIfTI cases."""
-    layout_choices = ("auto",) + LAYOUT_NAMES + tuple(LAYOUT_ALIASES)
+    layout_choices = ("auto",) + LAYOUT_NAMES
     prep = commands.add_parser("preprocess", help="raw NIfTI (BraTS 2018-2023+, MSD) -> records + manifest",
                                description="Check and convert raw cases (BraTS 2018/2019, 2020/2021, 2023+ or MSD "
                                            "Task01_BrainTumour; detected automatically) into TFRecords and a "
@@ -430,8 +465,8 @@ def _add_raw_data_commands(commands) -> None:
     prep.add_argument("--folds", type=positive_int, default=5, help="number of folds (default 5)")
     prep.add_argument("--seed", type=int, default=0, help="fold assignment seed (default 0)")
     prep.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
-    prep.add_argument("--layout", choices=layout_choices, default="auto",
-                      help="raw layout (default auto: detected from the folder)")
+    prep.add_argument("--layout", choices=layout_choices, default="auto", type=layout_name,
+                      help="raw layout (default auto: detected from the folder; brats2021 is brats2020)")
     prep.add_argument("--skip-invalid", "--skip_invalid", dest="skip_invalid", action="store_true",
                       help="leave invalid cases out and list them, instead of stopping at the first")
     prep.add_argument("--intensity", choices=INTENSITY_FORMATS, default=DEFAULT_INTENSITY,
@@ -444,8 +479,8 @@ def _add_raw_data_commands(commands) -> None:
                                 description="Run every check of 'preprocess' on every case, write nothing, "
                                             "list the invalid cases; exit status 1 if there are any.")
     check.add_argument("-i", "--input_dir", required=True, help="raw data folder")
-    check.add_argument("--layout", choices=layout_choices, default="auto",
-                       help="raw layout (default auto: detected from the folder)")
+    check.add_argument("--layout", choices=layout_choices, default="auto", type=layout_name,
+                       help="raw layout (default auto: detected from the folder; brats2021 is brats2020)")
     check.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
 
 
@@ -453,9 +488,9 @@ def _add_score_command(commands) -> None:
     score = commands.add_parser("score", help="score a folder of predictions against ground truth",
                                 description="Score predicted label maps (any tool's) against ground truth: "
                                             "whole-volume Dice and HD95 (mm) per region of the cohort, the "
-                                            "challenge's lesion-wise Dice and HD95, and the seed's table for "
-                                            "glioma labels. Prints a table, writes a per-case CSV and a JSON "
-                                            "summary beside it.")
+                                            "challenge's lesion-wise Dice and HD95, and the reference port's "
+                                            "legacy table for glioma labels. Prints a table, writes a per-case "
+                                            "CSV and a JSON summary beside it.")
     score.add_argument("--pred", required=True, help="flat folder of <case>.nii.gz label maps")
     score.add_argument("--truth", required=True,
                        help="raw BraTS folder (<case>/<case>_seg.nii.gz, <case>-seg.nii.gz, <case>_gtv.nii.gz) "

@@ -133,7 +133,7 @@ LOG = [
     {"type": "LOG", "step": "eval", "data": {"MeanDice": 0.625, "Dice_WT": 0.875, "checkpoint_step": 30}},
 ]
 EVALUATION = {"checkpoint_step": 30, "inference": {"mode": "sliding"}, "statistics": {
-    "MeanDice": {"scheme": "seed", "mean": 0.5, "median": 0.4375, "std": 0.125},
+    "MeanDice": {"scheme": "legacy", "mean": 0.5, "median": 0.4375, "std": 0.125},
     "Dice_WT": {"scheme": "brats", "mean": 0.8125, "median": 0.875, "std": 0.0625},
     "HD95_ET": {"scheme": "brats", "mean": 12.25, "median": 3.5, "std": 17.0},
 }}
@@ -182,7 +182,7 @@ def test_report_of_a_hand_made_run_shows_its_numbers_and_the_requested_cases(han
     # The empty prediction adds no overlay: fewer coloured pixels than B (the same truth geometry, slice 4).
     assert _colourful(pictures[ids[2]]) < _colourful(pictures[ids[1]])
     assert "- run: steps 10..30, last logged loss 0.8125, 1 evaluation(s)" in index
-    assert "| MeanDice | seed | 0.5000 | 0.4375 | 0.1250 |" in index
+    assert "| MeanDice | legacy | 0.5000 | 0.4375 | 0.1250 |" in index
     assert "| Dice_WT | brats | 0.8125 | 0.8750 | 0.0625 |" in index
     assert "| HD95_ET | brats | 12.2500 | 3.5000 | 17.0000 |" in index
     assert 'Checkpoint step 30; inference {"mode": "sliding"}.' in index

@@ -45,7 +45,7 @@ def test_score_writes_hand_checkable_csv_and_json_summary(tmp_path, capsys):
     out = str(tmp_path / "scores" / "metrics.csv")
     run_cli(["score", "--pred", pred_dir, "--truth", truth_dir, "--out", out])
     printed = capsys.readouterr().out
-    assert "Dice_WT" in printed and "HD95_ET" in printed and "seed" in printed and "brats" in printed
+    assert "Dice_WT" in printed and "HD95_ET" in printed and "legacy" in printed and "brats" in printed
     with open(out) as handle:
         rows = {row["case"]: row for row in csv.DictReader(handle)}
     assert sorted(rows) == ["A", "B"]
@@ -61,8 +61,8 @@ def test_score_writes_hand_checkable_csv_and_json_summary(tmp_path, capsys):
     assert summary["metrics"]["HD95_ET"] == dict(summary["metrics"]["HD95_ET"], scheme="brats",
                                                  mean=pytest.approx(2.0), median=pytest.approx(2.0),
                                                  std=pytest.approx(2.0))
-    assert summary["metrics"]["TumorCore"]["scheme"] == "seed"
-    assert "label 1 alone" in summary["naming"]["seed"]
+    assert summary["metrics"]["TumorCore"]["scheme"] == "legacy"
+    assert "label 1 alone" in summary["naming"]["legacy"]
 
 
 def test_score_reads_a_raw_brats_truth_folder(raw_dataset, tmp_path):

@@ -1,4 +1,5 @@
-"""Segmentation metrics: whole-volume Dice and HD95 per region, lesion-wise scores, and the seed's table.
+"""Segmentation metrics: whole-volume Dice and HD95 per region, lesion-wise scores, and the reference port's
+legacy table.
 
 A :class:`LabelScheme` says what is measured; it comes from the data's layout
 (:mod:`unet3d_core.data.layouts`), so each cohort is scored on its own regions:
@@ -48,8 +49,9 @@ SEED_NAMES = list(SEED_REGIONS) + ["MeanDice", "WholeTumor"]
 HD95_ONE_EMPTY_MM = 373.13
 LESION_PREFIX = "Lesion"
 
-_SEED_DESCRIPTION = ("the seed's table (Dice): TumorCore = label 1 alone, PeritumoralEdema = label 2, "
-                     "EnhancingTumor = label 4, MeanDice = mean of those three, WholeTumor = labels 1,2,4")
+_SEED_DESCRIPTION = ("the reference port's table, legacy names (Dice), not the BraTS regions: TumorCore = label 1 "
+                     "alone (BraTS TC is 1 and 4), PeritumoralEdema = label 2, EnhancingTumor = label 4, MeanDice = "
+                     "mean of those three, WholeTumor = labels 1,2,4")
 
 
 @dataclass(frozen=True)
@@ -77,8 +79,9 @@ class LabelScheme:
     @property
     def names(self) -> List[str]:
         """Every metric this scheme reports, in table order."""
-        names = list(SEED_NAMES) if self.seed_table else []
-        names += ["Dice_" + region for region in self.regions] + ["HD95_" + region for region in self.regions]
+        # The BraTS regions first; the reference port's legacy names after them, never the first column read.
+        names = ["Dice_" + region for region in self.regions] + ["HD95_" + region for region in self.regions]
+        names += list(SEED_NAMES) if self.seed_table else []
         if self.lesion_rules is not None:
             scored = list(self.lesion_rules.regions)
             names += [LESION_PREFIX + "Dice_" + region for region in scored]
@@ -90,14 +93,14 @@ class LabelScheme:
     def descriptions(self) -> "OrderedDict[str, str]":
         """Scheme name -> what its numbers mean, written next to every report."""
         text = OrderedDict()
-        if self.seed_table:
-            text["seed"] = _SEED_DESCRIPTION
         regions = "; ".join("{} = label{} {}".format(name, "s" if len(labels) > 1 else "",
                                                      ",".join(str(label) for label in labels))
                             for name, labels in self.regions.items())
         text["brats"] = ("BraTS challenge regions ({} {}, internal labels): {}; whole-volume Dice, and HD95 = "
                          "95th-percentile Hausdorff distance in mm (both empty: 0, one empty: 373.13)".format(
                              self.cohort, self.layout, regions))
+        if self.seed_table:
+            text["legacy"] = _SEED_DESCRIPTION
         if self.lesion_rules is not None:
             text["lesion"] = "lesion-wise Dice{} HD95 (mm): ".format(
                 ", NSD and" if self.lesion_rules.nsd else " and") + self.lesion_rules.describe()
@@ -105,11 +108,11 @@ class LabelScheme:
 
 
 def scheme_of(name: str) -> str:
-    """Which scheme a metric name belongs to: ``seed``, ``brats`` or ``lesion``."""
+    """Which scheme a metric name belongs to: ``brats``, ``legacy`` (the reference port's names) or ``lesion``."""
     if name.startswith(LESION_PREFIX):
         return "lesion"
     if name in SEED_NAMES:
-        return "seed"
+        return "legacy"
     return "brats"
 
 
@@ -152,17 +155,17 @@ def case_metrics(prediction: np.ndarray, truth: np.ndarray, spacing: Sequence[fl
     if prediction.shape != truth.shape:
         raise ValueError("prediction shape {} differs from truth shape {}".format(prediction.shape, truth.shape))
     values = OrderedDict()
-    if scheme.seed_table:
-        for name, labels in SEED_REGIONS.items():
-            values[name] = dice(np.isin(prediction, labels), np.isin(truth, labels))
-        values["MeanDice"] = float(np.mean([values[name] for name in SEED_REGIONS]))
-        values["WholeTumor"] = dice(prediction > 0, truth > 0)
     masks = OrderedDict((name, (np.isin(prediction, labels), np.isin(truth, labels)))
                         for name, labels in scheme.regions.items())
     for name, (predicted, actual) in masks.items():
         values["Dice_" + name] = dice(predicted, actual)
     for name, (predicted, actual) in masks.items():
         values["HD95_" + name] = hd95(predicted, actual, spacing)
+    if scheme.seed_table:  # after the BraTS regions (scheme.names' order)
+        for name, labels in SEED_REGIONS.items():
+            values[name] = dice(np.isin(prediction, labels), np.isin(truth, labels))
+        values["MeanDice"] = float(np.mean([values[name] for name in SEED_REGIONS]))
+        values["WholeTumor"] = dice(prediction > 0, truth > 0)
     if scheme.lesion_rules is not None:
         scores = lesion_scores(prediction, truth, spacing, scheme.lesion_regions, scheme.lesion_rules)
         for name, score in scores.items():
