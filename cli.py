@@ -334,6 +334,14 @@ def program_name() -> str:
     return "unet3d" if os.path.basename(sys.argv[0] or "") == "unet3d" else "cli.py"
 
 
+def as_invoked(message: str) -> str:
+    """``message`` with its command hints ('python cli.py preprocess ...') naming the program as the user ran
+    it: the installed ``unet3d`` command, or cli.py."""
+    if program_name() != "unet3d":
+        return message
+    return re.sub(r"'(?:python )?cli\.py ", "'unet3d ", message)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with exact flag names only (no abbreviations) and one-line errors: the problem, a "did you
     mean" where a flag or choice is close to a known one, and where the command's help is."""
@@ -701,7 +709,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(str(stopped), flush=True)
         return 0
     except UNet3DError as error:
-        print("error: {}".format(error), file=sys.stderr)
+        print("error: {}".format(as_invoked(str(error))), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

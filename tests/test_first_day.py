@@ -3,6 +3,7 @@
 it is and the likely fix), evaluation with provenance, resume that finishes what the run was started for."""
 import json
 import os
+import sys
 
 import pytest
 from conftest import TINY_MODEL, run_cli
@@ -319,3 +320,18 @@ def test_predict_skip_invalid_leaves_out_an_unreadable_case_and_lists_it(records
     assert "--skip_invalid: left out 1 case(s) that could not be read:" in out
     listed = [line for line in out.splitlines() if line.startswith("  {}: ".format(names[1]))]
     assert len(listed) == 1 and str(broken) in listed[0] and "not a gzip file" in listed[0]
+
+
+def test_hints_name_the_program_as_it_was_invoked(raw_dataset, tmp_path, monkeypatch, capsys):
+    import cli
+
+    monkeypatch.setattr(sys, "argv", ["/opt/venv/bin/unet3d"])
+    assert cli.main(["train", "--data_dir", raw_dataset, "--model_dir", str(tmp_path / "m")]) == 1
+    message = _error(capsys)
+    assert "e.g. 'unet3d preprocess -i {}".format(raw_dataset) in message and "cli.py" not in message
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--dep", "3"])
+    assert "(see 'unet3d train --help')" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    assert cli.main(["train", "--data_dir", raw_dataset, "--model_dir", str(tmp_path / "m")]) == 1
+    assert "e.g. 'python cli.py preprocess -i" in _error(capsys)
