@@ -53,7 +53,7 @@ def test_evaluation_scores_every_validation_case_once(trained, records):
     assert best_step in (3, 6) and report["checkpoint_step"] == best_step
     for name in ("WholeTumor", "MeanDice", "Dice_WT", "Dice_TC", "Dice_ET"):
         assert 0.0 <= report["mean"][name] <= 1.0
-    assert "label 4" in report["naming"]["seed"]
+    assert "label 4" in report["naming"]["legacy"]
     # The same means reach TensorBoard, at the checkpoint's step.
     import tensorflow as tf
 
