@@ -374,12 +374,7 @@ class Parser(argparse.ArgumentParser):
             parser = self._command_parser()
             names = [token.split("=")[0] for token in unknown.group(1).split() if token.startswith("-")]
             trainer = self._command_parser("train")
-            hint = "; ".join(filter(None, (
-                "{} takes no --exec_mode: it is a mode of its own ('train --exec_mode' picks one)".format(
-                    parser.prog.split()[-1]) if name == "--exec_mode" and parser is not trainer else
-                "{} is a training flag: {} takes the run's values from its run.json".format(
-                    name, parser.prog.split()[-1]) if parser is not trainer and name in trainer.known_flags()
-                else _closest(name, parser.known_flags()) for name in names)))
+            hint = "; ".join(filter(None, (_unknown_flag_hint(name, parser, trainer) for name in names)))
         choice = re.match(r"argument (\S+): invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if choice:
             choices = [item.strip(" '") for item in choice.group(3).split(",")]
@@ -387,6 +382,17 @@ class Parser(argparse.ArgumentParser):
                 [item for item in choices if item.lower() == choice.group(2).lower()]
             hint = "did you mean {}?".format(match[0]) if match else ""
         self.exit(2, "error: {}{} (see '{} --help')\n".format(message, " - " + hint if hint else "", parser.prog))
+
+
+def _unknown_flag_hint(name: str, parser: "Parser", trainer: "Parser") -> str:
+    """What to say of ``name``, a flag ``parser`` does not know: a mode of its own, a training flag (for
+    evaluate and predict, which take those from run.json), else the nearest flag."""
+    command = parser.prog.split()[-1]
+    if parser is not trainer and name == "--exec_mode":
+        return "{} takes no --exec_mode: it is a mode of its own ('train --exec_mode' picks one)".format(command)
+    if parser is not trainer and name in trainer.known_flags():
+        return "{} is a training flag: {} takes the run's values from its run.json".format(name, command)
+    return _closest(name, parser.known_flags())
 
 
 def _closest(name: str, flags: List[str]) -> str:

@@ -16,20 +16,24 @@ from unet3d_core.errors import ConfigError
 RUN_FILE = "run.json"  # a run folder's record (unet3d_core.model.run_folder)
 MANIFEST_NAME = "manifest.json"  # a preprocessed data set's index (unet3d_core.data.records)
 FOLD_FOLDER = re.compile(r"^fold-(\d+)$")  # one fold's run inside a --fold all folder
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")  # also the raw layouts' (unet3d_core.data.layouts)
+
+
+def fold_folders(path: str) -> List[int]:
+    """The numbers of ``path``'s ``fold-N`` sub-folders, sorted; [] when ``path`` is not a folder."""
+    if not os.path.isdir(path):
+        return []
+    return sorted(int(match.group(1)) for match in map(FOLD_FOLDER.match, os.listdir(path))
+                  if match and os.path.isdir(os.path.join(path, match.group(0))))
 
 
 def cross_validation_folds(path: str) -> List[int]:
     """The fold numbers of ``path``'s ``fold-N`` sub-folders that are runs (hold a run.json), sorted; [] for a
     folder that is not a cross-validation folder (or is itself a run)."""
-    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, RUN_FILE)):
+    if os.path.isfile(os.path.join(path, RUN_FILE)):
         return []
-    folds = []
-    for name in os.listdir(path):
-        match = FOLD_FOLDER.match(name)
-        if match and os.path.isfile(os.path.join(path, name, RUN_FILE)):
-            folds.append(int(match.group(1)))
-    return sorted(folds)
+    return [fold for fold in fold_folders(path)
+            if os.path.isfile(os.path.join(path, "fold-{}".format(fold), RUN_FILE))]
 
 
 def _holds_nifti(path: str, depth: int = 3, folders_read: int = 200) -> bool:

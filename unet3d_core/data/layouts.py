@@ -50,9 +50,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from unet3d_core.errors import DataError
+from unet3d_core.folders import NIFTI_SUFFIXES
 
 CHANNELS = ("t1", "t1ce", "t2", "flair")
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 AUTO = "auto"
 # Folders that archive tools leave behind and that never hold cases.
 IGNORED_FOLDERS = ("__MACOSX",)

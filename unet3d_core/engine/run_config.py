@@ -37,6 +37,7 @@ from unet3d_core.engine.run_flags import (
 )
 from unet3d_core.errors import ConfigError
 from unet3d_core.evaluation.inference import InferenceSettings
+from unet3d_core.folders import fold_folders
 from unet3d_core.model.checkpoints import check_folder_can_be_written, select_checkpoint
 from unet3d_core.model.config import ModelConfig
 from unet3d_core.model.run_folder import network_record, read_run, run_folder_for
@@ -367,10 +368,8 @@ def _ensemble(options) -> Tuple[Optional[List[int]], Optional[Manifest]]:
     if folds_flag is not None:
         folds = parse_folds(folds_flag)
     else:
-        folds = sorted(int(name[len("fold-"):]) for name in os.listdir(options.model_dir)
-                       if name.startswith("fold-") and name[len("fold-"):].isdigit()
-                       and has_checkpoints(os.path.join(options.model_dir, name))) \
-            if os.path.isdir(options.model_dir) else []
+        folds = [fold for fold in fold_folders(options.model_dir)
+                 if has_checkpoints(os.path.join(options.model_dir, "fold-{}".format(fold)))]
     for fold in folds:
         folder = os.path.join(options.model_dir, "fold-{}".format(fold))
         if not has_checkpoints(folder):
