@@ -170,14 +170,29 @@ def _deep_supervision_loss(loss, outputs, target):
     return sum(float(weights[level]) * loss(outputs[:, level], target) for level in range(levels))
 
 
+# MONAI's ConvertToMultiChannelBasedOnBratsClasses stacks its channels as TC, WT, ET (in that order).
+MONAI_REGION_ORDER = ("TC", "WT", "ET")
+
+
 def _paint(probabilities):
-    """BraTS 2019 labels from WT/TC/ET probabilities: the innermost region above 0.5 (4 ET, 1 TC, 2 WT)."""
-    regions = probabilities > 0.5
-    label = np.zeros(regions.shape[1:], np.uint8)
-    label[regions[0]] = 2
-    label[regions[0] & regions[1]] = 1
-    label[regions[0] & regions[1] & regions[2]] = 4
+    """BraTS 2019 labels from MONAI's region probabilities (channels TC, WT, ET): the innermost region above 0.5
+    (4 ET, 1 TC, 2 WT)."""
+    regions = dict(zip(MONAI_REGION_ORDER, probabilities > 0.5))
+    label = np.zeros(regions["WT"].shape, np.uint8)
+    label[regions["WT"]] = 2
+    label[regions["WT"] & regions["TC"]] = 1
+    label[regions["WT"] & regions["TC"] & regions["ET"]] = 4
     return label
+
+
+def _check_painting(label):
+    """Painting MONAI's region channels of a truth must give the truth back (it did not once: WT and TC were
+    swapped and the WT scores of the first 4000-step row were TC's)."""
+    from monai.transforms import ConvertToMultiChannelBasedOnBratsClasses
+
+    channels = np.asarray(ConvertToMultiChannelBasedOnBratsClasses()(label)).astype(np.float32)
+    if not np.array_equal(_paint(channels), label):
+        raise SystemExit("monai_side: painting MONAI's region channels does not give the labels back")
 
 
 def command_train(options) -> int:
@@ -194,6 +209,7 @@ def command_train(options) -> int:
         image, label, _ = _load_case(case["images"], case["segmentation"])
         foreground, background = _indices(label)
         cases.append({"image": image, "label": label[None], "fg": foreground, "bg": background})
+    _check_painting(cases[0]["label"][0])
     crop = options.crop
     transform = nnunet_like_transforms(crop, regions=True)
     network = _network(options)
@@ -217,6 +233,9 @@ def command_train(options) -> int:
             print("step {}/{} loss {:.4f} {:.1f} s".format(step + 1, options.steps, float(value), time.time() - began),
                   flush=True)
     network.eval()
+    if options.save:
+        os.makedirs(os.path.dirname(os.path.abspath(options.save)), exist_ok=True)
+        torch.save(network.state_dict(), options.save)
     for test_dir, out_dir in zip(options.test_dirs, options.out_dirs):
         os.makedirs(out_dir, exist_ok=True)
         for case_id, images in _raw_cases(test_dir):
@@ -266,6 +285,7 @@ def main(argv=None) -> int:
     train.add_argument("--threads", type=int, default=2, help="torch threads of the training step")
     train.add_argument("--loader_threads", type=int, default=1, help="DataLoader workers (1: in-process)")
     train.add_argument("--log_every", type=int, default=100)
+    train.add_argument("--save", default=None, help="write the trained network's state_dict here")
     options = parser.parse_args(argv)
     if options.command == "transforms":
         return command_transforms(options)

@@ -133,8 +133,9 @@ def main(argv=None) -> int:
                 if row == "monai":
                     run([BENCH_PYTHON, os.path.join(ROOT, "benchmarks", "monai_side.py"), "train", "--cases",
                          cases_file, "--test_dirs"] + list(tests.values()) + ["--out_dirs"] + list(outputs.values())
-                        + ["--crop"] + options.crop + ["--steps", options.steps, "--batch_size", 2, "--seed", seed]
-                        + network, os.path.join(logs, name + ".log"))
+                        + ["--crop"] + options.crop + ["--steps", options.steps, "--batch_size", 2, "--seed", seed,
+                           "--save", os.path.join(run_dir, "network.pt")] + network,
+                        os.path.join(logs, name + ".log"))
                 else:
                     recipe, extra = (row, ()) if row in ROWS else ("nnunet", ABLATIONS[row])
                     run(cli("train", "--recipe", recipe, *extra, "--data_dir", records, "--model_dir", run_dir,
