@@ -32,11 +32,11 @@ case "$flavour" in
             echo "error: Python 3.7 not found (needed for TensorFlow 1.15). Install it (e.g. 'pyenv install 3.7.16') or put python3.7 on PATH." >&2
             exit 3
         fi
-        packages=("tensorflow==1.15.5" "protobuf<3.21" "numpy==1.18.5" "h5py<3" "nibabel<5" "pluggy>=1.0,<1.3" "pytest<8" "scipy<1.8" "matplotlib<3.6" "tqdm>=4.64,<5" "surface-distance==0.1")
+        packages=("tensorflow==1.15.5" "protobuf<3.21" "numpy==1.18.5" "h5py<3" "nibabel<5" "pluggy>=1.0,<1.3" "pytest<8" "pytest-xdist<3.3" "scipy<1.8" "matplotlib<3.6" "tqdm>=4.64,<5" "surface-distance==0.1")
         ;;
     tf2)
         python=$(command -v python3.11 || command -v python3)
-        packages=("tensorflow-cpu==2.15.1" "numpy<2" "nibabel>=5" "pluggy>=1.3" "pytest>=7" "scipy<1.14" "matplotlib" "ruff" "tqdm>=4.64,<5" "surface-distance==0.1"
+        packages=("tensorflow-cpu==2.15.1" "numpy<2" "nibabel>=5" "pluggy>=1.3" "pytest>=7" "pytest-xdist>=3.5" "scipy<1.14" "matplotlib" "ruff" "tqdm>=4.64,<5" "surface-distance==0.1"
                   # Test-only: the challenge's 2026 scorer, the reference of tests/test_lesion_metrics.py
                   # (AGPL-3.0 metadata; never imported by unet3d itself).
                   "BraTS-evaluation==0.0.8" "panoptica==2.1.4"
@@ -50,13 +50,19 @@ case "$flavour" in
             echo "error: Python 3.9 not found (needed for TensorFlow 2.6.5). Install it (e.g. 'pyenv install 3.9.18') or put python3.9 on PATH." >&2
             exit 3
         fi
-        packages=("tensorflow-cpu==2.6.5" "keras==2.6.0" "numpy~=1.19.2" "protobuf<3.20" "nibabel<5" "pluggy>=1.3" "pytest>=7,<8" "scipy<1.8" "matplotlib<3.6" "tqdm>=4.64,<5" "surface-distance==0.1")
+        packages=("tensorflow-cpu==2.6.5" "keras==2.6.0" "numpy~=1.19.2" "protobuf<3.20" "nibabel<5" "pluggy>=1.3" "pytest>=7,<8" "pytest-xdist<3.7" "scipy<1.8" "matplotlib<3.6" "tqdm>=4.64,<5" "surface-distance==0.1")
         with_horovod=0
         ;;
     *) echo "error: unknown environment '$flavour' (expected tf1, tf2 or tf26)" >&2; exit 2 ;;
 esac
 
 if [ -f "$stamp" ]; then
+    # Environments made before the suite ran on several workers lack pytest-xdist.
+    if ! "$venv/bin/python" -c "import xdist" 2>/dev/null; then
+        for package in "${packages[@]}"; do
+            case "$package" in pytest-xdist*) "$venv/bin/python" -m pip --disable-pip-version-check install -q "$package" ;; esac
+        done
+    fi
     # A changed setup.py (new entry points, new extras) refreshes the editable install.
     if [ "$root/setup.py" -nt "$stamp" ]; then
         "$venv/bin/python" -m pip --disable-pip-version-check install -q --no-deps -e "$root" && touch "$stamp"

@@ -5,6 +5,9 @@
 #   tf26 (TF 2.6.5, the NPU's TF Adapter 2.x): the NPU tests against the npu_device fake and the
 #        core tests that apply to it (no Horovod there); test_npu_device_adapter.py last, as it
 #        switches TensorFlow 2 behaviour off in its process.
+# tf2 and tf1 run on UNET3D_TEST_WORKERS pytest-xdist workers (default: one per core), a test file per
+# worker at a time (module fixtures are trained once); tests/test_example_plugin.py, which pip-installs a
+# backend into the environment, runs alone afterwards. Extra pytest arguments run as given, on one worker.
 # Without Python 3.7 / 3.9 their suite is skipped with a message locally and is
 # an error in CI (CI=true), where every environment is required.
 set -uo pipefail
@@ -32,8 +35,12 @@ for flavour in "${flavours[@]}"; do
     echo "== unet3d tests in .venv-$flavour ($(".venv-$flavour/bin/python" --version 2>&1)) =="
     if [ "$flavour" = tf26 ]; then
         ".venv-$flavour/bin/python" -m pytest -q -p no:cacheprovider --durations=15 "${TF26_TESTS[@]}" "$@" || status=1
-    else
+    elif [ $# -gt 0 ]; then
         ".venv-$flavour/bin/python" -m pytest -q -p no:cacheprovider --durations=15 "$@" || status=1
+    else
+        ".venv-$flavour/bin/python" -m pytest -q -p no:cacheprovider --durations=15 -n "${UNET3D_TEST_WORKERS:-auto}" \
+            --dist loadfile --ignore tests/test_example_plugin.py || status=1
+        ".venv-$flavour/bin/python" -m pytest -q -p no:cacheprovider tests/test_example_plugin.py || status=1
     fi
 done
 exit $status
