@@ -309,7 +309,8 @@ def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
                           "or none")
     out.add_argument("--lesion_rules", choices=LESION_RULE_CHOICES, default="auto",
                      help="year whose BraTS lesion-wise rules evaluation uses, with the data's cohort "
-                          "(default auto: the year the cohort's release was scored; see docs/metrics.md)")
+                          "(default auto: the year the cohort's release was scored, 2025 for MET or GLI data "
+                          "whose truth holds a resection cavity; see docs/metrics.md)")
 
 
 def _add_best_checkpoint_options(parser: argparse.ArgumentParser, trains: bool) -> None:
@@ -516,7 +517,7 @@ def _add_score_command(commands) -> None:
                             "--truth; brats2019 for a flat folder of label maps)")
     score.add_argument("--lesion_rules", choices=LESION_RULE_CHOICES, default="auto",
                        help="year of the BraTS lesion-wise rules (default auto: the year the cohort's release "
-                            "was scored)")
+                            "was scored, 2025 for MET or GLI truth that holds a resection cavity)")
     score.add_argument("--require_all", action="store_true",
                        help="fail when a truth case has no prediction (default: score the predicted cases)")
 
@@ -535,12 +536,15 @@ def _add_report_command(commands) -> None:
 
 
 def _add_export_command(commands) -> None:
-    export = commands.add_parser("export", help="write a trained run's network as a SavedModel or frozen graph",
+    export = commands.add_parser("export", help="write a trained run's network as a SavedModel, frozen graph or "
+                                                "ONNX model",
                                  description="Export the best checkpoint of a run (else its newest; see "
                                              "--checkpoint) for deployment: a SavedModel "
-                                             "with a serving signature (TensorFlow 1.15/2.x, TensorFlow Serving) "
-                                             "or a frozen GraphDef with a fixed input shape (Ascend ATC, TF-TRT). "
-                                             "export.json beside it says how to normalise the input.")
+                                             "with a serving signature (TensorFlow 1.15/2.x, TensorFlow Serving), "
+                                             "a frozen GraphDef with a fixed input shape (Ascend ATC, TF-TRT) "
+                                             "or an ONNX model (ONNX Runtime, TensorRT; needs the onnx extra). "
+                                             "export.json beside it says how to normalise the input and which "
+                                             "label each output channel is.")
     export.add_argument("--model_dir", required=True,
                         help="the run folder, or a --fold all run's folder with --fold N")
     export.add_argument("--fold", type=non_negative_int, default=None,
@@ -591,6 +595,8 @@ def command_score(options) -> int:
 
     result = run_score(options.pred, options.truth, out_csv=options.out, labels=options.labels,
                        require_all=options.require_all, lesion_rules=options.lesion_rules)
+    if result.lesion_rules_chosen:
+        print("note: " + result.lesion_rules_chosen)
     print(format_table(result.statistics, result.cases, result.descriptions))
     if result.unpredicted:
         print("note: {} truth case(s) have no prediction and were not scored (--require_all makes this an "
@@ -629,6 +635,9 @@ def command_export(options) -> int:
         described["output"]["name"], described["output"]["channels"]))
     if "atc" in described:
         print("convert for Ascend with: " + described["atc"])
+    else:
+        print("segment raw cases with it: python -m unet3d_core.evaluation.exported {} --input_dir RAW "
+              "--output_dir OUT".format(options.out))
     return 0
 
 
@@ -636,12 +645,13 @@ def command_synth(options) -> int:
     from unet3d_core.data.synth import write_synthetic_dataset
     from unet3d_core.progress import Progress
 
-    if options.shape is None:
+    shape = options.shape
+    if shape is None:
         from unet3d_core.data.synth_anatomy import DEFAULT_SHAPE
 
-        options.shape = DEFAULT_SHAPE if options.anatomical else (64, 64, 48)
+        shape = DEFAULT_SHAPE if options.anatomical else (64, 64, 48)
     bar = Progress("synth", options.cases)
-    write_synthetic_dataset(options.out, cases=options.cases, shape=tuple(options.shape),
+    write_synthetic_dataset(options.out, cases=options.cases, shape=tuple(shape),
                             seed=options.seed, progress=lambda done, total, case_id: bar.update(done, case_id),
                             anatomical=options.anatomical, scanner=options.scanner)
     print("wrote {} cases to {}".format(options.cases, options.out))
@@ -672,17 +682,19 @@ def command_validate(options) -> int:
 def command_trainer(options, registry, argv: List[str]) -> int:
     """train, evaluate and predict: check every flag, let the backend launch its workers, else run here."""
     from unet3d_core.engine.run_config import process_core_settings, resolve_runs
+    from unet3d_core.engine.run_flags import CommandFlags
 
     backend = registry.get(options.backend)
-    runs = resolve_runs(options)  # every flag checked against the data and the run folder before anything starts
+    flags = CommandFlags(vars(options))  # the core reads the flags from here on, and never writes them
+    runs = resolve_runs(flags)  # every flag checked against the data and the run folder before anything starts
     # The backend's own flags, checked and frozen: what its hooks receive instead of the parsed options.
-    backend_options = backend.backend_options(options, process_core_settings(options, runs))
+    backend_options = backend.backend_options(flags, process_core_settings(flags, runs))
     code = backend.launch(backend_options, [sys.executable, os.path.abspath(__file__)] + argv)
     if code is not None:
         return int(code)
     from unet3d_core.engine.modes import run
 
-    run(options=options, backend=backend, runs=runs)
+    run(options=flags, backend=backend, runs=runs)
     return 0
 
 

@@ -129,7 +129,7 @@ def test_men_rt_trains_on_one_image_and_two_classes_and_scores_lesion_wise(tmp_p
     with open(os.path.join(model_dir, "eval_results.json")) as handle:
         evaluated = json.load(handle)
     assert list(evaluated["mean"]) == ["Dice_GTV", "HD95_GTV", "LesionDice_GTV", "LesionHD95_GTV"]
-    assert evaluated["layout"] == "brats-men-rt" and evaluated["lesion_rules"] == "auto"
+    assert evaluated["layout"] == "brats-men-rt" and evaluated["lesion_rules"] == "2024"
     assert "BraTS 2024 rules for MEN-RT" in evaluated["naming"]["lesion"]
     out = capsys.readouterr().out
     assert "LesionDice_GTV" in out and "lesion-wise (2024)" in out

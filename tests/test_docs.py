@@ -199,6 +199,42 @@ def test_every_flag_the_docs_name_exists(cli_options):
     assert not problems, "flags named in the docs that nothing defines:\n" + "\n".join(problems)
 
 
+def _help_entries(parser, path=()):
+    """(subcommand path, flag or command name, help text) of everything ``--help`` lists, recursively."""
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS:
+            continue
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, child in action.choices.items():
+                yield path, name, helps.get(name, "")
+                yield from _help_entries(child, path + (name,))
+        for option in action.option_strings:
+            if option.startswith("--") and option != "--help":
+                yield path, option, action.help or ""
+
+
+def test_everything_the_help_lists_is_in_the_docs():
+    """The reverse of the tests above: each flag ``--help`` shows (hidden ones aside) and each command is
+    named in the README or docs/, and the commands' one-line help says what the docs say they write."""
+    import cli
+
+    text = "\n".join(_read(path) for path in DOCS)
+    named = set(FLAG.findall(text))
+    entries = list(_help_entries(cli.build_parser(cli.load_backends())))
+    def documented(path, item):
+        if item.startswith("--"):
+            return item in named
+        command = " ".join(path + (item,))
+        return re.search(r"(cli\.py|unet3d) {}\b|`{}`".format(command, command), text) is not None
+
+    missing = sorted("{} {}".format(" ".join(path) or "cli.py", item) for path, item, _ in entries
+                     if not documented(path, item))
+    assert not missing, "shown by --help but named nowhere in README.md or docs/:\n" + "\n".join(missing)
+    helps = {item: help_text for path, item, help_text in entries if path == ()}
+    assert "ONNX" in helps["export"] and "ONNX" in text
+
+
 def test_the_readme_links_every_docs_page_and_every_link_resolves():
     readme = _read(os.path.join(ROOT, "README.md"))
     assert len(readme.splitlines()) <= 210

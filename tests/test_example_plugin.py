@@ -214,12 +214,12 @@ def test_guide_minimal_backend_is_a_valid_backend():
     parser = argparse.ArgumentParser()
     backend.add_options(parser)
     core = CoreSettings("mychip", model_dir="/tmp/run")
-    options = backend.backend_options(parser.parse_args(["--mychip_threads", "3"]), core)
+    options = backend.backend_options(vars(parser.parse_args(["--mychip_threads", "3"])), core)
     assert options.core is core
     config = backend.session_config(_Config(), options, DistributedStrategy())
     assert config.intra_op_parallelism_threads == 3
     with pytest.raises(ConfigError, match="--mychip_threads"):
-        backend.backend_options(parser.parse_args(["--mychip_threads", "0"]), core)
+        backend.backend_options(vars(parser.parse_args(["--mychip_threads", "0"])), core)
 
 
 class _Config:

@@ -2,6 +2,7 @@
 probabilities prediction computes for that window."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -162,3 +163,55 @@ def test_export_json_says_how_to_scale_inputs_as_the_run_was_trained():
 
     assert "uint16 [0, 65535], no clipping" in normalisation({"data": {"intensity": "uint16"}})
     assert "clip [0, 0.85 x max] per modality, scale to uint8 [0, 255]" in normalisation({"data": {}})  # older runs
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "savedmodel"])
+def test_the_export_predictor_segments_raw_cases_as_predict_does(run_folder, fmt, raw_dataset, tmp_path, capsys):
+    """python -m unet3d_core.evaluation.exported: the export folder alone (no run folder) gives predict's
+    probabilities and label maps for raw cases: same normalisation, windows, blending and labels."""
+    import nibabel
+
+    from unet3d_core.data.volumes import PROBABILITIES_SUFFIX, raw_folder_cases
+    from unet3d_core.evaluation import exported
+
+    if fmt == "onnx":
+        pytest.importorskip("tf2onnx", reason="the onnx extra is installed in .venv-tf2")
+    elif _tensorflow_major() < 2:
+        pytest.skip("the predictor runs SavedModels under TensorFlow 2")
+    config, model_dir, _, _ = run_folder
+    out, predicted, segmented = (str(tmp_path / name) for name in ("export", "predicted", "segmented"))
+    run_cli(["export", "--model_dir", model_dir, "--format", fmt, "--out", out])
+    assert "python -m unet3d_core.evaluation.exported {} --input_dir RAW".format(out) in capsys.readouterr().out
+    run_cli(["predict", "--model_dir", model_dir, "--input_dir", raw_dataset, "--output_dir", predicted,
+             "--save_probabilities", "--backend", "cpu"])
+    shutil.rmtree(model_dir)  # the export alone from here on
+    assert exported.main([out, "--input_dir", raw_dataset, "--output_dir", segmented]) == 0
+    model = exported.ExportedModel(out)
+    case_ids, cases = raw_folder_cases(raw_dataset, intensity=model.intensity)
+    assert sorted(os.listdir(segmented)) == sorted(case_id + ".nii.gz" for case_id in case_ids)
+    for case in cases:
+        expected = np.asarray(nibabel.load(os.path.join(predicted, case.case_id + PROBABILITIES_SUFFIX
+                                                        + ".nii.gz")).dataobj)
+        got = model.probabilities(case.image)
+        assert np.allclose(got, expected, atol=1e-4), float(np.abs(got - expected).max())
+        ours = nibabel.load(os.path.join(segmented, case.case_id + ".nii.gz"))
+        theirs = nibabel.load(os.path.join(predicted, case.case_id + ".nii.gz"))
+        assert np.allclose(ours.affine, theirs.affine)
+        agree = np.mean(np.asarray(ours.dataobj) == np.asarray(theirs.dataobj))
+        assert agree > 0.999, (case.case_id, agree)  # arg-max ties may flip between runtimes
+        assert set(np.unique(np.asarray(ours.dataobj))) <= {0, 1, 2, 4}  # the cases' own (2019) labels
+    # A second run refuses to overwrite; a frozen export is for ATC; a folder without export.json is named.
+    assert exported.main([out, "--input_dir", raw_dataset, "--output_dir", segmented]) == 1
+    assert "exists; choose an empty --output_dir" in capsys.readouterr().err
+
+
+def test_the_export_predictor_refuses_what_it_cannot_run(tmp_path, capsys):
+    from unet3d_core.evaluation import exported
+
+    assert exported.main([str(tmp_path), "--input_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: {}: no export.json (give a folder written by 'cli.py export')".format(tmp_path)
+    (tmp_path / "export.json").write_text(json.dumps({"format": "frozen", "model": "model.pb"}))
+    (tmp_path / "run.json").write_text(json.dumps({"network": {}}))
+    assert exported.main([str(tmp_path), "--input_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]) == 1
+    assert "a 'frozen' export is for Ascend's ATC; export with --format onnx or savedmodel" in capsys.readouterr().err

@@ -469,6 +469,42 @@ def test_hccl_starts_with_the_rank_table_and_answers_until_shutdown(fake_npu, mo
         npu_init.get_rank_size()
 
 
+def test_the_gradient_split_strategy_follows_hcclsplit_api_and_needs_hccl_started(fake_npu, monkeypatch, tmp_path):
+    from npu_bridge import npu_init
+
+    # Checked before libhcomm is called (hccl/split/api.py), whether HCCL started or not.
+    for call, message in [((npu_init.set_split_strategy_by_idx, [5, 3]), "idx in idxList is not ascending"),
+                          ((npu_init.set_split_strategy_by_idx, [1, 1]), "idx in idxList is not ascending"),
+                          ((npu_init.set_split_strategy_by_idx, []), "idxList length is 0"),
+                          ((npu_init.set_split_strategy_by_idx, (1, 2)), "idxList must be a python list"),
+                          ((npu_init.set_split_strategy_by_idx, [1.0]), r"idx val\[1.0\] in idxList is not python int"),
+                          ((npu_init.set_split_strategy_by_idx, [-1]), "out-of-range value"),
+                          ((npu_init.set_split_strategy_by_size, [60, 30]), "size percentage list sum is not 100%"),
+                          ((npu_init.set_split_strategy_by_size, [120, -20]), "cannot be a negative number"),
+                          ((npu_init.set_split_strategy_by_size, ["50", 50]), "is not python int or float")]:
+        function, values = call
+        with pytest.raises(ValueError, match=message):
+            function(values)
+    with pytest.raises(ValueError, match="group name is empty"):
+        npu_init.set_split_strategy_by_idx([1], group="")
+    # Well-formed, but before HCCL started: libhcomm's call fails.
+    with pytest.raises(ValueError, match=r"split error. ret\["):
+        npu_init.set_split_strategy_by_idx([1, 90, 99])
+    monkeypatch.setenv("RANK_TABLE_FILE", _rank_table(tmp_path, devices=(3,)))
+    monkeypatch.setenv("RANK_SIZE", "1")
+    monkeypatch.setenv("RANK_ID", "0")
+    graph = tf.Graph()
+    with graph.as_default():
+        start, stop = npu_init.npu_ops.initialize_system(), npu_init.npu_ops.shutdown_system()
+    with tf1.Session(graph=graph) as session:
+        session.run(start)
+        npu_init.set_split_strategy_by_idx([1, 90, 99])
+        npu_init.set_split_strategy_by_size([80, 20.0])
+        session.run(stop)
+    assert [(c["by"], c["values"]) for c in _calls("set_split_strategy")] == [("idx", [1, 90, 99]),
+                                                                             ("size", [80, 20.0])]
+
+
 @pytest.mark.parametrize("environment, message", [
     ({"HCCL_CONNECT_TIMEOUT": "60"}, "HCCL_CONNECT_TIMEOUT[60] is invalid: it must be an integer in [120, 7200]"),
     ({"HCCL_CONNECT_TIMEOUT": "7201"}, "HCCL_CONNECT_TIMEOUT[7201] is invalid"),

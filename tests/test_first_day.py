@@ -335,3 +335,72 @@ def test_hints_name_the_program_as_it_was_invoked(raw_dataset, tmp_path, monkeyp
     monkeypatch.setattr(sys, "argv", ["cli.py"])
     assert cli.main(["train", "--data_dir", raw_dataset, "--model_dir", str(tmp_path / "m")]) == 1
     assert "e.g. 'python cli.py preprocess -i" in _error(capsys)
+
+
+def _score_against_itself(tmp_path, name, labels, capsys, *extra):
+    """score a MET release's truth against itself: (summary JSON, printed output)."""
+    from raw_trees import save, write_cohort
+
+    raw, predictions = str(tmp_path / name), str(tmp_path / (name + "-pred"))
+    if not os.path.isdir(raw):
+        for case_id, case in write_cohort(raw, "MET", count=2, labels=labels).items():
+            save(os.path.join(predictions, case_id + ".nii.gz"), case.seg)
+    capsys.readouterr()
+    out_csv = str(tmp_path / "{}{}.csv".format(name, len(extra)))
+    run_cli(["score", "--pred", predictions, "--truth", raw, "--out", out_csv] + list(extra))
+    with open(out_csv[:-4] + ".json") as handle:
+        return json.load(handle), capsys.readouterr().out
+
+
+def test_lesion_rules_auto_scores_a_resection_cavity_when_the_truth_holds_one(tmp_path, capsys):
+    # MET truth with label 4 (RC): the 2023 rules of the MET release would leave RC out silently; auto takes 2025.
+    summary, out = _score_against_itself(tmp_path, "met-rc", (1, 2, 3, 4), capsys)
+    assert summary["lesion_rules"] == "2025" and "LesionDice_RC" in summary["metrics"]
+    assert summary["metrics"]["LesionDice_RC"]["mean"] == pytest.approx(1.0)
+    assert "the 2025 rules, because --truth" in summary["lesion_rules_chosen"]
+    assert "resection cavity (RC, label 4)" in out and "2023 rules of the brats-met release do not score" in out
+    # A year given is used as given, with nothing to explain.
+    summary, out = _score_against_itself(tmp_path, "met-rc", (1, 2, 3, 4), capsys, "--lesion_rules", "2023")
+    assert summary["lesion_rules"] == "2023" and summary["lesion_rules_chosen"] is None
+    assert "LesionDice_RC" not in summary["metrics"] and "--lesion_rules auto" not in out
+    # Without a cavity, the MET release's own (2023) rules, which score WT, TC and ET; the choice is said too.
+    summary, out = _score_against_itself(tmp_path, "met", (1, 2, 3), capsys)
+    assert summary["lesion_rules"] == "2023" and not any(name.endswith("_RC") for name in summary["metrics"])
+    assert "holds no resection cavity" in out
+
+
+def test_lesion_rules_auto_reads_the_labels_preprocess_recorded(tmp_path):
+    from raw_trees import preprocess_tree, write_cohort
+
+    import cli
+    from unet3d_core.data.records import Manifest
+    from unet3d_core.engine.run_config import resolve
+    from unet3d_core.engine.run_flags import CommandFlags
+
+    parser = cli.build_parser(cli.load_backends())
+
+    def resolved(records, name):
+        flags = parser.parse_args(["train", "--exec_mode", "train_and_evaluate", "--data_dir", records,
+                                   "--model_dir", str(tmp_path / (name + "-run")), "--backend", "cpu"] + TINY_MODEL)
+        return resolve(CommandFlags(vars(flags)))[1]
+
+    for name, labels, year in (("rc", (1, 2, 3, 4), "2025"), ("plain", (1, 2, 3), "2023")):
+        raw = str(tmp_path / name)
+        write_cohort(raw, "MET", count=4, labels=labels)
+        records = preprocess_tree(raw, tmp_path, name=name + "-records")
+        assert Manifest(records).labels_present() == list(labels)
+        config = resolved(records, name)
+        assert config.lesion_rules == year
+        assert any(note.startswith("--lesion_rules auto: the {} rules".format(year)) for note in config.notes)
+    # Records preprocessed before the labels were recorded: the release's rules, and the note says how to get RC.
+    records = str(tmp_path / "rc-records")
+    with open(os.path.join(records, "manifest.json")) as handle:
+        content = json.load(handle)
+    for case in content["cases"]:
+        del case["labels_present"]
+    with open(os.path.join(records, "manifest.json"), "w") as handle:
+        json.dump(content, handle)
+    config = resolved(records, "old")
+    assert config.lesion_rules == "2023"
+    assert any("is not recorded (preprocess it again to record it)" in note and "--lesion_rules 2025" in note
+               for note in config.notes)

@@ -672,3 +672,26 @@ def test_the_stop_vote_is_an_allreduce_of_its_own(npu):
         strategy.allreduce_sum_tensor(tf1.placeholder_with_default(tf.constant(0.0), []))
     (vote,) = [call for call in npu_bridge.calls if call["call"] == "allreduce"]
     assert vote["fusion"] == 0
+
+
+def test_the_gradient_split_strategy_is_checked_when_parsed(npu, records, tmp_path, capsys):
+    """--npu_split_strategy: by index or size, HCCL's rules checked before any device starts, one line each."""
+    from conftest import run_cli
+
+    assert _parse(npu).npu_split_strategy is None
+    assert _parse(npu, "--npu_split_strategy", "idx:1,90,99").npu_split_strategy == ("idx", (1, 90, 99))
+    assert _parse(npu, "--npu_split_strategy", "size:80,20").npu_split_strategy == ("size", (80, 20))
+    assert _parse(npu, "--npu_split_strategy", "size:62.5,37.5").npu_split_strategy == ("size", (62.5, 37.5))
+    for value, message in [("idx:90,1", "the indices must be ascending integers from 0"),
+                           ("idx:1,1", "the indices must be ascending"), ("idx:1.5", "every value must be an integer"),
+                           ("size:60,30", "the sizes must be non-negative percentages summing to 100"),
+                           ("size:120,-20", "the sizes must be non-negative percentages"),
+                           ("size:" + ",".join(["10"] * 10), "HCCL splits the gradients into at most 8 segments"),
+                           ("bytes:1,2", "expected idx:I1,I2,... (last gradient index of each segment) or size")]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            run_cli(["train", "--backend", "npu", "--data_dir", records, "--model_dir", str(tmp_path / "run"),
+                     "--npu_split_strategy", value], check=False)
+        err = capsys.readouterr().err.strip()
+        assert exited.value.code == 2 and "\n" not in err, err
+        assert "argument --npu_split_strategy: " + message in err, err

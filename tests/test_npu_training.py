@@ -47,7 +47,8 @@ def test_two_devices_train_with_hccl_and_write_one_checkpoint_set(records, tmp_p
     model_dir = str(tmp_path / "run")
     profiles = tmp_path / "profiles"
     result = subprocess.run(_command(records, model_dir, tmp_path, "--max_steps", "8", "--checkpoint_every", "4",
-                                     "--exec_mode", "train_and_evaluate", "--npu_profiling", str(profiles)),
+                                     "--exec_mode", "train_and_evaluate", "--npu_profiling", str(profiles),
+                                     "--npu_split_strategy", "idx:1,5"),
                             env=_environment(tmp_path), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             universal_newlines=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -73,8 +74,13 @@ def test_two_devices_train_with_hccl_and_write_one_checkpoint_set(records, tmp_p
         assert len(json.load(handle)["cases"]) == 2
     calls = _calls(tmp_path)
     by_rank = {rank: [c["call"] for c in calls if c["rank"] == rank] for rank in ("0", "1")}
-    for names in by_rank.values():
+    assert "gradient split by index 1,5" in out
+    for rank, names in by_rank.items():
         assert "initialize_system" in names and "shutdown_system" in names
+        # The split strategy goes to HCCL once it started (the fake refuses it before), before any allreduce.
+        (split,) = [c for c in calls if c["rank"] == rank and c["call"] == "set_split_strategy"]
+        assert (split["by"], split["values"], split["group"]) == ("idx", [1, 5], "hccl_world_group")
+        assert names.index("set_split_strategy") < names.index("NPUDistributedOptimizer")
         assert "NPUDistributedOptimizer" in names and "broadcast" in names
         if not TF2_ADAPTER:
             assert names.index("NPUDistributedOptimizer") < names.index("NPULossScaleOptimizer")
@@ -165,9 +171,10 @@ def test_the_seeds_run_config_on_two_devices_end_to_end(records, tmp_path):
         assert [c["args"] for c in mine if c["call"] == "set_iteration_per_loop"] == [{"iterations_per_loop": 4}]
         managers = [c["args"]["loss_scale"] for c in mine if c["call"] == "FixedLossScaleManager"]
         assert managers == ([] if TF2_ADAPTER else [1048576.0])  # the log line above shows the scale either way
-        # One session.run is 4 steps on the device; at most two step graphs (without and with summaries).
+        # One session.run is 4 steps on the device, and one training graph per process (every run fetches the
+        # same list; TensorBoard's scalars are written on the host).
         steps = [c for c in mine if c["call"] == "compile_graph" and "IterationOp" in c["targets"]]
-        assert 1 <= len(steps) <= 2 and all(c["iterations_per_run"] == 4 for c in steps)
+        assert len(steps) == 1 and steps[0]["iterations_per_run"] == 4
         assert all(c["on_device"] for c in mine if c["call"] == "compile_graph")
         assert not [c for c in mine if c["call"] == "host_session"]  # every session went through the adapter
     assert not [c for c in calls if c["call"] == "fatal"]

@@ -122,18 +122,18 @@ def test_a_backend_gets_only_its_own_flags_frozen_beside_the_cores_settings():
     registry.add_options(parser)
     parsed = parser.parse_args(["--data_dir", "records", "--cpu_threads", "3", "--hosts", "a:2", "--npus", "8"])
     core = CoreSettings("cpu", exec_mode="train", model_dir="/runs/a", max_steps=40)
-    options = registry.backends["cpu"].backend_options(parsed, core)
+    options = registry.backends["cpu"].backend_options(vars(parsed), core)
     assert type(options).__name__ == "CpuOptions" and options.core is core
     assert (options.cpu_threads, options.hosts, options.np) == (3, "a:2", 1)
     assert not hasattr(options, "npus") and not hasattr(options, "data_dir")  # another backend's, the core's
     with pytest.raises(dataclasses.FrozenInstanceError):
         options.cpu_threads = 4
-    assert registry.backends["gpu"].backend_options(parsed, core).hosts == "a:2"  # the shared flag, for both
+    assert registry.backends["gpu"].backend_options(vars(parsed), core).hosts == "a:2"  # the shared flag, for both
     # A backend without its own options type gets the core's frozen holder of its flags.
     toy = plugins.load_backend(_plugin(unet3d_add_options=lambda group: group.add_argument("--toy_level", type=int,
                                                                                            default=2)), "toy")
     toy_core = dataclasses.replace(core, backend="toy")
-    held = toy.backend_options(argparse.Namespace(toy_level=5, data_dir="x"), toy_core)
+    held = toy.backend_options({"toy_level": 5, "data_dir": "x"}, toy_core)
     assert held == BackendOptions(toy_core, {"toy_level": 5}) and held.toy_level == 5
     assert held.core.model_dir == "/runs/a"
     with pytest.raises(AttributeError, match="backend 'toy' has no flag 'data_dir' \\(its flags: toy_level\\)"):
@@ -154,14 +154,13 @@ def test_each_builtin_options_type_has_one_field_per_flag_of_its_backend(name, t
 
 
 def test_backend_options_that_are_not_a_frozen_dataclass_are_refused_in_one_line():
-    import argparse
 
     def unet3d_backend_options(flags, core):
         return dict(flags)
 
     backend = plugins.load_backend(_plugin(unet3d_backend_options=unet3d_backend_options), "toy")
     with pytest.raises(BackendError) as refused:
-        backend.backend_options(argparse.Namespace(), CoreSettings("toy"))
+        backend.backend_options({}, CoreSettings("toy"))
     assert str(refused.value) == (
         "backend 'toy' (local): unet3d_backend_options must return a frozen dataclass with a 'core' field (e.g. "
         "unet3d_core.types.BackendOptions), got dict (see docs/writing-a-backend.md)")

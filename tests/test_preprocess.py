@@ -35,8 +35,13 @@ def test_brats_2019_layout_is_discovered_with_grades(raw_dataset):
 def test_labels_map_to_internal_and_unknown_labels_are_refused():
     labels = np.array([[[0, 1, 2, 4]]])
     assert map_labels(labels, {0: 0, 1: 1, 2: 2, 4: 3}, "x").tolist() == [[[0, 1, 2, 3]]]
-    with pytest.raises(DataError, match=r"case A: seg.nii.gz: unknown label value\(s\) 3"):
-        map_labels(np.array([0, 3]), {0: 0, 1: 1, 2: 2, 4: 3}, "case A: seg.nii.gz")
+    with pytest.raises(DataError, match=r"case A: seg.nii.gz: unknown label value\(s\) 3") as refused:
+        map_labels(np.array([0, 1, 3]), {0: 0, 1: 1, 2: 2, 4: 3}, "case A: seg.nii.gz")
+    # Labels 0-3 in a 2019-style file: ET was renumbered 4 -> 3 by a conversion; the error says so.
+    assert "looks relabelled already (enhancing tumour 4 -> 3" in str(refused.value)
+    with pytest.raises(DataError) as refused:  # a 3 beside a 4 is not a renumbered ET: no such guess
+        map_labels(np.array([0, 3, 4]), {0: 0, 1: 1, 2: 2, 4: 3}, "case A: seg.nii.gz")
+    assert "unknown label value(s) 3" in str(refused.value) and "relabelled" not in str(refused.value)
 
 
 def test_missing_modality_names_case_and_file(raw_dataset, tmp_path):

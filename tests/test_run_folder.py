@@ -160,9 +160,10 @@ def _resolved(args):
     """The RunConfig a command line resolves to (nothing is run)."""
     import cli
     from unet3d_core.engine.run_config import resolve
+    from unet3d_core.engine.run_flags import CommandFlags
 
     options = cli.build_parser(cli.load_backends()).parse_args([str(arg) for arg in args])
-    return resolve(options)[1]
+    return resolve(CommandFlags(vars(options)))[1]
 
 
 def test_new_runs_use_the_nnunet_recipe_and_record_every_resolved_value(run_dir):

@@ -118,6 +118,19 @@ def test_options_write_in_a_core_module_fails_but_passes_in_cli(tree):
     assert code == 0, output
 
 
+@pytest.mark.parametrize("source, shown", [
+    ("import argparse\n\n\ndef copy(flags):\n    return argparse.Namespace(**flags)\n", "5: uses argparse.Namespace"),
+    ("from argparse import Namespace\n", "1: uses from argparse import Namespace"),
+])
+def test_the_parsed_namespace_outside_cli_fails(tree, source, shown):
+    write_tree(tree, {"unet3d_core/b.py": source})
+    code, output = check(tree)
+    assert code == 1, output
+    assert "unet3d_core/b.py:" + shown in output
+    write_tree(tree, {"unet3d_core/b.py": BASE_TREE["unet3d_core/b.py"], "cli.py": BASE_TREE["cli.py"] + source})
+    assert check(tree)[0] == 0
+
+
 @pytest.mark.parametrize("statement, shown", [
     ("setattr(options, 'fold', 3)", "options.fold"),
     ("setattr(args, name, 3)", "setattr(args, name)"),

@@ -39,6 +39,12 @@ The checks, each with the key that identifies a violation in the baseline:
    other top-level modules. Imports under ``if TYPE_CHECKING:`` (annotations
    only) do not count. Key: ``importer -> imported``.
 
+7. ``namespace`` - no module but ``cli.py`` uses argparse's ``Namespace``
+   (``argparse.Namespace`` or a ``from argparse import Namespace``): the core
+   and the backends read the command line as ``CommandFlags`` (read-only) or
+   as the backend's own frozen options, never as the parsed Namespace. Key:
+   ``path:argparse.Namespace``.
+
 The ratchet: ``tools/structure_baseline.json`` lists the violations accepted
 when the checks were introduced, by kind and key (no line numbers, so moving
 code does not disturb it). A violation whose key is in the baseline is
@@ -72,7 +78,7 @@ LENGTH_CHECKED_PACKAGE = "unet3d_core/"
 OPTIONS_NAMES = frozenset(("options", "args", "namespace"))
 DEFAULT_HOOKSPEC_MARKERS = frozenset(("_hookspec", "hookspec"))
 BASELINE_NAME = os.path.join("tools", "structure_baseline.json")
-KINDS = ("cycle", "hookspec", "options_write", "function_length", "module_length", "room")
+KINDS = ("cycle", "hookspec", "options_write", "function_length", "module_length", "room", "namespace")
 # The core's rooms (packages by stage), lowest first; the top-level modules of unet3d_core are below them all.
 CORE = "unet3d_core"
 ROOMS = ("data", "model", "evaluation", "engine")
@@ -532,10 +538,32 @@ def check_rooms(sources):
     return violations
 
 
+def check_namespace_uses(sources):
+    """No module but cli.py uses argparse.Namespace."""
+    violations = []
+    for source in sources:
+        if source.path == CLI_FILE:
+            continue
+        for node in ast.walk(source.tree):
+            used = None
+            if (isinstance(node, ast.Attribute) and node.attr == "Namespace" and isinstance(node.value, ast.Name)
+                    and node.value.id == "argparse"):
+                used = "argparse.Namespace"
+            elif isinstance(node, ast.ImportFrom) and node.module == "argparse" and any(
+                    alias.name == "Namespace" for alias in node.names):
+                used = "from argparse import Namespace"
+            if used:
+                violations.append(Violation("namespace", "%s:%s" % (source.path, used), source.path, node.lineno,
+                                            "%s:%d: uses %s (read CommandFlags or the backend's options)"
+                                            % (source.path, node.lineno, used)))
+    return violations
+
+
 def find_violations(sources):
     """Every violation of every check, in a stable order."""
     violations = (check_cycles(sources) + check_hookspecs(sources) + check_options_writes(sources)
-                  + check_function_lengths(sources) + check_module_lengths(sources) + check_rooms(sources))
+                  + check_function_lengths(sources) + check_module_lengths(sources) + check_rooms(sources)
+                  + check_namespace_uses(sources))
     return sorted(violations, key=lambda v: (KINDS.index(v.kind), v.path, v.line))  # stable: keeps check order
 
 

@@ -22,7 +22,7 @@ import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import pluggy
 
@@ -105,9 +105,10 @@ class Backend:
             self.add_options(parser, shared)
         return self.flag_names
 
-    def backend_options(self, parsed: argparse.Namespace, core: CoreSettings) -> Any:
-        """The backend's frozen options (``unet3d_backend_options``) from its own flags in ``parsed``."""
-        flags = {name: getattr(parsed, name) for name in self._flag_names() if hasattr(parsed, name)}
+    def backend_options(self, parsed: Mapping[str, Any], core: CoreSettings) -> Any:
+        """The backend's frozen options (``unet3d_backend_options``) from its own flags among the command's
+        ``parsed`` values (``cli.py``'s CommandFlags)."""
+        flags = {name: parsed[name] for name in self._flag_names() if name in parsed}
         answer = self._call("unet3d_backend_options", flags=flags, core=core)
         params = getattr(answer, "__dataclass_params__", None)
         if not dataclasses.is_dataclass(answer) or isinstance(answer, type) or not params.frozen or not hasattr(

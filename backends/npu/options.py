@@ -3,7 +3,7 @@ size resolved from them. Every hook after ``unet3d_backend_options`` receives on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple, Union
 
 from unet3d_core.types import CoreSettings
 
@@ -38,6 +38,7 @@ class NpuOptions:
     mix_compile_mode: bool = False
     npu_option: List[str] = field(default_factory=list)
     npu_loss_scale: float = 1.0
+    npu_split_strategy: Optional[Tuple[str, Tuple[Union[int, float], ...]]] = None  # ("idx"|"size", values)
     no_sync_mode_patch: bool = False
     npu_chip: str = "auto"
     npu_profiling: Optional[str] = None

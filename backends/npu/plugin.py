@@ -71,6 +71,13 @@ def _iterations_per_loop_flag(text: str):
     return value
 
 
+def _split_strategy_flag(text: str):
+    try:
+        return npu_config.split_strategy(text)
+    except ConfigError as error:  # argparse names the flag itself
+        raise argparse.ArgumentTypeError(str(error).split(": ", 1)[1]) from None
+
+
 def _load_adapter() -> None:
     """Load the adapter in this process: without it TensorFlow ignores the NpuOptimizer entry of the session
     config and runs the whole graph on the host, silently."""
@@ -144,6 +151,12 @@ def unet3d_add_options(group):
     group.add_argument("--npu_loss_scale", type=float, default=1.0,
                        help="< 1: none; 1: dynamic (from 2^32, x2 after 1000 good steps, x0.5 after 2 overflows); "
                             "> 1: fixed at that value (default 1)")
+    group.add_argument("--npu_split_strategy", type=_split_strategy_flag, default=None,
+                       metavar="idx:I1,I2,...|size:P1,P2,...",
+                       help="how HCCL splits the gradient allreduce into segments (set after HCCL starts): by the "
+                            "last gradient index of each segment (the reference port sets idx:1,90,99 for its "
+                            "network) or by percent of the gradient bytes (summing to 100); at most 8 segments "
+                            "(default: HCCL's, by size 96.54/3.46)")
     group.add_argument("--no_sync_mode_patch", action="store_true",
                        help="do not apply the sync_mode=0 workaround to te/platform/cce_build.py")
     _add_chip_argument(group)
@@ -307,6 +320,7 @@ def _describe_settings(options) -> str:
         parts.append("iterations_per_loop {}{}".format(loop.iterations,
                                                          "" if loop.reason == "given" else " ({})".format(loop.reason)))
         parts.append("hcom_parallel {}".format("on" if options.hcom_parallel else "off (--no_hcom_parallel)"))
+        parts.append(npu_config.describe_split(options.npu_split_strategy))
     parts.extend("{} into {}".format(flag, path) for flag, path in diagnostics.folders(options).items())
     return "; ".join(parts)
 
@@ -336,7 +350,7 @@ def _session_config(options):
 @hookimpl
 def unet3d_distributed_strategy(options):
     if int(os.environ.get("RANK_SIZE", "1")) > 1:
-        return HcclStrategy(_session_config(options))
+        return HcclStrategy(_session_config(options), split=options.npu_split_strategy)
     return None  # one device
 
 

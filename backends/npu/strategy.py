@@ -18,12 +18,13 @@ class HcclStrategy(DistributedStrategy):
 
     In session-run mode HCCL must be initialised in a session of its own
     (``npu_ops.initialize_system``) before its rank functions answer; that
-    session lives until :meth:`close` shuts the system down.
+    session lives until :meth:`close` shuts the system down. ``split``
+    (``--npu_split_strategy``) is handed to HCCL right after it started.
     """
 
     name = "hccl"
 
-    def __init__(self, session_config):
+    def __init__(self, session_config, split=None):
         import tensorflow as tf
 
         npu_init = npu_adapter.load().npu_init
@@ -39,6 +40,14 @@ class HcclStrategy(DistributedStrategy):
         self._rank = int(npu_init.get_rank_id())
         self._size = int(npu_init.get_rank_size())
         self._local_rank = int(npu_init.get_local_rank_id())
+        if split is not None:  # HCCL takes the split strategy once it started, before the first allreduce
+            kind, values = split
+            setter = getattr(npu_init, "set_split_strategy_by_" + kind)
+            try:
+                setter(list(values))
+            except ValueError as error:
+                raise BackendError("--npu_split_strategy {}:{}: HCCL refused it: {}".format(
+                    kind, ",".join("{:g}".format(value) for value in values), error)) from None
 
     @property
     def rank(self) -> int:

@@ -328,9 +328,13 @@ def label_problem(labels: np.ndarray, mapping: Dict[int, int], source: str = "")
     found = np.unique(labels).astype(np.int64)
     unknown = sorted(set(found.tolist()) - set(mapping))
     if unknown:
-        return "unknown label value(s) {} ({} {})".format(
+        reason = "unknown label value(s) {} ({} {})".format(
             ", ".join(str(v) for v in unknown), source + " uses" if source else "expected",
             ", ".join(str(v) for v in sorted(mapping)))
+        if sorted(mapping) == [0, 1, 2, 4] and unknown == [3] and 4 not in found:
+            reason += ("; it looks relabelled already (enhancing tumour 4 -> 3, as nnU-Net's and MONAI's BraTS "
+                       "conversions write it): give the release's own segmentation, with ET as 4")
+        return reason
     return None
 
 

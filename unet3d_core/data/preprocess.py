@@ -122,6 +122,7 @@ class ConvertedCase:
     std: List[float]
     affine: np.ndarray
     spacing: List[float]
+    labels_present: List[int]  # the internal foreground labels the truth holds (empty without a truth)
 
 
 def _convert_case(raw: RawCase, intensity: str = DEFAULT_INTENSITY):
@@ -134,8 +135,9 @@ def _convert_case(raw: RawCase, intensity: str = DEFAULT_INTENSITY):
     del case.image  # the float copy is 2-4x the stored one; free it early
     mean, std = foreground_statistics(image)
     foreground = foreground_locations(case.label, LAYOUTS[raw.layout].num_classes, raw.case_id)
+    present = [klass for klass, count in enumerate(foreground[0], start=1) if count > 0]
     return ConvertedCase(raw, encode_case_features(image, case.label, mean, std, foreground), list(image.shape[:3]),
-                         case.label is not None, mean, std, case.affine, case.spacing)
+                         case.label is not None, mean, std, case.affine, case.spacing, present)
 
 
 def _check_case(raw: RawCase) -> Optional[CaseProblem]:
@@ -310,6 +312,8 @@ def _manifest_entry(case: ConvertedCase, file_name: str) -> Dict:
         "mean": case.mean,
         "std": case.std,
         "has_label": case.has_label,
+        # Which labels the truth holds: --lesion_rules auto reads them (a resection cavity moves MET to 2025).
+        "labels_present": case.labels_present if case.has_label else None,
         "source_images": {channel: os.path.abspath(path) for channel, path in raw.images.items()},
         "source_segmentation": os.path.abspath(raw.segmentation) if raw.segmentation else None,
     }

@@ -299,6 +299,17 @@ class Manifest:
         """Cases ``--skip-invalid`` left out: dicts with id, file, reason."""
         return list(self.content.get("skipped", []))
 
+    def labels_present(self) -> Optional[List[int]]:
+        """The internal foreground labels any labelled case's truth holds, sorted; None when some labelled case
+        was written before preprocess recorded them."""
+        found = set()
+        for case in self.cases:
+            if case["has_label"]:
+                if case.get("labels_present") is None:
+                    return None
+                found.update(int(label) for label in case["labels_present"])
+        return sorted(found)
+
     def fingerprint(self) -> str:
         """SHA-256 of what defines the data set: each case's id, fold, label flag and record size, the folds
         and the label map. Paths are left out, so a moved copy of the same records has the same fingerprint."""

@@ -1,10 +1,9 @@
 """Step listeners: what happens around the training step, one small class each.
 
 The loop (:mod:`unet3d_core.engine.loop`) calls, for every listener in order:
-``begin(session, step)`` once, ``wants_summary(step, next_step)`` before a
-run (True asks for the TensorBoard summary in that run's fetch),
-``after_step(result)`` after each run, and ``end(session, step, stopped)``
-once. A listener raises :class:`~unet3d_core.errors.TrainingError` to end training.
+``begin(session, step)`` once, ``after_step(result)`` after each run, and
+``end(session, step, stopped)`` once. Every run fetches the same values. A
+listener raises :class:`~unet3d_core.errors.TrainingError` to end training.
 """
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import datetime
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import numpy as np
 
@@ -30,7 +29,6 @@ class StepResult:
     learning_rate: float
     seconds: float
     metrics: Dict[str, float] = field(default_factory=dict)
-    summary: Optional[bytes] = None
     stopping: bool = False  # the ranks agreed to stop after this run
     skipped: int = 0  # steps the run was to perform but did not apply (a loss-scaling overflow skips the step)
 
@@ -44,9 +42,6 @@ class StepListener:
 
     def begin(self, session, step: int) -> None:
         pass
-
-    def wants_summary(self, step: int, next_step: int) -> bool:
-        return False
 
     def after_step(self, result: StepResult) -> None:
         pass
@@ -129,20 +124,21 @@ class ProgressLog(StepListener):
 
 
 class TensorBoardWriter(StepListener):
-    """Loss and learning-rate summaries at each log interval, in the run folder."""
+    """Loss, learning rate and the backend's step metrics (e.g. the loss scale) as TensorBoard scalars at each
+    log interval, in the run folder; written on the host from the values every run fetches anyway."""
 
     def __init__(self, model_dir: str, graph, log_every: int):
         import tensorflow as tf
 
+        self.summary = tf.compat.v1.Summary
         self.writer = tf.compat.v1.summary.FileWriter(model_dir, graph)
         self.log_every = log_every
 
-    def wants_summary(self, step: int, next_step: int) -> bool:
-        return crosses(step, next_step, self.log_every)
-
     def after_step(self, result: StepResult) -> None:
-        if result.summary is not None:
-            self.writer.add_summary(result.summary, result.step)
+        if crosses(result.step_before, result.step, self.log_every):
+            scalars = dict(result.metrics, loss=result.loss, learning_rate=result.learning_rate)
+            self.writer.add_summary(self.summary(value=[self.summary.Value(tag=name, simple_value=float(value))
+                                                        for name, value in sorted(scalars.items())]), result.step)
 
     def end(self, session, step: int, stopped: bool) -> None:
         self.writer.close()

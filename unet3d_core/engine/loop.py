@@ -24,23 +24,22 @@ def run_training_loop(session, graph, listeners: List[StepListener], *, start_st
         session: the training session, variables initialised or restored.
         graph: a :class:`unet3d_core.engine.training_graph.TrainingGraph` after ``bind_run_op``.
         listeners: called in order around each run (see :mod:`unet3d_core.engine.listeners`).
-        steps_per_run: how many steps the backend's run op performs (for summary timing).
+        steps_per_run: how many steps the backend's run op performs (a shortfall is counted as skipped).
         stop: the process's :class:`unet3d_core.engine.stopping.StopRequest`.
         explain_data_loss: turns TensorFlow's DataLossError into the error to raise.
     """
     import tensorflow as tf
 
-    fetch_plain, fetch_with_summary = graph.step_fetches(False), graph.step_fetches(True)
+    fetches = graph.step_fetches()  # one fetch list for every run: one compiled training graph
     step = start_step
     for listener in listeners:
         listener.begin(session, step)
     stopping = False
     while step < total_steps and not stopping:
-        want_summary = any(listener.wants_summary(step, step + steps_per_run) for listener in listeners)
         feed = {graph.stop_request: 1.0 if stop.requested else 0.0} if graph.stop_request is not None else None
         began = time.time()
         try:
-            values = session.run(fetch_with_summary if want_summary else fetch_plain, feed_dict=feed)
+            values = session.run(fetches, feed_dict=feed)
         except tf.errors.DataLossError as error:
             raise explain_data_loss(error) from None
         stopping = float(values["stop_votes"]) > 0 if "stop_votes" in values else stop.requested
@@ -50,7 +49,7 @@ def run_training_loop(session, graph, listeners: List[StepListener], *, start_st
         result = StepResult(step_before=step, step=after, loss=float(values["loss"]),
                             learning_rate=float(values["learning_rate"]), seconds=time.time() - began,
                             metrics={name: float(value) for name, value in values["metrics"].items()},
-                            summary=values.get("summary"), stopping=stopping,
+                            stopping=stopping,
                             skipped=max(steps_per_run - (after - step), 0))
         for listener in listeners:
             listener.after_step(result)

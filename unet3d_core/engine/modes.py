@@ -7,7 +7,6 @@ validated :class:`unet3d_core.engine.run_config.RunConfig` and run folder.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Dict, List, Tuple
@@ -16,6 +15,7 @@ import numpy as np
 
 from unet3d_core.data.layouts import LAYOUTS
 from unet3d_core.engine.run_config import RunConfig, process_core_settings, process_options
+from unet3d_core.engine.run_flags import CommandFlags
 from unet3d_core.engine.trainer import train
 from unet3d_core.evaluation import metrics as metrics_lib
 from unet3d_core.evaluation.evaluate import EVAL_RESULTS, evaluate, evaluation_is_current
@@ -29,12 +29,12 @@ CV_RESULTS = "cv_results.json"
 CV_CASES = "cv_results.csv"
 
 
-def _loggable(options) -> Dict:
-    return {key: value for key, value in sorted(vars(options).items())
+def _loggable(options: CommandFlags) -> Dict:
+    return {key: value for key, value in sorted(options.items())
             if isinstance(value, (int, float, str, bool, list, tuple)) or value is None}
 
 
-def run_fold(config, *, options, runtime: Runtime, reuse_evaluation=False) -> Dict:
+def run_fold(config: RunConfig, *, options: CommandFlags, runtime: Runtime, reuse_evaluation=False) -> Dict:
     """Run ``config.exec_mode`` for one fold (or one raw prediction folder) with ``options`` resolved for it."""
     import tensorflow as tf
 
@@ -123,7 +123,7 @@ def _choose_postprocessing(model_dir: str, per_fold: Dict, layout, logger):
             "per_region": chosen["per_region"]}
 
 
-def run(*, options, backend, runs: List[Tuple[argparse.Namespace, RunConfig]]) -> Dict:
+def run(*, options: CommandFlags, backend, runs: List[Tuple[CommandFlags, RunConfig]]) -> Dict:
     """Run ``options.exec_mode`` in this process with ``backend``; returns a dict of results.
 
     ``runs`` are :func:`unet3d_core.engine.run_config.resolve_runs`'s answer for ``options``. ``--fold all`` runs

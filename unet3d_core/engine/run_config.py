@@ -10,12 +10,11 @@ where they are checked and combined with what the run folder remembers:
   other; everything else takes its default.
 - ``--fold all`` and fold ensembles (``--folds``) become one run per fold.
 
-Resolved values are written back into the parsed options, so backends that
-read ``options`` see the same values as the core.
+The flags arrive as read-only :class:`~unet3d_core.engine.run_flags.CommandFlags`; each
+run's resolved values make a new copy beside its RunConfig.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
@@ -27,9 +26,11 @@ from unet3d_core.engine.run_flags import (
     DEFAULTS,
     TRAINING_FLAGS,
     TRAINING_MODES,
+    CommandFlags,
     bound_value,
     has_checkpoints,
     network_values,
+    parse_folds,
     resolve_recipe,
     resumed_exec_mode,
     shown,
@@ -37,6 +38,7 @@ from unet3d_core.engine.run_flags import (
 )
 from unet3d_core.errors import ConfigError
 from unet3d_core.evaluation.inference import InferenceSettings
+from unet3d_core.evaluation.lesion_rules import AUTO, rules_year
 from unet3d_core.folders import fold_folders
 from unet3d_core.model.checkpoints import check_folder_can_be_written, select_checkpoint
 from unet3d_core.model.config import ModelConfig
@@ -134,7 +136,7 @@ class RunConfig:
         record["exec_mode"] = self.exec_mode  # what a resumed 'train' finishes
         return record
 
-    def data_record(self) -> Dict:
+    def data_record(self) -> Dict:  # the ``data`` section of ``run.json``
         return {"data_dir": os.path.abspath(self.data_dir) if self.data_dir else None,
                 "fingerprint": self.data_fingerprint, "fold": self.fold, "intensity": self.intensity}
 
@@ -226,16 +228,20 @@ def _check_folders(options, exec_mode: str) -> None:
         raise ConfigError("--data_dir is required (only 'predict --input_dir RAW_DIR' works without it)")
 
 
-def _check_lesion_rules(manifest: Manifest, options: argparse.Namespace) -> None:
-    """A ``--lesion_rules`` year the cohort lacks fails now, not after training."""
-    # Imported here: the metrics bring the lesion code (~15 ms), which cli.py --help does not need.
-    from unet3d_core.evaluation.metrics import LabelScheme
+def _lesion_rules(manifest: Manifest, options: CommandFlags, notes: List[str]) -> str:
+    """The year of the lesion-wise rules evaluation scores by (``auto``: by the labels the data holds, said in a
+    note). A year the cohort lacks fails now, not after training."""
+    from unet3d_core.evaluation.metrics import LabelScheme  # the lesion code (~15 ms), not needed by --help
 
-    LabelScheme.for_layout(manifest.layout, getattr(options, "lesion_rules", "auto") or "auto")
+    year, reason = rules_year(str(getattr(options, "lesion_rules", AUTO) or AUTO), manifest.layout,
+                              manifest.labels_present, "--data_dir {}".format(manifest.data_dir))
+    notes.extend([reason] if reason else [])
+    LabelScheme.for_layout(manifest.layout, year)
+    return year
 
 
-def resolve(parsed, *, model_dir: Optional[str] = None, fold: Optional[int] = None,
-            manifest: Optional[Manifest] = None, note: Optional[str] = None) -> Tuple[argparse.Namespace, RunConfig]:
+def resolve(parsed: CommandFlags, *, model_dir: Optional[str] = None, fold: Optional[int] = None,
+            manifest: Optional[Manifest] = None, note: Optional[str] = None) -> Tuple[CommandFlags, RunConfig]:
     """One fold's validated RunConfig, and a copy of ``parsed`` holding the resolved values (the flags
     a run remembers, its folder and fold); ``parsed`` itself is never written.
 
@@ -247,7 +253,7 @@ def resolve(parsed, *, model_dir: Optional[str] = None, fold: Optional[int] = No
     record = read_run(model_dir) if os.path.isdir(model_dir) else None
     notes: List[str] = [] if note is None else [note]
     exec_mode = resumed_exec_mode(parsed, record, notes)
-    options = argparse.Namespace(**dict(vars(parsed), model_dir=model_dir, exec_mode=exec_mode))
+    options = parsed.replace(model_dir=model_dir, exec_mode=exec_mode)
     _check_folders(options, exec_mode)
     fold = bound_value("fold", options.fold if fold is None else fold, record, "data", model_dir)
     fold = DEFAULTS["fold"] if fold is None else int(fold)
@@ -255,9 +261,8 @@ def resolve(parsed, *, model_dir: Optional[str] = None, fold: Optional[int] = No
     recipe = resolve_recipe(options, record, model_dir)
     network = network_values(options, record, model_dir, exec_mode, preset(recipe))
     training = training_values(options, record, exec_mode, notes, preset(recipe))
-    options = argparse.Namespace(**dict(vars(options), fold=fold, **{
-        name: list(value) if name == "input_shape" else value
-        for name, value in list(network.items()) + list(training.items())}))
+    options = options.replace(fold=fold, **{name: list(value) if name == "input_shape" else value
+                                            for name, value in list(network.items()) + list(training.items())})
     opened, fingerprint, manifest = manifest, None, None
     if not options.input_dir:
         # An ensemble member predicts a data set outside its cross-validation: its fold number is not that set's.
@@ -265,8 +270,9 @@ def resolve(parsed, *, model_dir: Optional[str] = None, fold: Optional[int] = No
         manifest, fingerprint = _check_data(options, None if member else fold, record, notes, opened)
     layout = _data_layout(manifest, options)  # detected once: a raw folder is listed whole to detect it
     in_channels, num_classes = _channels_and_classes(layout, record, options, model_dir)
+    lesion_rules = str(getattr(options, "lesion_rules", AUTO) or AUTO)
     if manifest is not None and exec_mode in ("evaluate", "train_and_evaluate"):
-        _check_lesion_rules(manifest, options)
+        lesion_rules = _lesion_rules(manifest, options, notes)
     _check_postprocessing(options, layout)
     regions = _target_regions(network["target"], layout, record)
     model_config = ModelConfig(in_channels=in_channels, num_classes=num_classes,
@@ -309,7 +315,7 @@ def resolve(parsed, *, model_dir: Optional[str] = None, fold: Optional[int] = No
                      backend=options.backend, network=model_config, input_shape=input_shape,
                      training=training_config, inference=inference, prediction=prediction, run_record=record,
                      data_fingerprint=fingerprint, notes=tuple(notes),
-                     lesion_rules=str(getattr(options, "lesion_rules", "auto") or "auto"),
+                     lesion_rules=lesion_rules,
                      checkpoint=getattr(options, "checkpoint", None),
                      intensity=_intensity(manifest, fingerprint, record), manifest=manifest)
 
@@ -318,9 +324,8 @@ def _intensity(manifest, fingerprint: Optional[str], record: Optional[Dict]) -> 
     """The intensity storage the network learns from: the data set's when one is open (a new run's, or the
     run's own after the fingerprint check), else the run's record (uint8 for runs made before the choice)."""
     recorded = (record or {}).get("data", {})
-    if manifest is not None and recorded.get("fingerprint") in (None, fingerprint):
-        return manifest.intensity_format
-    return str(recorded.get("intensity", LEGACY_INTENSITY))
+    own = manifest is not None and recorded.get("fingerprint") in (None, fingerprint)
+    return manifest.intensity_format if own else str(recorded.get("intensity", LEGACY_INTENSITY))
 
 
 def _validate_every(options, exec_mode: str) -> int:
@@ -329,17 +334,6 @@ def _validate_every(options, exec_mode: str) -> int:
         return 0
     given = getattr(options, "validate_every", None)
     return options.checkpoint_every if given is None else int(given)
-
-
-def parse_folds(text: str) -> List[int]:
-    """``--folds 0,2,4`` -> [0, 2, 4]; a bad list is a ConfigError naming the flag."""
-    try:
-        folds = [int(part) for part in str(text).split(",") if part.strip() != ""]
-    except ValueError:
-        folds = []
-    if not folds or any(fold < 0 for fold in folds) or len(set(folds)) != len(folds):
-        raise ConfigError("--folds {}: expected distinct fold numbers separated by commas, e.g. 0,2,4".format(text))
-    return folds
 
 
 def ensemble_folds(options) -> Optional[List[int]]:
@@ -399,13 +393,12 @@ def _refuse_cross_validation_data(options, folds: List[int]) -> Manifest:
     return manifest
 
 
-def fold_options(options, fold: int, **values) -> argparse.Namespace:
+def fold_options(options: CommandFlags, fold: int, **values) -> CommandFlags:
     """A copy of ``options`` for fold ``fold`` of ``--fold all``, run in ``MODEL_DIR/fold-N``, with ``values``."""
-    return argparse.Namespace(**dict(vars(options), fold=fold,
-                                     model_dir=os.path.join(options.model_dir, "fold-{}".format(fold)), **values))
+    return options.replace(fold=fold, model_dir=os.path.join(options.model_dir, "fold-{}".format(fold)), **values)
 
 
-def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
+def resolve_runs(options: CommandFlags) -> List[Tuple[CommandFlags, RunConfig]]:
     """Every run the command performs, each validated: ``[(resolved options, RunConfig)]``, one per fold.
 
     ``--fold all`` gives one per fold of the data set, each in ``MODEL_DIR/fold-N``. ``options`` is not written.
@@ -418,7 +411,7 @@ def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
     if getattr(options, "folds", None) is None:
         model_dir, note = run_folder_for(options.model_dir, options.fold, options.exec_mode)
         if note is not None:
-            return [resolve(argparse.Namespace(**dict(vars(options), model_dir=model_dir)), note=note)]
+            return [resolve(options.replace(model_dir=model_dir), note=note)]
     folds, manifest = _ensemble(options)
     if folds is not None:
         return [resolve(fold_options(options, fold, ensemble_member=True), manifest=manifest) for fold in folds]
@@ -431,17 +424,17 @@ def resolve_runs(options) -> List[Tuple[argparse.Namespace, RunConfig]]:
     return [resolve(fold_options(options, fold), manifest=manifest) for fold in range(manifest.num_folds)]
 
 
-def process_options(options, runs: List[Tuple[argparse.Namespace, RunConfig]]) -> argparse.Namespace:
+def process_options(options: CommandFlags, runs: List[Tuple[CommandFlags, RunConfig]]) -> CommandFlags:
     """The options the backend's process-wide hooks see: one run's resolved copy; the parsed options when the
     command performs several runs (``--fold all``, an ensemble), whose ``--model_dir`` holds them all."""
     return options if _several_runs(options, runs) else runs[0][0]
 
 
-def _several_runs(options, runs: List[Tuple[argparse.Namespace, RunConfig]]) -> bool:
+def _several_runs(options: CommandFlags, runs: List[Tuple[CommandFlags, RunConfig]]) -> bool:
     return str(options.fold) == "all" or getattr(runs[0][0], "ensemble_member", False)
 
 
-def process_core_settings(options, runs: List[Tuple[argparse.Namespace, RunConfig]]) -> CoreSettings:
+def process_core_settings(options: CommandFlags, runs: List[Tuple[CommandFlags, RunConfig]]) -> CoreSettings:
     """The core's values the backend's process-wide hooks (launch, environment, sessions) see: the first run's,
     with the ``--model_dir`` that holds them all when the command performs several runs."""
     settings = runs[0][1].core_settings()

@@ -19,11 +19,52 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Dict, List, Optional
+from types import MappingProxyType
+from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from unet3d_core.engine.recipes import DEFAULT_RECIPE, LEGACY_RECIPE
 from unet3d_core.errors import ConfigError
 from unet3d_core.model.checkpoints import CHECKPOINT_PREFIX
+
+
+class CommandFlags(Mapping[str, Any]):
+    """A command line's flag values, read-only: what ``cli.py`` hands the core instead of argparse's Namespace.
+
+    ``flags.data_dir`` or ``flags["data_dir"]`` reads a value; a flag the command does not have is an
+    AttributeError (so ``getattr(flags, name, default)`` works); nothing can be assigned. A resolved variant
+    (another ``--model_dir``, the run's fold and recorded values) is a new object: ``flags.replace(fold=2)``.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_values", MappingProxyType(dict(values)))
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError("the command has no flag --{}".format(name)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("command flags are read-only (--{}); make a changed copy with replace()".format(name))
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return "CommandFlags({})".format(", ".join("{}={!r}".format(k, v) for k, v in sorted(self._values.items())))
+
+    def replace(self, **values: Any) -> "CommandFlags":
+        """A copy with ``values`` changed or added."""
+        return CommandFlags(dict(self._values, **values))
+
 
 # Flags bound to a run, and their defaults for a new one.
 NETWORK_FLAGS = (("base_filters", 32), ("max_filters", 320), ("depth", 6), ("norm", "instancenorm"),
@@ -139,3 +180,14 @@ def resumed_exec_mode(parsed, record: Optional[Dict], notes: List[str]) -> str:
                      "as asked then (--exec_mode train only trains)")
         return started
     return parsed.exec_mode
+
+
+def parse_folds(text: str) -> List[int]:
+    """``--folds 0,2,4`` -> [0, 2, 4]; a bad list is a ConfigError naming the flag."""
+    try:
+        folds = [int(part) for part in str(text).split(",") if part.strip() != ""]
+    except ValueError:
+        folds = []
+    if not folds or any(fold < 0 for fold in folds) or len(set(folds)) != len(folds):
+        raise ConfigError("--folds {}: expected distinct fold numbers separated by commas, e.g. 0,2,4".format(text))
+    return folds

@@ -89,7 +89,6 @@ class TrainingGraph:
     input_initializer: object
     initializer: object
     saver: object
-    summaries: object
     broadcast: Optional[object]
     compared_variables: Optional[list]  # multi-rank runs: the weights RankAgreement compares at the end
     stop_request: Optional[object]  # placeholder: 1.0 when this rank wants to stop
@@ -113,14 +112,13 @@ class TrainingGraph:
         with self.graph.as_default(), tf.control_dependencies([run_op]):
             self.step_after = tf.identity(self.global_step)
 
-    def step_fetches(self, with_summary: bool) -> Dict:
-        """What one training ``session.run`` fetches: one list without summaries, one with."""
+    def step_fetches(self) -> Dict:
+        """What every training ``session.run`` fetches: one list, so a device compiles one training graph
+        (TensorBoard's scalars are written on the host from the fetched floats)."""
         fetches = {"run": self.run_op, "loss": self.loss, "step": self.step_after,
                    "learning_rate": self.learning_rate, "metrics": self.step_metrics}
         if self.stop_votes is not None:
             fetches["stop_votes"] = self.stop_votes
-        if with_summary:
-            fetches["summary"] = self.summaries
         return fetches
 
 
@@ -204,12 +202,10 @@ def build_training_graph(config, *, record_files: List[str], start_step: int, to
             stop_request = tf1.placeholder_with_default(tf.constant(0.0, tf.float32), [], name="stop_request")
             stop_votes = strategy.allreduce_sum_tensor(stop_request)
             compared = tf1.trainable_variables()
-        summaries = tf1.summary.merge([tf1.summary.scalar("loss", loss),
-                                       tf1.summary.scalar("learning_rate", learning_rate)])
         built = TrainingGraph(
             graph=graph, global_step=global_step, loss=loss, learning_rate=learning_rate, train_op=train_op,
             input_initializer=iterator.initializer, initializer=tf1.global_variables_initializer(),
-            saver=tf1.train.Saver(max_to_keep=training.keep_checkpoints), summaries=summaries,
+            saver=tf1.train.Saver(max_to_keep=training.keep_checkpoints),
             broadcast=strategy.broadcast_initial_variables_op(), compared_variables=compared,
             stop_request=stop_request, stop_votes=stop_votes, step_metrics=step_metrics,
             parameters=count_parameters(tf1.trainable_variables()),

@@ -19,8 +19,10 @@ The network is built with the core's own layers (no backend's kernels), from
 the run's ``run.json``, and restored from the checkpoint ``--checkpoint`` selects
 (the run's best one where it has one, else the newest). Beside the
 model: a copy of ``run.json`` and ``export.json`` saying how inputs must be
-prepared, what comes out and, for ``frozen``, the ATC command. The export is
+prepared, what comes out and, for ``frozen``, the ATC command; and the run's
+``postprocessing.json`` when cross-validation chose one. The export is
 written to a temporary folder and moved to ``--out`` when complete.
+:mod:`unet3d_core.evaluation.exported` segments raw cases with such a folder.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from unet3d_core.data.preprocess import intensity_description
 from unet3d_core.data.records import LEGACY_INTENSITY, Manifest
 from unet3d_core.errors import ConfigError, UNet3DError
 from unet3d_core.evaluation.inference import output_probabilities
+from unet3d_core.evaluation.postprocessing import POSTPROCESSING_FILE, find_postprocessing_file
 from unet3d_core.folders import published_folder
 from unet3d_core.model.checkpoints import latest_checkpoint, restore_checkpoint, select_checkpoint
 from unet3d_core.model.config import ModelConfig
@@ -240,6 +243,10 @@ def export(model_dir: str, out_dir: str, *, fmt: str = "savedmodel", window: Opt
         _write_model(staging, fmt, config, window, selection[0])
         shutil.copyfile(run_file_path(model_dir), os.path.join(staging, "run.json"))
         description = _description(model_dir, fmt, record, config, window, selection, tf.__version__)
+        chosen = find_postprocessing_file(model_dir)  # what cross-validation chose, applied by the predictor too
+        if chosen is not None:
+            shutil.copyfile(chosen, os.path.join(staging, POSTPROCESSING_FILE))
+            description["postprocessing"] = POSTPROCESSING_FILE
         with open(os.path.join(staging, "export.json"), "w") as handle:
             json.dump(description, handle, indent=1)
     return description

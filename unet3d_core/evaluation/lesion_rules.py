@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple
 
 from unet3d_core.errors import ConfigError
 from unet3d_core.model.config import LESION_RULE_CHOICES
@@ -135,6 +135,51 @@ _PANOPTICA_CONFIG = {"GLI": "gli", "SSA": "gli", "PED": "ped", "MET": "mets", "M
                      "GoAT": "GoAT"}
 # The year each layout's own release was scored in, for --lesion_rules auto.
 DEFAULT_YEAR = {"brats2024-gli": "2024", "brats-ped": "2024", "brats-men-rt": "2024", "brats-goat": "2024"}
+
+
+# The first rules that score the resection cavity (RC) of a cohort whose files may hold one: --lesion_rules auto
+# moves to them when the truth has an RC voxel (MET scores RC from 2025; GLI's RC data are the 2024-2025 releases).
+RC_RULES = {"MET": "2025", "GLI": "2025"}
+
+
+def choose_auto(layout: str, cohort: str, lesion_regions: Mapping[str, Sequence[int]],
+                present: Optional[Iterable[int]], where: str) -> Tuple[str, str]:
+    """The year ``--lesion_rules auto`` means for this data, and one line saying why.
+
+    The layout's own release year, unless the truth holds a resection cavity that year's rules leave out.
+    ``present``: the internal labels the truth holds, an iterable read only as far as needed (None: not
+    known, e.g. records written before unet3d recorded them); ``where``: the data, as the line names it.
+    """
+    default = DEFAULT_YEAR.get(layout, "2023")
+    cavity = tuple(lesion_regions.get("RC", ()))
+    upgrade = RC_RULES.get(cohort)
+    if not cavity or upgrade is None or int(upgrade) <= int(default):
+        return default, "--lesion_rules auto: the {} rules, those of the {} release ({})".format(default, layout, where)
+    if present is None:
+        return default, ("--lesion_rules auto: the {} rules of the {} release; whether {} holds a resection cavity "
+                         "(RC, label {}) is not recorded (preprocess it again to record it), so RC is not scored; "
+                         "--lesion_rules {} scores it".format(default, layout, where, cavity[0], upgrade))
+    if any(int(label) in cavity for label in present):  # stops at the first cavity voxel's case
+        return upgrade, ("--lesion_rules auto: the {} rules, because {} holds a resection cavity (RC, label {}), "
+                         "which the {} rules of the {} release do not score".format(upgrade, where, cavity[0],
+                                                                                   default, layout)
+                         if cohort == "MET" else
+                         "--lesion_rules auto: the {} rules, the newest that score the resection cavity (RC, "
+                         "label {}) {} holds".format(upgrade, cavity[0], where))
+    return default, ("--lesion_rules auto: the {} rules of the {} release ({} holds no resection cavity)".format(
+        default, layout, where))
+
+
+def rules_year(flag: str, layout: str, present: Callable[[], Optional[Iterable[int]]],
+               where: str) -> Tuple[str, Optional[str]]:
+    """The year ``--lesion_rules FLAG`` scores ``where`` (a ``layout`` data set) by, and for ``auto`` the line
+    saying which and why (``present()``: the labels its truth holds, see :func:`choose_auto`)."""
+    if flag != AUTO:
+        return flag, None
+    from unet3d_core.data.layouts import LAYOUTS
+
+    spec = LAYOUTS[layout]
+    return choose_auto(spec.name, spec.cohort, spec.lesion_regions, present(), where)
 
 
 def _rules_2023(cohort, regions) -> RuleSet:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from unet3d_core.data.layouts import (
 from unet3d_core.data.volumes import PROBABILITIES_SUFFIX
 from unet3d_core.errors import DataError
 from unet3d_core.evaluation import metrics as metrics_lib
+from unet3d_core.evaluation.lesion_rules import rules_year
 from unet3d_core.folders import write_json_atomic
 from unet3d_core.progress import Progress
 
@@ -164,7 +165,8 @@ def score_folders(pred_dir: str, truth_dir: str, *, labels: str = AUTO, require_
     """Score every prediction in ``pred_dir`` against its truth in ``truth_dir``.
 
     Returns:
-        (case id -> metrics, ids of truth cases that have no prediction, the LabelScheme scored with).
+        (case id -> metrics, ids of truth cases that have no prediction, the LabelScheme scored with, and for
+        ``--lesion_rules auto`` the line saying which rules it chose and why, else None).
     Raises:
         DataError: a prediction without truth, missing predictions when
             ``require_all``, or a bad file (see :func:`score_case`).
@@ -174,6 +176,8 @@ def score_folders(pred_dir: str, truth_dir: str, *, labels: str = AUTO, require_
     predictions = find_predictions(pred_dir)
     truth = find_truth(truth_dir)
     layout = truth_layout(truth_dir, truth) if labels == AUTO else labels
+    lesion_rules, reason = rules_year(lesion_rules, layout, lambda: _labels_in(truth, LAYOUTS[layout].label_map),
+                                      "--truth {}".format(truth_dir))
     scheme = metrics_lib.LabelScheme.for_layout(layout, lesion_rules)
     orphans = sorted(set(predictions) - set(truth))
     if orphans:
@@ -189,7 +193,14 @@ def score_folders(pred_dir: str, truth_dir: str, *, labels: str = AUTO, require_
                                        dict(LAYOUTS[layout].label_map), scheme)
         if progress is not None:
             progress(number, len(predictions), case_id)
-    return per_case, unpredicted, scheme
+    return per_case, unpredicted, scheme, reason
+
+
+def _labels_in(truth: Dict[str, str], label_map: Dict[int, int]) -> Iterator[int]:
+    """The internal labels of every truth file, case after case (read lazily: ``auto`` stops at a cavity)."""
+    for case_id, path in sorted(truth.items()):
+        _, labels = _load(path, "truth")
+        yield from map_labels(np.unique(labels), label_map, "case {}: truth {}".format(case_id, path)).tolist()
 
 
 def write_score_outputs(out_csv: str, per_case: Dict[str, Dict[str, float]], details: Dict, scheme=None) -> str:
@@ -216,6 +227,7 @@ class ScoreResult:
     csv_path: str  # the per-case table
     summary_path: str  # the JSON summary beside it
     descriptions: Dict  # scheme -> what its numbers mean (regions, lesion-wise rules)
+    lesion_rules_chosen: Optional[str] = None  # --lesion_rules auto: which rules it chose and why
 
 
 def run_score(pred_dir: str, truth_dir: str, *, out_csv: Optional[str] = None, labels: str = AUTO,
@@ -233,11 +245,14 @@ def run_score(pred_dir: str, truth_dir: str, *, out_csv: Optional[str] = None, l
                 bar[0] = Progress("score", total)
             bar[0].update(done, case_id)
 
-    per_case, unpredicted, scheme = score_folders(pred_dir, truth_dir, labels=labels, require_all=require_all,
-                                                  progress=progress, lesion_rules=lesion_rules)
+    per_case, unpredicted, scheme, reason = score_folders(pred_dir, truth_dir, labels=labels,
+                                                          require_all=require_all, progress=progress,
+                                                          lesion_rules=lesion_rules)
     summary_path = write_score_outputs(out_csv, per_case, OrderedDict([
         ("pred_dir", os.path.abspath(pred_dir)), ("truth_dir", os.path.abspath(truth_dir)),
-        ("labels", scheme.layout), ("cohort", scheme.cohort), ("lesion_rules", lesion_rules),
+        ("labels", scheme.layout), ("cohort", scheme.cohort),
+        ("lesion_rules", scheme.lesion_rules.year if scheme.lesion_rules else lesion_rules),
+        ("lesion_rules_chosen", reason),
         ("truth_cases_without_prediction", unpredicted)]), scheme)
     return ScoreResult(metrics_lib.describe(list(per_case.values())), len(per_case), unpredicted, out_csv,
-                       summary_path, scheme.descriptions())
+                       summary_path, scheme.descriptions(), reason)

@@ -18,6 +18,7 @@ from hccl.manage.api import (  # noqa: F401
     get_rank_size,
     get_world_rank_from_group_rank,
 )
+from hccl.split.api import set_split_strategy_by_idx, set_split_strategy_by_size  # noqa: F401 (npu_init.py:63-64)
 from tensorflow.core.protobuf import config_pb2, rewriter_config_pb2  # noqa: F401
 from tensorflow.core.protobuf.rewriter_config_pb2 import RewriterConfig  # noqa: F401
 from tensorflow.python.client import session
