@@ -33,11 +33,17 @@ def npu(fake_npu):
 def saved_environment():
     """os.environ as it was before the test, put back afterwards (the backend sets device variables)."""
     saved = dict(os.environ)
-    for name in ("UNET3D_NPU_WORKER", "RANK_SIZE", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT"):
+    for name in ("UNET3D_NPU_WORKER", "RANK_SIZE", "RANK_ID", "HCCL_CONNECT_TIMEOUT", "HCCL_EXEC_TIMEOUT"):
         os.environ.pop(name, None)
     yield os.environ
     os.environ.clear()
     os.environ.update(saved)
+
+
+def _launched(environment, size=2, rank=0):
+    """The variables the launcher gives a worker it starts (launcher.worker_environments)."""
+    environment.update(UNET3D_NPU_WORKER="1", RANK_SIZE=str(size), RANK_ID=str(rank), ASCEND_DEVICE_ID="0",
+                       JOB_ID="job-1")
 
 
 # The core's resolved values the tests vary (CoreSettings fields), and their values when a test does not.
@@ -104,7 +110,7 @@ def test_every_process_that_builds_a_graph_loads_the_adapter(npu, saved_environm
         sys.modules.pop("npu_bridge.npu_init", None)
         saved_environment.pop("UNET3D_NPU_WORKER", None)
         if worker:
-            saved_environment["UNET3D_NPU_WORKER"] = "1"
+            _launched(saved_environment, size=1)
         for exec_mode in ("train", "evaluate", "predict"):
             sys.modules.pop("npu_bridge.npu_init", None)
             npu.unet3d_prepare_environment(_options(npu_loss_scale=0, exec_mode=exec_mode))
@@ -328,7 +334,7 @@ def test_defaults_follow_the_seeds_run_config(npu, saved_environment, capsys):
     assert resolved(max_steps=16000, exec_mode="evaluate") == 1
     assert resolved(max_steps=1000, benchmark=True, warmup_steps=200) == 10
     assert resolved(max_steps=7, benchmark=True, warmup_steps=2) == 1  # no warm-up step in a timed run
-    saved_environment.update(UNET3D_NPU_WORKER="1", RANK_SIZE="8")
+    _launched(saved_environment, size=8)
     assert resolved(max_steps=16000) == 100  # 2000 per device
     assert resolved(max_steps=1000) == 25  # 125 per device
     options = _options(iterations_per_loop=None, max_steps=1000)
@@ -652,7 +658,7 @@ def test_a_rank_table_free_launch_is_refused_not_run_as_independent_copies(npu, 
     with pytest.raises(ConfigError, match=r"^CM_CHIEF_DEVICE, CM_CHIEF_IP, CM_CHIEF_PORT, CM_WORKER_IP, "
                                           r"CM_WORKER_SIZE set in the environment: a rank-table-free launch"):
         _options()
-    saved_environment["UNET3D_NPU_WORKER"] = "1"  # a rank unet3d started never has them; nothing to refuse there
+    _launched(saved_environment)  # a rank unet3d started never has them; nothing to refuse there
     for name in ("CM_CHIEF_IP", "CM_CHIEF_PORT", "CM_CHIEF_DEVICE", "CM_WORKER_SIZE", "CM_WORKER_IP"):
         saved_environment.pop(name)
     assert _options().npus == 1
@@ -695,3 +701,22 @@ def test_the_gradient_split_strategy_is_checked_when_parsed(npu, records, tmp_pa
         err = capsys.readouterr().err.strip()
         assert exited.value.code == 2 and "\n" not in err, err
         assert "argument --npu_split_strategy: " + message in err, err
+
+
+def test_a_launched_rank_is_read_once_from_the_launchers_variables(saved_environment):
+    """The worker's identity is one typed object, read where the options are made; a launcher variable that is
+    missing or not a number is named in one line."""
+    from backends.npu.launcher import LaunchedRank
+
+    assert _options().launched is None
+    _launched(saved_environment, size=8, rank=3)
+    assert _options().launched == LaunchedRank(rank=3, size=8, device_id=0, job_id="job-1")
+    del saved_environment["JOB_ID"]
+    with pytest.raises(ConfigError, match="^UNET3D_NPU_WORKER is set without JOB_ID: start workers with"):
+        _options()
+    _launched(saved_environment, size=2, rank=2)
+    with pytest.raises(ConfigError, match="^RANK_ID=2 is not a rank of RANK_SIZE=2"):
+        _options()
+    saved_environment["RANK_SIZE"] = "two"
+    with pytest.raises(ConfigError, match="expected integers"):
+        _options()

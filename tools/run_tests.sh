@@ -21,6 +21,11 @@ TF26_TESTS=(tests/test_npu_training.py tests/test_augmentation.py tests/test_opt
             tests/test_run_folder.py tests/test_input_pipeline.py tests/test_metrics.py
             tests/test_lesion_metrics.py tests/test_cohorts.py tests/test_npu_device_adapter.py)
 
+# The longest test files, given first so the workers start them first (pytest collects a path given twice
+# once); the rest of tests/ follows.
+SLOW_FIRST=(tests/test_reliability.py tests/test_score.py tests/test_first_day.py tests/test_run_folder.py
+            tests/test_train.py tests/test_npu_training.py tests/test_distributed.py tests/test_docs.py)
+
 status=0
 for flavour in "${flavours[@]}"; do
     tools/make_venv.sh "$flavour"
@@ -39,7 +44,7 @@ for flavour in "${flavours[@]}"; do
         ".venv-$flavour/bin/python" -m pytest -q -p no:cacheprovider --durations=15 "$@" || status=1
     else
         ".venv-$flavour/bin/python" -m pytest -q -p no:cacheprovider --durations=15 -n "${UNET3D_TEST_WORKERS:-auto}" \
-            --dist loadfile --ignore tests/test_example_plugin.py || status=1
+            --dist loadfile --ignore tests/test_example_plugin.py "${SLOW_FIRST[@]}" tests || status=1
         ".venv-$flavour/bin/python" -m pytest -q -p no:cacheprovider tests/test_example_plugin.py || status=1
     fi
 done

@@ -49,6 +49,36 @@ _MOUNTED_ENTRY = re.compile(r"^(?:(\d+)|(\d+)-(\d+)|[A-Za-z][A-Za-z0-9]*-(\d+))$
 _LAUNCHER_VARIABLES = ("RANK_TABLE_FILE", "RANK_SIZE", "RANK_ID", "ASCEND_DEVICE_ID", "JOB_ID", WORKER_VARIABLE)
 
 
+@dataclass(frozen=True)
+class LaunchedRank:
+    """Who this process is in a job the launcher started: read once from the environment the launcher gave it
+    (:func:`launched_rank`), then passed around as this object."""
+
+    rank: int  # RANK_ID
+    size: int  # RANK_SIZE
+    device_id: int  # ASCEND_DEVICE_ID: logical, among the devices visible to the process
+    job_id: str  # JOB_ID
+
+
+def launched_rank(environment: Dict[str, str]) -> Optional[LaunchedRank]:
+    """This process's rank when :func:`worker_environments`' launcher started it (``UNET3D_NPU_WORKER`` set),
+    else None. A launched process whose variables are missing or not numbers is a ConfigError naming them."""
+    if not environment.get(WORKER_VARIABLE):
+        return None
+    missing = [name for name in ("RANK_ID", "RANK_SIZE", "ASCEND_DEVICE_ID", "JOB_ID") if not environment.get(name)]
+    if missing:
+        raise ConfigError("{} is set without {}: start workers with 'cli.py train --backend npu --npus N', not "
+                          "by hand".format(WORKER_VARIABLE, ", ".join(missing)))
+    try:
+        rank, size, device = (int(environment[name]) for name in ("RANK_ID", "RANK_SIZE", "ASCEND_DEVICE_ID"))
+    except ValueError:
+        raise ConfigError("RANK_ID={} RANK_SIZE={} ASCEND_DEVICE_ID={}: expected integers".format(
+            environment["RANK_ID"], environment["RANK_SIZE"], environment["ASCEND_DEVICE_ID"])) from None
+    if not 0 <= rank < size:
+        raise ConfigError("RANK_ID={} is not a rank of RANK_SIZE={}".format(rank, size))
+    return LaunchedRank(rank, size, device, environment["JOB_ID"])
+
+
 @dataclass
 class Worker:
     rank: int

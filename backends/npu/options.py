@@ -3,9 +3,12 @@ size resolved from them. Every hook after ``unet3d_backend_options`` receives on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, List, Optional, Tuple, Union
 
 from unet3d_core.types import CoreSettings
+
+if TYPE_CHECKING:
+    from backends.npu.launcher import LaunchedRank
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,8 @@ class LoopSize:
 @dataclass(frozen=True)
 class NpuOptions:
     """One field per flag of the npu backend (same names, same defaults as its parser), the core's settings, and
-    ``loop``, the resolved loop size (None until ``unet3d_backend_options`` resolved it)."""
+    what ``unet3d_backend_options`` resolves: ``loop``, the loop size, and ``launched``, this process's rank when
+    the launcher started it."""
 
     core: CoreSettings
     npus: int = 1
@@ -49,3 +53,5 @@ class NpuOptions:
     npu_overflow_dump: Optional[str] = None
     npu_op_cache: Optional[str] = None
     loop: Optional[LoopSize] = None
+    # This process's rank when the backend's launcher started it (read once from its environment), else None.
+    launched: Optional["LaunchedRank"] = None

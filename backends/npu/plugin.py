@@ -52,7 +52,7 @@ def _single_device(options) -> int:
 
 
 def _launches_workers(options) -> bool:
-    return not os.environ.get(launcher.WORKER_VARIABLE) and (options.npus > 1 or options.rank_table is not None)
+    return options.launched is None and (options.npus > 1 or options.rank_table is not None)
 
 
 def _say(text: str) -> None:
@@ -235,11 +235,11 @@ def _command_rank_table(options) -> int:
 
 @hookimpl
 def unet3d_backend_options(flags, core):
-    options = NpuOptions(core=core, **flags)
+    options = NpuOptions(core=core, launched=launcher.launched_rank(dict(os.environ)), **flags)
     if options.npus < 1:
         raise ConfigError("--npus must be at least 1, got {}".format(options.npus))
     run_devices.device_ids(options)
-    if not os.environ.get(launcher.WORKER_VARIABLE):  # (the launcher starts its workers without CM_*)
+    if options.launched is None:  # (the launcher starts its workers without CM_*)
         launcher.refuse_mixed_environment(dict(os.environ))
     if _launches_workers(options):
         table, _ = run_devices.table_for(options)
@@ -248,7 +248,7 @@ def unet3d_backend_options(flags, core):
         if here != options.npus:
             raise ConfigError("--npus {}: the rank table has {} device(s) on server {}".format(
                 options.npus, here, server))
-    elif not os.environ.get(launcher.WORKER_VARIABLE) and "ASCEND_DEVICE_ID" not in os.environ:
+    elif options.launched is None and "ASCEND_DEVICE_ID" not in os.environ:
         _single_device(options)  # the device must be visible before anything is built
     # The adapter's flag rules and --iterations_per_loop, checked before anything starts; the loop size is a
     # field of the options from here on.
@@ -259,9 +259,7 @@ def _rank_count(options: NpuOptions) -> int:
     """The ranks of the job: the rank table's in the launching process, the launcher's in a worker, else 1."""
     if _launches_workers(options):
         return run_devices.table_for(options)[0].size
-    if os.environ.get(launcher.WORKER_VARIABLE):
-        return int(os.environ.get("RANK_SIZE", "1"))
-    return 1
+    return options.launched.size if options.launched is not None else 1
 
 
 def _loop_size(options: NpuOptions) -> LoopSize:
@@ -330,7 +328,7 @@ def unet3d_prepare_environment(options):
     if not _adapter_present():
         raise BackendError("npu backend: " + INSTALL_HINT)
     npu_adapter.check_tensorflow()
-    if not os.environ.get(launcher.WORKER_VARIABLE):  # a launched worker has all of this from the launcher
+    if options.launched is None:  # a launched worker has all of this from the launcher
         # One device in this process: the variables the launcher would have set.
         os.environ.setdefault("ASCEND_DEVICE_ID", str(_single_device(options)))
         os.environ.setdefault("JOB_ID", options.job_id or "unet3d-{}".format(os.getpid()))
@@ -349,7 +347,7 @@ def _session_config(options):
 
 @hookimpl
 def unet3d_distributed_strategy(options):
-    if int(os.environ.get("RANK_SIZE", "1")) > 1:
+    if options.launched is not None and options.launched.size > 1:
         return HcclStrategy(_session_config(options), split=options.npu_split_strategy)
     return None  # one device
 
