@@ -31,14 +31,22 @@ def _check_list(values, name):
         raise ValueError("{} length is 0".format(name))
 
 
+def _record(name, **arguments):
+    """The fake adapter's call log: npu_bridge's (TF Adapter 1.x), or npu_device.compat.v1's in the 2.x build
+    (which copies this package unchanged)."""
+    try:
+        from npu_bridge import record
+    except ImportError:
+        from npu_device.compat.v1 import record
+    record(name, **arguments)
+
+
 def _libhcomm(by, values, group, separator):
     """The libhcomm call: 0 once HCCL started (and the group is the world group), else the fake's code."""
-    from npu_bridge import record
-
     ret = 0 if _hcomm.state["started"] and group == "hccl_world_group" else _hcomm.NOT_INITIALISED
     if ret != 0:
         raise ValueError("split error{} ret[{}]".format(separator, ret))
-    record("set_split_strategy", by=by, values=list(values), group=group)
+    _record("set_split_strategy", by=by, values=list(values), group=group)
 
 
 def set_split_strategy_by_idx(idxList, group="hccl_world_group"):  # noqa: N803 (the real signature)
