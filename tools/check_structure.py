@@ -427,20 +427,25 @@ def assignment_targets(node):
     return []
 
 
+def nodes_outside_cli(sources):
+    """(source, node) for every syntax node of every checked module but cli.py."""
+    for source in sources:
+        if source.path != CLI_FILE:
+            for node in ast.walk(source.tree):
+                yield source, node
+
+
 def check_options_writes(sources):
     """No module but cli.py writes into the parsed options."""
     violations = []
-    for source in sources:
-        if source.path == CLI_FILE:
-            continue
-        for node in ast.walk(source.tree):
-            written = [found for target in assignment_targets(node) for found in written_options(target)]
-            if isinstance(node, ast.Call):
-                written += [(node.lineno, description) for description in written_by_call(node)]
-            for line, description in written:
-                violations.append(Violation("options_write", "%s:%s" % (source.path, description), source.path,
-                                            line, "%s:%d: writes into parsed options (%s)"
-                                            % (source.path, line, description)))
+    for source, node in nodes_outside_cli(sources):
+        written = [found for target in assignment_targets(node) for found in written_options(target)]
+        if isinstance(node, ast.Call):
+            written += [(node.lineno, description) for description in written_by_call(node)]
+        for line, description in written:
+            violations.append(Violation("options_write", "%s:%s" % (source.path, description), source.path,
+                                        line, "%s:%d: writes into parsed options (%s)"
+                                        % (source.path, line, description)))
     return violations
 
 
@@ -541,21 +546,18 @@ def check_rooms(sources):
 def check_namespace_uses(sources):
     """No module but cli.py uses argparse.Namespace."""
     violations = []
-    for source in sources:
-        if source.path == CLI_FILE:
-            continue
-        for node in ast.walk(source.tree):
-            used = None
-            if (isinstance(node, ast.Attribute) and node.attr == "Namespace" and isinstance(node.value, ast.Name)
-                    and node.value.id == "argparse"):
-                used = "argparse.Namespace"
-            elif isinstance(node, ast.ImportFrom) and node.module == "argparse" and any(
-                    alias.name == "Namespace" for alias in node.names):
-                used = "from argparse import Namespace"
-            if used:
-                violations.append(Violation("namespace", "%s:%s" % (source.path, used), source.path, node.lineno,
-                                            "%s:%d: uses %s (read CommandFlags or the backend's options)"
-                                            % (source.path, node.lineno, used)))
+    for source, node in nodes_outside_cli(sources):
+        used = None
+        if (isinstance(node, ast.Attribute) and node.attr == "Namespace" and isinstance(node.value, ast.Name)
+                and node.value.id == "argparse"):
+            used = "argparse.Namespace"
+        elif isinstance(node, ast.ImportFrom) and node.module == "argparse" and any(
+                alias.name == "Namespace" for alias in node.names):
+            used = "from argparse import Namespace"
+        if used:
+            violations.append(Violation("namespace", "%s:%s" % (source.path, used), source.path, node.lineno,
+                                        "%s:%d: uses %s (read CommandFlags or the backend's options)"
+                                        % (source.path, node.lineno, used)))
     return violations
 
 

@@ -363,33 +363,37 @@ def apply_session_config(config, parameters: Dict[str, Value]):
 # at most 8 segments; without one, HCCL splits the gradients by size into 96.54% and 3.46%.
 SPLIT_SEGMENTS_MAX = 8
 SPLIT_KINDS = ("idx", "size")
+SPLIT_INDEX_MAX = 4294967295  # an index is a C unsigned int
 
 
 def split_strategy(text: str) -> Tuple[str, Tuple[Union[int, float], ...]]:
     """``--npu_split_strategy idx:20,100,159`` or ``size:60,20,20`` -> ("idx", (20, 100, 159)); checked by
     hccl.split.api's rules (indices ascending non-negative integers, sizes non-negative percentages summing to
-    100) and its documented limit of 8 segments, so a bad value fails before any device starts."""
-    flag = "--npu_split_strategy {}".format(text)
+    100) and its documented limit of 8 segments, so a bad value fails before any device starts. The
+    ConfigError says what is wrong; argparse, whose type function this is, names the flag and the value."""
     kind, _, values = str(text).partition(":")
     if kind not in SPLIT_KINDS or not values.strip():
-        raise ConfigError("{}: expected idx:I1,I2,... (last gradient index of each segment) or size:P1,P2,... "
-                          "(percent of the gradient bytes per segment, summing to 100)".format(flag))
+        raise ConfigError("expected idx:I1,I2,... (last gradient index of each segment) or size:P1,P2,... "
+                          "(percent of the gradient bytes per segment, summing to 100)")
     try:
         parsed = tuple(int(part) if kind == "idx" else float(part) for part in values.split(","))
     except ValueError:
-        raise ConfigError("{}: every value must be {}".format(
-            flag, "an integer" if kind == "idx" else "a number")) from None
+        raise ConfigError("every value must be {}".format("an integer" if kind == "idx" else "a number")) from None
     if len(parsed) > SPLIT_SEGMENTS_MAX:
-        raise ConfigError("{}: HCCL splits the gradients into at most {} segments".format(flag, SPLIT_SEGMENTS_MAX))
+        raise ConfigError("HCCL splits the gradients into at most {} segments".format(SPLIT_SEGMENTS_MAX))
     if kind == "idx":
-        if any(index < 0 or index > 4294967295 for index in parsed) or any(
+        if any(index < 0 or index > SPLIT_INDEX_MAX for index in parsed) or any(
                 first >= second for first, second in zip(parsed, parsed[1:])):
-            raise ConfigError("{}: the indices must be ascending integers from 0 (each segment's last gradient)"
-                              .format(flag))
+            raise ConfigError("the indices must be ascending integers from 0 (each segment's last gradient)")
         return kind, parsed
     if any(size < 0 for size in parsed) or abs(sum(parsed) - 100.0) > 1e-9:
-        raise ConfigError("{}: the sizes must be non-negative percentages summing to 100".format(flag))
+        raise ConfigError("the sizes must be non-negative percentages summing to 100")
     return kind, tuple(int(size) if float(size).is_integer() else size for size in parsed)
+
+
+def split_values(values) -> str:
+    """``(1, 90, 99)`` -> ``"1,90,99"``: a split strategy's values as the flag spells them."""
+    return ",".join("{:g}".format(value) for value in values)
 
 
 def describe_split(strategy) -> str:
@@ -397,8 +401,7 @@ def describe_split(strategy) -> str:
     if strategy is None:
         return "gradient split HCCL's default (by size 96.54%/3.46%)"
     kind, values = strategy
-    return "gradient split by {} {}".format("index" if kind == "idx" else "size %",
-                                            ",".join("{:g}".format(value) for value in values))
+    return "gradient split by {} {}".format("index" if kind == "idx" else "size %", split_values(values))
 
 
 def loss_scale_choice(npu_loss_scale: float) -> Tuple[str, float]:

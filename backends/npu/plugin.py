@@ -74,8 +74,8 @@ def _iterations_per_loop_flag(text: str):
 def _split_strategy_flag(text: str):
     try:
         return npu_config.split_strategy(text)
-    except ConfigError as error:  # argparse names the flag itself
-        raise argparse.ArgumentTypeError(str(error).split(": ", 1)[1]) from None
+    except ConfigError as error:  # argparse names the flag and the value itself
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _load_adapter() -> None:

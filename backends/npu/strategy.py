@@ -47,7 +47,7 @@ class HcclStrategy(DistributedStrategy):
                 setter(list(values))
             except ValueError as error:
                 raise BackendError("--npu_split_strategy {}:{}: HCCL refused it: {}".format(
-                    kind, ",".join("{:g}".format(value) for value in values), error)) from None
+                    kind, npu_config.split_values(values), error)) from None
 
     @property
     def rank(self) -> int:

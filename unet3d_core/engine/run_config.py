@@ -228,13 +228,13 @@ def _check_folders(options, exec_mode: str) -> None:
         raise ConfigError("--data_dir is required (only 'predict --input_dir RAW_DIR' works without it)")
 
 
-def _lesion_rules(manifest: Manifest, options: CommandFlags, notes: List[str]) -> str:
+def _lesion_rules(manifest: Manifest, flag: str, notes: List[str]) -> str:
     """The year of the lesion-wise rules evaluation scores by (``auto``: by the labels the data holds, said in a
     note). A year the cohort lacks fails now, not after training."""
     from unet3d_core.evaluation.metrics import LabelScheme  # the lesion code (~15 ms), not needed by --help
 
-    year, reason = rules_year(str(getattr(options, "lesion_rules", AUTO) or AUTO), manifest.layout,
-                              manifest.labels_present, "--data_dir {}".format(manifest.data_dir))
+    year, reason = rules_year(flag, manifest.layout, manifest.labels_present,
+                              "--data_dir {}".format(manifest.data_dir))
     notes.extend([reason] if reason else [])
     LabelScheme.for_layout(manifest.layout, year)
     return year
@@ -272,7 +272,7 @@ def resolve(parsed: CommandFlags, *, model_dir: Optional[str] = None, fold: Opti
     in_channels, num_classes = _channels_and_classes(layout, record, options, model_dir)
     lesion_rules = str(getattr(options, "lesion_rules", AUTO) or AUTO)
     if manifest is not None and exec_mode in ("evaluate", "train_and_evaluate"):
-        lesion_rules = _lesion_rules(manifest, options, notes)
+        lesion_rules = _lesion_rules(manifest, lesion_rules, notes)
     _check_postprocessing(options, layout)
     regions = _target_regions(network["target"], layout, record)
     model_config = ModelConfig(in_channels=in_channels, num_classes=num_classes,

@@ -47,6 +47,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional, Sequence, Tuple
 
+from unet3d_core.data.layouts import LAYOUTS
 from unet3d_core.errors import ConfigError
 from unet3d_core.model.config import LESION_RULE_CHOICES
 
@@ -176,8 +177,6 @@ def rules_year(flag: str, layout: str, present: Callable[[], Optional[Iterable[i
     saying which and why (``present()``: the labels its truth holds, see :func:`choose_auto`)."""
     if flag != AUTO:
         return flag, None
-    from unet3d_core.data.layouts import LAYOUTS
-
     spec = LAYOUTS[layout]
     return choose_auto(spec.name, spec.cohort, spec.lesion_regions, present(), where)
 
