@@ -156,6 +156,10 @@ class HorovodStrategy(DistributedStrategy):
     def local_rank(self) -> int:
         return int(self._hvd.local_rank())
 
+    @property
+    def local_size(self) -> int:
+        return int(self._hvd.local_size())
+
     def wrap_optimizer(self, optimizer):
         return self._hvd.DistributedOptimizer(optimizer)
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import tensorflow as tf
+from strategies import FixedStrategy
 
 from backends.cpu import plugin as cpu
 from unet3d_core import plugins
@@ -28,20 +29,24 @@ def _options(*argv):
     return cpu.unet3d_backend_options(flags=_flags(*argv), core=CoreSettings("cpu"))
 
 
-def test_each_op_gets_every_core_and_ops_run_one_at_a_time(monkeypatch):
-    monkeypatch.delenv("HOROVOD_LOCAL_SIZE", raising=False)
+def test_each_op_gets_every_core_and_ops_run_one_at_a_time():
     config = cpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(), DistributedStrategy())
     assert config.intra_op_parallelism_threads == cpu._cpu_count()
     assert config.inter_op_parallelism_threads == 1
 
 
-def test_thread_flags_and_local_processes_are_followed(monkeypatch):
-    monkeypatch.setenv("HOROVOD_LOCAL_SIZE", str(2 * cpu._cpu_count()))
-    config = cpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(), DistributedStrategy())
+def test_thread_flags_and_local_workers_are_followed(monkeypatch):
+    # The workers on this host come from the strategy (Horovod's local_size), not from the environment.
+    monkeypatch.setenv("HOROVOD_LOCAL_SIZE", "1")
+    crowded = FixedStrategy(local_size=2 * cpu._cpu_count())
+    config = cpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(), crowded)
     assert config.intra_op_parallelism_threads == 1
+    if cpu._cpu_count() >= 2:
+        config = cpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(), FixedStrategy(local_size=2))
+        assert config.intra_op_parallelism_threads == cpu._cpu_count() // 2
     config = cpu.unet3d_session_config(tf.compat.v1.ConfigProto(),
                                        _options("--cpu_threads", "3", "--cpu_inter_op_threads", "0"),
-                                       DistributedStrategy())
+                                       crowded)
     assert (config.intra_op_parallelism_threads, config.inter_op_parallelism_threads) == (3, 0)
 
 

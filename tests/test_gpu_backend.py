@@ -1,23 +1,17 @@
 """The GPU backend's hooks, checked on the CPU (no GPU is needed or used)."""
 
+import os
+
 import pytest
 import tensorflow as tf
+from strategies import FixedStrategy
 
 from backends import horovod
 from backends.gpu import plugin as gpu
 from unet3d_core import plugins
 from unet3d_core.errors import ConfigError
 from unet3d_core.layers import LayerOps
-from unet3d_core.types import CoreSettings, DistributedStrategy
-
-
-class _LocalRank(DistributedStrategy):
-    def __init__(self, local_rank):
-        self._local_rank = local_rank
-
-    @property
-    def local_rank(self):
-        return self._local_rank
+from unet3d_core.types import CoreSettings
 
 
 def _options(**flags):
@@ -26,14 +20,18 @@ def _options(**flags):
 
 
 def test_each_process_sees_the_gpu_of_its_local_rank_with_memory_growth():
-    config = gpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(), _LocalRank(3))
+    config = gpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(), FixedStrategy(local_rank=3))
     assert config.gpu_options.visible_device_list == "3"
     assert config.gpu_options.allow_growth
     assert config.graph_options.optimizer_options.global_jit_level == 0
+    # The host's cores are shared among the workers the launcher put on it (the strategy's local_size).
+    crowded = FixedStrategy(local_rank=3, local_size=4 * (os.cpu_count() or 1))
+    config = gpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(), crowded)
+    assert config.intra_op_parallelism_threads == 1
 
 
 def test_xla_turns_on_global_jit():
-    config = gpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(xla=True), _LocalRank(0))
+    config = gpu.unet3d_session_config(tf.compat.v1.ConfigProto(), _options(xla=True), FixedStrategy(local_rank=0))
     assert config.graph_options.optimizer_options.global_jit_level == tf.compat.v1.OptimizerOptions.ON_1
 
 

@@ -10,6 +10,7 @@ import sys
 import pytest
 import tensorflow as tf
 from conftest import ROOT
+from strategies import FixedStrategy
 
 from unet3d_core.errors import BackendError, ConfigError
 from unet3d_core.types import CoreSettings, DistributedStrategy, StepRunner
@@ -48,7 +49,7 @@ def _launched(environment, size=2, rank=0):
 
 # The core's resolved values the tests vary (CoreSettings fields), and their values when a test does not.
 CORE_DEFAULTS = dict(backend="npu", max_steps=16, model_dir="/tmp/unused", exec_mode="train", benchmark=False,
-                     warmup_steps=200)
+                     warmup_steps=200, cache=False)
 
 
 def _core(**values):
@@ -77,15 +78,6 @@ def _checked(parsed, **core):
     from backends.npu import plugin
 
     return plugin.unet3d_backend_options(flags=vars(parsed), core=_core(**core))
-
-
-class _Ranks(DistributedStrategy):
-    def __init__(self, size):
-        self._size = size
-
-    @property
-    def size(self):
-        return self._size
 
 
 def _parameters(config, fields=False):
@@ -329,7 +321,13 @@ def test_defaults_follow_the_seeds_run_config(npu, saved_environment, capsys):
     assert resolved(max_steps=16000) == 100
     assert resolved(max_steps=250) == 50
     assert resolved(max_steps=7) == 7
-    assert resolved(max_steps=101) == 1
+    # 101 steps have no divisor from 10 to 100: not a loop of 1 (a host round trip every step) but 110 steps,
+    # of which 55 is the largest divisor up to 100; the core trains what options.core says.
+    rounded = _options(iterations_per_loop=None, max_steps=101)
+    assert (rounded.loop.iterations, rounded.loop.steps_per_device, rounded.core.max_steps) == (55, 110, 110)
+    assert "the 101 steps per device have no divisor from 10 to 100, so they are rounded up to 110" in \
+        rounded.loop.reason
+    assert _options(iterations_per_loop=None, max_steps=250).core.max_steps == 250  # nothing to round
     assert resolved(max_steps=16000, mix_compile_mode=True) == 1
     assert resolved(max_steps=16000, exec_mode="evaluate") == 1
     assert resolved(max_steps=1000, benchmark=True, warmup_steps=200) == 10
@@ -337,6 +335,8 @@ def test_defaults_follow_the_seeds_run_config(npu, saved_environment, capsys):
     _launched(saved_environment, size=8)
     assert resolved(max_steps=16000) == 100  # 2000 per device
     assert resolved(max_steps=1000) == 25  # 125 per device
+    on_eight = _options(iterations_per_loop=None, max_steps=8 * 103)  # 103 per device: 110 each, 880 in all
+    assert (on_eight.loop.iterations, on_eight.core.max_steps) == (55, 880)
     options = _options(iterations_per_loop=None, max_steps=1000)
     parameters = _parameters(npu.unet3d_session_config(tf1.ConfigProto(), options, DistributedStrategy(), "training"))
     assert parameters["iterations_per_loop"] == 25 and parameters["hcom_parallel"] is True
@@ -432,7 +432,7 @@ def test_distributed_chain_is_loss_scaling_around_the_distributed_optimizer(npu)
     import npu_bridge
 
     with tf.Graph().as_default():
-        chain = npu.unet3d_mixed_precision(tf1.train.AdamOptimizer(0.1), _options(npu_loss_scale=1), _Ranks(8))
+        chain = npu.unet3d_mixed_precision(tf1.train.AdamOptimizer(0.1), _options(npu_loss_scale=1), FixedStrategy(8))
     assert chain.reduces_across_workers  # the strategy must not wrap it again
     names = [(call["call"], call["args"]) for call in npu_bridge.calls if "Optimizer" in call["call"]]
     assert names[0] == ("NPUDistributedOptimizer", {"optimizer": "AdamOptimizer",
@@ -720,3 +720,26 @@ def test_a_launched_rank_is_read_once_from_the_launchers_variables(saved_environ
     saved_environment["RANK_SIZE"] = "two"
     with pytest.raises(ConfigError, match="expected integers"):
         _options()
+
+
+def test_cache_on_several_ranks_says_the_first_step_waits_for_the_whole_share(npu, saved_environment, capsys):
+    """--cache reads a rank's whole share before its first step; the others wait in the first allreduce, up to
+    HCCL_EXEC_TIMEOUT: the log says so where it matters (several ranks), and only there."""
+    _launched(saved_environment, size=8)
+    npu.unet3d_prepare_environment(_options(cache=True, no_sync_mode_patch=True))
+    out = capsys.readouterr().out
+    assert "note: --cache: each rank reads and decodes its whole share of the training cases" in out
+    assert "HCCL_EXEC_TIMEOUT (1836 s by default on Atlas 910): raise --hccl_exec_timeout" in out
+    npu.unet3d_prepare_environment(_options(cache=False, no_sync_mode_patch=True))
+    assert "--cache" not in capsys.readouterr().out
+
+
+def test_a_ranks_session_pools_fit_its_bound_cores(npu, saved_environment):
+    """A bound rank's session pools take its own cores; an unbound one shares the host's among the local ranks."""
+    _launched(saved_environment, size=2)
+    saved_environment["UNET3D_NPU_CPUS"] = "0"
+    config = npu.unet3d_session_config(tf1.ConfigProto(), _options(), FixedStrategy(local_size=2), "training")
+    assert config.intra_op_parallelism_threads == 1
+    del saved_environment["UNET3D_NPU_CPUS"]
+    config = npu.unet3d_session_config(tf1.ConfigProto(), _options(), FixedStrategy(local_size=10 ** 6), "evaluation")
+    assert config.intra_op_parallelism_threads == 1

@@ -13,8 +13,6 @@ import tensorflow as tf
 from fake_npu_env import FAKE as V1_FAKE
 from fake_npu_env import adapter_fake, fake_npu_importable
 
-from unet3d_core.errors import BackendError
-
 if not tf.__version__.startswith("2.6."):
     pytest.skip("TF Adapter 2.x is built for TensorFlow 2.6 (.venv-tf26 runs these)", allow_module_level=True)
 
@@ -113,11 +111,33 @@ def test_loss_scaling_with_the_tf2_adapter_skips_overflowing_steps(npu_device_fa
     assert _calls("session")  # on the device
 
 
-def test_tensorflows_loss_scaling_is_refused_in_saturation_mode(npu_device_fake, monkeypatch):
-    """In saturation mode (Atlas 910) an overflow gives no inf: TensorFlow's check would never see one."""
+def test_in_saturation_mode_loss_scaling_reads_the_device_float_status(npu_device_fake, monkeypatch):
+    """On Atlas 910 (saturation mode) an overflow gives no inf, so TensorFlow's check would never see one: the
+    overflow flag is the device's float status, read after the gradients and cleared for the next step, as the
+    adapter's own NpuLossScaleOptimizer does. An overflowing step changes nothing, the global step included;
+    a finite one applies the unscaled gradient; the dynamic scale shrinks after two overflows in a row, as
+    the 1.x adapter's manager does."""
+    from backends.npu import config as npu_config
+
     monkeypatch.setenv("FAKE_NPU_SAT_MODE", "0")
-    with pytest.raises(BackendError, match="device is in saturation mode.*--npu_loss_scale 0"):
-        _loss_scaled_training("fixed", 1024.0)
+    session, train, factor, weight, step, loss_scale = _loss_scaled_training("fixed", 1024.0)
+    with session:
+        session.run(train, {factor: np.inf})
+        assert session.run([weight, step]) == [2.0, 0]
+        session.run(train, {factor: 1.0})  # the register was cleared: this step is applied
+        assert session.run(weight) == pytest.approx(2.0 - 0.25 * 4.0)
+        assert session.run(step) == 1 and session.run(loss_scale) == 1024.0
+    (read,) = _calls("npu_get_float_status_v2")
+    assert read["ordered_after"] > 0  # after the gradients, not before them
+    assert len(_calls("npu_clear_float_status_v2")) == 1
+    session, train, factor, weight, step, loss_scale = _loss_scaled_training("dynamic", 2.0 ** 32)
+    with session:
+        session.run(train, {factor: np.inf})
+        assert session.run([step, loss_scale]) == [0, 2.0 ** 32]  # one overflow: counted
+        session.run(train, {factor: np.inf})
+        assert session.run([step, loss_scale]) == [0, 2.0 ** 32 * npu_config.DYNAMIC_SHRINK_RATIO]
+        session.run(train, {factor: 1.0})
+        assert session.run(step) == 1 and session.run(weight) == pytest.approx(1.0)
 
 
 def test_the_backend_uses_the_adapter_built_for_this_tensorflow():

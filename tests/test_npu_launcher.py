@@ -1,8 +1,11 @@
 """The launcher's worker environments: ASCEND_DEVICE_ID is the logical index among the devices a worker
 sees (the rank table's device_id is physical), and extra variables reach every worker."""
+import os
+import sys
+
 import pytest
 
-from backends.npu import launcher
+from backends.npu import host_cpus, launcher
 from backends.npu.rank_table import build_rank_table, validate_rank_table
 from unet3d_core.errors import ConfigError
 
@@ -107,3 +110,63 @@ def test_one_process_gets_the_logical_id_of_its_device():
     assert launcher.logical_device_id(5, visibility) == 1
     with pytest.raises(ConfigError, match="device 3 is not visible here"):
         launcher.logical_device_id(3, visibility)
+
+
+def _nodes(tmp_path, cpulists):
+    folder = tmp_path / "node"
+    for index, cpulist in enumerate(cpulists):
+        (folder / "node{}".format(index)).mkdir(parents=True)
+        (folder / "node{}".format(index) / "cpulist").write_text(cpulist + "\n")
+    (folder / "possible").write_text("0-{}\n".format(len(cpulists) - 1))  # not a node
+    return str(folder)
+
+
+def test_eight_ranks_on_a_four_node_kunpeng_host_get_24_cores_each_within_their_node(tmp_path):
+    """An Atlas 800 (Kunpeng 920, 192 cores, 4 NUMA nodes of 48): two ranks per node, 24 cores each, in device
+    order, as the reference's taskset lines bind them."""
+    nodes = host_cpus.numa_nodes(_nodes(tmp_path, ["0-47", "48-95", "96-143", "144-191"]))
+    assert [len(node) for node in nodes] == [48] * 4
+    sets = host_cpus.rank_cpu_sets(8, range(192), nodes)
+    assert [host_cpus.format_cpu_list(cpus) for cpus in sets] == [
+        "0-23", "24-47", "48-71", "72-95", "96-119", "120-143", "144-167", "168-191"]
+    # A container's cpuset narrows what there is to share: two nodes' worth, four ranks.
+    sets = host_cpus.rank_cpu_sets(4, list(range(0, 16)) + list(range(48, 64)), nodes)
+    assert [host_cpus.format_cpu_list(cpus) for cpus in sets] == ["0-7", "8-15", "48-55", "56-63"]
+    # Fewer ranks than nodes: each rank takes whole nodes.
+    sets = host_cpus.rank_cpu_sets(2, range(192), nodes)
+    assert [host_cpus.format_cpu_list(cpus) for cpus in sets] == ["0-95", "96-191"]
+    # No NUMA information: the cores the launcher may use, split evenly; fewer cores than ranks: no binding.
+    assert [host_cpus.format_cpu_list(cpus) for cpus in host_cpus.rank_cpu_sets(2, range(6), [])] == ["0-2", "3-5"]
+    assert host_cpus.rank_cpu_sets(4, range(2), []) is None
+    assert host_cpus.parse_cpu_list("0-3,8,10-11") == [0, 1, 2, 3, 8, 10, 11]
+    with pytest.raises(ConfigError, match="UNET3D_NPU_CPUS: '3-1' has a range running backwards"):
+        host_cpus.parse_cpu_list("3-1", "UNET3D_NPU_CPUS")
+
+
+def test_bound_workers_carry_their_cores_and_read_them_back_once(tmp_path):
+    workers = _workers([0, 1], {"PATH": "/bin", "UNET3D_NPU_CPUS": "0-191"}, cpu_sets=[[0, 1, 2], [3, 4, 5]])
+    assert [w.environment["UNET3D_NPU_CPUS"] for w in workers] == ["0-2", "3-5"]
+    assert [w.cpus for w in workers] == [(0, 1, 2), (3, 4, 5)]
+    assert launcher.launched_rank(workers[1].environment).cpus == (3, 4, 5)
+    # Unbound: an inherited value does not pass for a binding.
+    unbound = _workers([0, 1], {"UNET3D_NPU_CPUS": "0-191"})
+    assert all("UNET3D_NPU_CPUS" not in w.environment and w.cpus == () for w in unbound)
+    assert launcher.launched_rank(unbound[0].environment).cpus == ()
+    with pytest.raises(ConfigError, match="UNET3D_NPU_CPUS is set by the launcher itself"):
+        _workers([0, 1], {}, extra_environment={"UNET3D_NPU_CPUS": "0"})
+    # A rank's session pools: its bound cores, else the host's cores shared by the ranks on it.
+    assert host_cpus.session_threads((0, 1, 2), 8) == 3
+    assert host_cpus.session_threads((), 1) == len(os.sched_getaffinity(0))
+    assert host_cpus.session_threads((), 10 ** 6) == 1
+
+
+def test_a_bound_worker_process_runs_on_its_cores(tmp_path):
+    """The launcher binds each worker before it starts (the worker sees only its cores)."""
+    mine = sorted(os.sched_getaffinity(0))
+    workers = _workers([0], {"PATH": os.environ.get("PATH", "")}, cpu_sets=[mine[:1]])
+    workers[0].log_path = str(tmp_path / "Device-0" / "train.log")
+    with open(os.devnull, "w") as quiet:
+        show = "import os; print(sorted(os.sched_getaffinity(0)))"
+        code = launcher.run_workers(workers, [sys.executable, "-c", show], stream=quiet)
+    assert code == 0
+    assert (tmp_path / "Device-0" / "train.log").read_text().strip() == str(mine[:1])

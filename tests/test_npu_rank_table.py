@@ -59,8 +59,28 @@ def test_version_1_0_still_requires_server_count_and_device_ip():
         validate_rank_table(table)
     table = _table(_server("node_0", [0, 1], 0))
     del table["server_list"][0]["device"][1]["device_ip"]
-    with pytest.raises(ConfigError, match=r"server_list\[0\].device\[1\]: missing field 'device_ip'"):
+    with pytest.raises(ConfigError, match=r"server_list\[0\].device\[1\]: missing field 'device_ip' \(HCCL needs "
+                                          r"it on Atlas 910\)"):
         validate_rank_table(table)
+
+
+def test_a_one_server_a2_or_a3_table_without_device_ip_is_accepted_but_not_across_servers():
+    """HCCL's rank_table_config_a2.md/_a3.md: device_ip is optional in a one-server version 1.0 table on
+    Atlas A2/A3 (the 910B's HCCS links), required on several servers; on Atlas 910 it is always required."""
+    one = _table(_server("node_0", range(8), 0))
+    for device in one["server_list"][0]["device"]:
+        del device["device_ip"]
+    for chip in ("910b", "910_93"):
+        parsed = validate_rank_table(one, "a2.json", chip=chip)
+        assert [device.device_ip for device in parsed.devices] == [""] * 8
+    with pytest.raises(ConfigError, match=r"a2.json: server_list\[0\].device\[0\]: missing field 'device_ip' "
+                                          r"\(HCCL needs it on Atlas 910\)"):
+        validate_rank_table(one, "a2.json", chip="910")
+    two = _table(_server("node_0", [0, 1], 0), _server("node_1", [0, 1], 2))
+    del two["server_list"][1]["device"][0]["device_ip"]
+    with pytest.raises(ConfigError, match=r"server_list\[1\].device\[0\]: missing field 'device_ip' \(HCCL needs "
+                                          r"it when the table spans several servers\)"):
+        validate_rank_table(two, "a2.json", chip="910b")
 
 
 def _interleaved():

@@ -46,6 +46,7 @@ class CoreSettings:
         benchmark: ``--benchmark``: time steps, write no checkpoint.
         warmup_steps: untimed steps before a benchmark's timing starts.
         seed: the run's seed.
+        cache: ``--cache``: the training cases are read into memory before the first step.
     """
 
     backend: str
@@ -56,6 +57,7 @@ class CoreSettings:
     benchmark: bool = False
     warmup_steps: int = 0
     seed: int = 0
+    cache: bool = False
 
     @property
     def trains(self) -> bool:
@@ -129,8 +131,10 @@ class DistributedStrategy:
     Backends subclass this in their ``unet3d_distributed_strategy`` hook. The
     core calls the methods below at fixed points of a run:
 
-    - ``rank``, ``size``, ``local_rank``, ``is_chief``: read at start-up; only
-      the chief writes checkpoints, logs and predictions.
+    - ``rank``, ``size``, ``local_rank``, ``local_size``, ``is_chief``: read
+      at start-up; only the chief writes checkpoints, logs and predictions;
+      ``local_size`` (the workers on this host) lets a backend share the host's
+      cores among them.
     - ``wrap_optimizer(optimizer)``: once, after mixed precision wrapping.
     - ``broadcast_initial_variables_op()``: once, after variables are
       initialised or restored; the op is run before the first step.
@@ -158,6 +162,10 @@ class DistributedStrategy:
     @property
     def local_rank(self) -> int:
         return 0
+
+    @property
+    def local_size(self) -> int:
+        return 1
 
     @property
     def is_chief(self) -> bool:
@@ -188,11 +196,13 @@ class DistributedStrategy:
 
 @dataclass(frozen=True)
 class WorkerIdentity:
-    """This process's place in the job: its rank among ``size`` workers and on its host."""
+    """This process's place in the job: its rank among ``size`` workers, and among the ``local_size`` workers
+    on its host."""
 
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1
 
     @property
     def is_chief(self) -> bool:
@@ -201,7 +211,8 @@ class WorkerIdentity:
     @classmethod
     def of(cls, strategy: "DistributedStrategy") -> "WorkerIdentity":
         """The identity the backend's strategy established (from its launcher)."""
-        return cls(rank=int(strategy.rank), size=int(strategy.size), local_rank=int(strategy.local_rank))
+        return cls(rank=int(strategy.rank), size=int(strategy.size), local_rank=int(strategy.local_rank),
+                   local_size=int(strategy.local_size))
 
 
 def optional_import(module_name: str) -> Optional[object]:

@@ -138,8 +138,7 @@ def unet3d_layer_ops(options):
 
 @hookimpl
 def unet3d_session_config(config, options, strategy):
-    # Processes sharing a machine share its cores.
-    local_processes = int(os.environ.get("HOROVOD_LOCAL_SIZE", "1"))
-    config.intra_op_parallelism_threads = options.cpu_threads or max(1, _cpu_count() // local_processes)
+    # Processes sharing a machine share its cores (the strategy knows how many run here).
+    config.intra_op_parallelism_threads = options.cpu_threads or max(1, _cpu_count() // strategy.local_size)
     config.inter_op_parallelism_threads = options.cpu_inter_op_threads
     return config

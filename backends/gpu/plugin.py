@@ -127,8 +127,7 @@ def unet3d_session_config(config, options, strategy):
     config.gpu_options.allow_growth = True
     config.gpu_options.visible_device_list = str(strategy.local_rank)  # one GPU per process
     # Input-pipeline and host ops: a share of the cores per local process.
-    local_processes = int(os.environ.get("HOROVOD_LOCAL_SIZE", "1"))
-    config.intra_op_parallelism_threads = max(1, (os.cpu_count() or 1) // local_processes)
+    config.intra_op_parallelism_threads = max(1, (os.cpu_count() or 1) // strategy.local_size)
     if options.xla:
         config.graph_options.optimizer_options.global_jit_level = tf.compat.v1.OptimizerOptions.ON_1
     return config

@@ -35,9 +35,12 @@ PRECISION_MODES_V2 = ("fp16", "origin", "cube_fp16in_fp32out", "mixed_float16", 
 # but the reference's code sets force_fp32 (runtime/setup.py): --precision_mode force_fp32 for its numbers.
 DEFAULT_PRECISION_MODE = "allow_fp32_to_fp16"
 # The seed's run config: iterations_per_loop 100 (10 with --benchmark); ours is the largest divisor of the
-# steps per device not above these, so that every run performs whole loops.
+# steps per device not above these, so that every run performs whole loops, and never below LOOP_FLOOR
+# (unless one loop holds the whole run): steps per device with no divisor there are rounded up to a
+# multiple of LOOP_FLOOR, which adds fewer than LOOP_FLOOR steps per device.
 LOOP_LIMIT = 100
 BENCHMARK_LOOP_LIMIT = 10
+LOOP_FLOOR = 10
 # HCCL's documented ranges, in seconds (hicann/hccl docs/zh/user_guide/hccl_env/HCCL_CONNECT_TIMEOUT.md:7-9 and
 # HCCL_EXEC_TIMEOUT.md:33-37, the Atlas training series (910); HCCL applies the latter in multiples of 68 s).
 HCCL_CONNECT_TIMEOUT_RANGE = (120, 7200)
@@ -417,13 +420,15 @@ def _largest_divisor(number: int, limit: int) -> int:
     return max(divisor for divisor in range(1, max(1, min(number, limit)) + 1) if number % divisor == 0)
 
 
-def iterations_per_loop(options, steps: int) -> Tuple[int, str]:
-    """(steps per session.run, how it was chosen) for ``steps`` training steps per device.
+def iterations_per_loop(options, steps: int) -> Tuple[int, str, int]:
+    """(steps per session.run, how it was chosen, training steps per device) for ``steps`` steps per device.
 
-    ``--iterations_per_loop auto`` (the default) follows the seed: 100, or 10 with ``--benchmark``,
-    or the largest divisor of the steps per device below that (with ``--benchmark`` also of
-    ``--warmup_steps``, so that no timed run holds warm-up steps); 1 with ``--mix_compile_mode``
-    and outside training.
+    ``--iterations_per_loop auto`` (the default) follows the seed: 100, or 10 with ``--benchmark``, or the
+    largest divisor of the steps per device below that (with ``--benchmark`` also of ``--warmup_steps``, so
+    that no timed run holds warm-up steps). A loop below ``LOOP_FLOOR`` (10) costs a host round trip every few
+    steps, so where the only divisors are smaller, the steps per device are rounded up to a multiple of
+    ``LOOP_FLOOR`` (the third value; the core trains that many) instead, unless one loop holds the whole run.
+    1 with ``--mix_compile_mode`` and outside training.
     """
     given = options.iterations_per_loop
     if given is not None:
@@ -435,19 +440,26 @@ def iterations_per_loop(options, steps: int) -> Tuple[int, str]:
         if steps % given:
             raise ConfigError("--iterations_per_loop {}: the {} steps per device must be a multiple of it "
                               "(adjust --max_steps)".format(given, steps))
-        return given, "given"
+        return given, "given", steps
     if options.mix_compile_mode or not options.core.trains:
-        return 1, "auto: 1 {}".format("with --mix_compile_mode" if options.mix_compile_mode else "outside training")
+        return 1, "auto: 1 {}".format("with --mix_compile_mode" if options.mix_compile_mode
+                                      else "outside training"), steps
     benchmark = options.core.benchmark
     limit = BENCHMARK_LOOP_LIMIT if benchmark else LOOP_LIMIT
     warmup = options.core.warmup_steps if benchmark else 0
     chosen = _largest_divisor(math.gcd(steps, warmup) if warmup else steps, limit)
     seed = "auto: the seed's {}{}".format(limit, " with --benchmark" if benchmark else "")
     if chosen == limit:
-        return chosen, seed
+        return chosen, seed, steps
+    if chosen < LOOP_FLOOR and chosen != steps and warmup % LOOP_FLOOR == 0:
+        rounded = -(-steps // LOOP_FLOOR) * LOOP_FLOOR
+        chosen = _largest_divisor(math.gcd(rounded, warmup) if warmup else rounded, limit)
+        return chosen, "{}; the {} steps per device have no divisor from {} to {}, so they are rounded up to " \
+                       "{}, of which {} is the largest divisor up to {}".format(
+                           seed, steps, LOOP_FLOOR, limit, rounded, chosen, limit), rounded
     return chosen, "{}, lowered to the largest divisor of the {} steps per device{}; with a multiple of {} " \
                    "there it would be {}".format(seed, steps, " and the {} warm-up steps".format(warmup) if warmup
-                                                 else "", limit, limit)
+                                                 else "", limit, limit), steps
 
 
 def timeout_range(variable: str, chip: str) -> Tuple[int, int]:
@@ -514,7 +526,7 @@ def _check_combinations(parameters: Dict[str, Value]) -> None:
             raise ConfigError("--npu_option: {} (the adapter's rule)".format(message))
 
 
-def validate(options, total_steps_per_worker: int, chip: str = rank_table.CHIP_910) -> Tuple[int, str]:
+def validate(options, total_steps_per_worker: int, chip: str = rank_table.CHIP_910) -> Tuple[int, str, int]:
     """Flag rules of the adapter, checked before anything starts; returns :func:`iterations_per_loop`'s answer."""
     if options.precision_mode_v2 and options.precision_mode:
         raise ConfigError("--precision_mode {} and --precision_mode_v2 {}: the adapter takes one of them, not both "

@@ -25,8 +25,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
+from backends.npu.host_cpus import CPUS_VARIABLE, format_cpu_list, parse_cpu_list
 from backends.npu.rank_table import MAX_DEVICES_PER_SERVER
 from unet3d_core.distributed import die_with_parent
 from unet3d_core.errors import ConfigError
@@ -46,7 +47,8 @@ DEVICE_FOLDER = "/dev"
 _DEVICE_FILE = re.compile(r"^davinci(\d+)$")
 _MOUNTED_ENTRY = re.compile(r"^(?:(\d+)|(\d+)-(\d+)|[A-Za-z][A-Za-z0-9]*-(\d+))$")
 # The variables every worker gets from the launcher; extra_environment may not set them.
-_LAUNCHER_VARIABLES = ("RANK_TABLE_FILE", "RANK_SIZE", "RANK_ID", "ASCEND_DEVICE_ID", "JOB_ID", WORKER_VARIABLE)
+_LAUNCHER_VARIABLES = ("RANK_TABLE_FILE", "RANK_SIZE", "RANK_ID", "ASCEND_DEVICE_ID", "JOB_ID", WORKER_VARIABLE,
+                       CPUS_VARIABLE)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class LaunchedRank:
     size: int  # RANK_SIZE
     device_id: int  # ASCEND_DEVICE_ID: logical, among the devices visible to the process
     job_id: str  # JOB_ID
+    cpus: Tuple[int, ...] = ()  # UNET3D_NPU_CPUS: the host cores the launcher bound it to; () = not bound
 
 
 def launched_rank(environment: Dict[str, str]) -> Optional[LaunchedRank]:
@@ -76,7 +79,8 @@ def launched_rank(environment: Dict[str, str]) -> Optional[LaunchedRank]:
             environment["RANK_ID"], environment["RANK_SIZE"], environment["ASCEND_DEVICE_ID"])) from None
     if not 0 <= rank < size:
         raise ConfigError("RANK_ID={} is not a rank of RANK_SIZE={}".format(rank, size))
-    return LaunchedRank(rank, size, device, environment["JOB_ID"])
+    cpus = tuple(parse_cpu_list(environment.get(CPUS_VARIABLE, ""), CPUS_VARIABLE))
+    return LaunchedRank(rank, size, device, environment["JOB_ID"], cpus)
 
 
 @dataclass
@@ -87,6 +91,7 @@ class Worker:
     log_path: str
     process: Optional[subprocess.Popen] = None
     logical_device_id: Optional[int] = None  # its ASCEND_DEVICE_ID
+    cpus: Tuple[int, ...] = ()  # the host cores it is bound to; () = not bound
 
 
 @dataclass(frozen=True)
@@ -189,13 +194,16 @@ def logical_device_id(physical_device: int, visibility: Visibility) -> int:
 def worker_environments(*, table, server_id: str, table_path: str, job_id: str, model_dir: str,
                         base: Dict[str, str], hccl_connect_timeout: Optional[int] = None,
                         extra_environment: Optional[Dict[str, str]] = None,
-                        device_folder: str = DEVICE_FOLDER) -> List[Worker]:
+                        device_folder: str = DEVICE_FOLDER,
+                        cpu_sets: Optional[Sequence[Sequence[int]]] = None) -> List[Worker]:
     """The workers this server starts: one per device of ``server_id`` in the rank table.
 
     Args:
         base: the environment the workers inherit (also what decides which devices they see).
         extra_environment: more variables for every worker, e.g. ``HCCL_EXEC_TIMEOUT``; not the
             launcher's own (``RANK_ID``, ``ASCEND_DEVICE_ID``, ...).
+        cpu_sets: the host cores of each of this server's workers, in rank order
+            (:func:`backends.npu.host_cpus.binding_for`); None: not bound.
     Raises:
         ConfigError: ``CM_*`` variables are set, an extra variable is one the launcher sets, or a
             device of this server is not visible to the processes.
@@ -219,9 +227,15 @@ def worker_environments(*, table, server_id: str, table_path: str, job_id: str, 
     if visibility.assumed:
         sys.stderr.write("[npu] note: {}; assuming every device is visible, so ASCEND_DEVICE_ID is the rank "
                          "table's device_id\n".format(visibility.source))
+    if cpu_sets is not None and len(cpu_sets) != len(devices):
+        raise ConfigError("{} CPU sets for the {} ranks of server {}".format(len(cpu_sets), len(devices), server_id))
     workers = []
-    for device in devices:
+    for index, device in enumerate(devices):
+        cpus = tuple(cpu_sets[index]) if cpu_sets is not None else ()
         environment = dict(inherited)
+        environment.pop(CPUS_VARIABLE, None)
+        if cpus:
+            environment[CPUS_VARIABLE] = format_cpu_list(cpus)
         environment.update({
             "RANK_TABLE_FILE": os.path.abspath(table_path),
             "RANK_SIZE": str(table.size),
@@ -234,8 +248,18 @@ def worker_environments(*, table, server_id: str, table_path: str, job_id: str, 
             environment["HCCL_CONNECT_TIMEOUT"] = str(hccl_connect_timeout)
         log_path = os.path.join(model_dir, "Device-{}".format(device.device_id), "train.log")
         workers.append(Worker(device.rank_id, device.device_id, environment, log_path,
-                              logical_device_id=logical[device.device_id]))
+                              logical_device_id=logical[device.device_id], cpus=cpus))
     return workers
+
+
+def _starter(cpus: Sequence[int]):
+    """``preexec_fn`` of a worker: it dies with the launcher, and runs on ``cpus`` when given."""
+    def start() -> None:
+        die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return start
 
 
 def _tail(path: str, lines: int = 15) -> List[str]:
@@ -277,7 +301,7 @@ def run_workers(workers: List[Worker], command: List[str], stream=None, poll_sec
             with open(worker.log_path, "w") as log:
                 worker.process = subprocess.Popen(command, env=worker.environment, stdout=log,
                                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                  preexec_fn=die_with_parent)
+                                                  preexec_fn=_starter(worker.cpus))
         position = 0
         while True:
             position = _stream_new(streamed.log_path, position, stream)

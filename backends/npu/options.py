@@ -17,6 +17,7 @@ class LoopSize:
 
     iterations: int
     reason: str  # "given", or how auto chose it
+    steps_per_device: int = 0  # the training steps each device runs: the core's share, or that rounded up
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class NpuOptions:
     mix_compile_mode: bool = False
     npu_option: List[str] = field(default_factory=list)
     npu_loss_scale: float = 1.0
+    npu_cpu_binding: str = "auto"
     npu_split_strategy: Optional[Tuple[str, Tuple[Union[int, float], ...]]] = None  # ("idx"|"size", values)
     no_sync_mode_patch: bool = False
     npu_chip: str = "auto"

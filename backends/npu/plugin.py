@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 
 from backends.npu import adapter as npu_adapter
-from backends.npu import check, devices, diagnostics, launcher, rank_table, run_devices, sync_mode
+from backends.npu import check, devices, diagnostics, host_cpus, launcher, rank_table, run_devices, sync_mode
 from backends.npu import config as npu_config
 from backends.npu.options import LoopSize, NpuOptions
 from backends.npu.strategy import HcclStrategy, loss_scaling_optimizer
@@ -31,6 +31,12 @@ from unet3d_core.distributed import steps_per_worker
 from unet3d_core.errors import BackendError, ConfigError
 
 INSTALL_HINT = npu_adapter.INSTALL_HINT
+# --cache on several ranks: the first step waits for the whole share; the others wait for the slowest in HCCL.
+CACHE_NOTE = ("note: --cache: each rank reads and decodes its whole share of the training cases (about 80 MB each "
+              "with uint16 storage) before its first step; ranks that finish first wait in the first gradient "
+              "allreduce, which fails after HCCL_EXEC_TIMEOUT (1836 s by default on Atlas 910): raise "
+              "--hccl_exec_timeout for a large data set, or train without --cache, which bound host cores feed fast "
+              "enough (docs/npu.md)")
 DEFAULT_HCCN_CONF = "/etc/hccn.conf"
 
 
@@ -151,6 +157,10 @@ def unet3d_add_options(group):
     group.add_argument("--npu_loss_scale", type=float, default=1.0,
                        help="< 1: none; 1: dynamic (from 2^32, x2 after 1000 good steps, x0.5 after 2 overflows); "
                             "> 1: fixed at that value (default 1)")
+    group.add_argument("--npu_cpu_binding", choices=host_cpus.BINDING_CHOICES, default="auto",
+                       help="host cores of the ranks this server starts: auto (default) binds each rank to its own "
+                            "share of the cores, NUMA node by node, as the reference's taskset lines did; off leaves "
+                            "them unbound (their thread pools are then capped at the cores / ranks)")
     group.add_argument("--npu_split_strategy", type=_split_strategy_flag, default=None,
                        metavar="idx:I1,I2,...|size:P1,P2,...",
                        help="how HCCL splits the gradient allreduce into segments (set after HCCL starts): by the "
@@ -251,8 +261,14 @@ def unet3d_backend_options(flags, core):
     elif options.launched is None and "ASCEND_DEVICE_ID" not in os.environ:
         _single_device(options)  # the device must be visible before anything is built
     # The adapter's flag rules and --iterations_per_loop, checked before anything starts; the loop size is a
-    # field of the options from here on.
-    return replace(options, loop=_loop_size(options))
+    # field of the options from here on. Where auto rounds the steps per device up, the job's --max_steps
+    # becomes that many on every rank (the core trains what options.core says).
+    ranks = _rank_count(options)
+    loop = _loop_size(options, ranks)
+    core = options.core
+    if loop.steps_per_device > steps_per_worker(core.max_steps, ranks):
+        core = replace(core, max_steps=loop.steps_per_device * ranks)
+    return replace(options, loop=loop, core=core)
 
 
 def _rank_count(options: NpuOptions) -> int:
@@ -262,8 +278,8 @@ def _rank_count(options: NpuOptions) -> int:
     return options.launched.size if options.launched is not None else 1
 
 
-def _loop_size(options: NpuOptions) -> LoopSize:
-    steps = steps_per_worker(options.core.max_steps, _rank_count(options))
+def _loop_size(options: NpuOptions, ranks: int) -> LoopSize:
+    steps = steps_per_worker(options.core.max_steps, ranks)
     return LoopSize(*npu_config.validate(options, steps, devices.resolve_chip(options.npu_chip)))
 
 
@@ -288,9 +304,12 @@ def unet3d_launch(options, worker_command):
             {device.device_id: device.device_ip for device in table.devices}), table_path)
     server = rank_table.this_server(table, options.server_id if options.rank_table else None)
     job_id = options.job_id or "unet3d-{}-{}".format(os.getpid(), int(time.time()))
+    cpu_sets = host_cpus.binding_for(options.npu_cpu_binding, len(table.devices_of(server)))
     workers = launcher.worker_environments(table=table, server_id=server, table_path=table_path, job_id=job_id,
                                            model_dir=os.path.abspath(options.core.model_dir), base=dict(os.environ),
-                                           extra_environment=_hccl_timeouts(options, len(table.server_ids)))
+                                           extra_environment=_hccl_timeouts(options, len(table.server_ids)),
+                                           cpu_sets=cpu_sets)
+    _say(_describe_binding(options, workers))
     _say("starting {} rank(s) on server {} (devices {}), {} rank(s) in all; rank table {}; logs in {}".format(
         len(workers), server, ",".join(str(worker.device_id) for worker in workers), table.size, table_path,
         os.path.join(options.core.model_dir, "Device-<id>", "train.log")))
@@ -309,6 +328,16 @@ def _hccl_timeouts(options, servers: int = 1):
         _say("HCCL_CONNECT_TIMEOUT {} s for {} servers (HCCL's default 120 s is short for servers that start "
              "apart; --hccl_connect_timeout sets it)".format(variables["HCCL_CONNECT_TIMEOUT"], servers))
     return variables
+
+
+def _describe_binding(options, workers) -> str:
+    if options.npu_cpu_binding == "off":
+        return "host cores: not bound (--npu_cpu_binding off); each rank's thread pools take the cores / ranks"
+    if not any(worker.cpus for worker in workers):
+        return "host cores: not bound ({})".format(
+            "one rank" if len(workers) < 2 else "fewer cores than ranks")
+    return "host cores: " + ", ".join("rank {} on {}".format(worker.rank, host_cpus.format_cpu_list(worker.cpus))
+                                      for worker in workers)
 
 
 def _describe_settings(options) -> str:
@@ -337,6 +366,8 @@ def unet3d_prepare_environment(options):
     diagnostics.create_folders(options)  # the adapter refuses a dump_path that does not exist
     _load_adapter()  # in every process that builds a graph, worker or not
     _say(_describe_settings(options))
+    if options.core.cache and options.core.trains and options.launched is not None and options.launched.size > 1:
+        _say(CACHE_NOTE)
 
 
 def _session_config(options):
@@ -354,6 +385,10 @@ def unet3d_distributed_strategy(options):
 
 @hookimpl
 def unet3d_session_config(config, options, strategy, phase):
+    # The host side of a rank (input pipeline, host ops): its bound cores, else its share of the host's.
+    bound = options.launched.cpus if options.launched is not None else ()
+    threads = host_cpus.session_threads(bound, strategy.local_size if strategy is not None else 1)
+    config.intra_op_parallelism_threads = threads
     if phase == "training":
         resolved = _resolved(options)
     else:  # inference sessions have no device loop (no IterationOp): one step per run

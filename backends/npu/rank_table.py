@@ -11,6 +11,7 @@ value is a string. Version 1.0 (Atlas training series, one or more servers)::
 address); ``device_id`` is the physical device (``/dev/davinciN``). MindSpore's
 ``hccl_tools.py`` also writes ``"host_nic_ip": "reserve"``, which HCCL ignores.
 
+On Atlas A2/A3 a one-server version 1.0 table may leave ``device_ip`` out.
 Version 1.2 (Atlas A3 SuperPoD) makes ``server_count``, ``device_ip`` and
 ``super_device_id`` optional, adds ``host_ip``/port fields and a
 ``super_pod_list`` grouping servers.
@@ -55,7 +56,7 @@ _HCCN_ADDRESS = re.compile(r"^\s*address_(\d+)\s*=\s*(\S+)\s*$")
 class Device:
     server_id: str
     device_id: int
-    device_ip: str  # "" when a version 1.2 table leaves it out
+    device_ip: str  # "" where the table may leave it out (device_ip_required)
     rank_id: int
 
 
@@ -175,7 +176,8 @@ def validate_rank_table(table, source: str = "rank table", chip: str = CHIP_910)
     seen_ips: Dict[str, str] = {}
     for server_index, server in enumerate(servers):
         where = "{}: server_list[{}]".format(source, server_index)
-        devices = _server_devices(server, source, "server_list[{}]".format(server_index), version, seen_ips)
+        devices = _server_devices(server, source, "server_list[{}]".format(server_index), version, seen_ips,
+                                  ip_required=device_ip_required(version, chip, len(servers)))
         server_id = devices[0].server_id
         if server_id in seen_servers:
             raise ConfigError("{}.server_id: '{}' is also the id of {}".format(
@@ -193,8 +195,23 @@ def validate_rank_table(table, source: str = "rank table", chip: str = CHIP_910)
     return RankTable(version, sorted(devices, key=lambda device: device.rank_id))
 
 
-def _server_devices(server, source: str, field: str, version: str, seen_ips: Dict[str, str]) -> List[Device]:
-    """The devices of the ``server_list`` entry at ``field``, each value checked."""
+def device_ip_required(version: str, chip: str, servers: int) -> str:
+    """Why each device must name its ``device_ip``, or "" where the table may leave it out. HCCL's rank-table
+    guides (docs/zh/user_guide/cluster_info_config/): version 1.0 on Atlas 910, always
+    (rank_table_config_910.md); version 1.0 on Atlas A2 and A3, on several servers only
+    (rank_table_config_a2.md, rank_table_config_a3.md); version 1.2 (A3 SuperPoD), optional
+    (rank_table_config_a3.md)."""
+    if version != "1.0":
+        return ""
+    if chip == CHIP_910:
+        return "HCCL needs it on Atlas 910"
+    return "HCCL needs it when the table spans several servers" if servers > 1 else ""
+
+
+def _server_devices(server, source: str, field: str, version: str, seen_ips: Dict[str, str],
+                    ip_required: str = "required") -> List[Device]:
+    """The devices of the ``server_list`` entry at ``field``, each value checked; a ``device_ip`` is
+    checked when present and must be there when ``ip_required`` gives a reason."""
     where = "{}: {}".format(source, field)
     if not isinstance(server, dict):
         raise ConfigError("{}: must be an object".format(where))
@@ -223,7 +240,9 @@ def _server_devices(server, source: str, field: str, version: str, seen_ips: Dic
             raise ConfigError("{}.device_id: device {} appears twice on server {}".format(
                 device_where, device_id, server_id))
         device_ip = ""
-        if version == "1.0" or "device_ip" in entry:  # optional in 1.2 only
+        if ip_required and "device_ip" not in entry:
+            raise ConfigError("{}: missing field 'device_ip' ({})".format(device_where, ip_required))
+        if "device_ip" in entry:
             device_ip = _string(entry, "device_ip", device_where)
             _check_ip(device_ip, device_where + ".device_ip")
             if device_ip in seen_ips:

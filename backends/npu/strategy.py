@@ -5,12 +5,26 @@ Both are built only from names the adapter exports in its ``npu_init`` (``npu_br
 """
 from __future__ import annotations
 
+import importlib
+from typing import Dict, List, Sequence
+
 import numpy as np
 
 from backends.npu import adapter as npu_adapter
 from backends.npu import config as npu_config
+from backends.npu import float_status
 from unet3d_core.errors import BackendError
 from unet3d_core.types import DistributedStrategy, WrappedOptimizer
+
+
+def broadcast_groups(variables: Sequence) -> List[List]:
+    """``variables`` grouped by data type, in first-seen order: one HcomBroadcast each. HCCL broadcasts one
+    buffer of one ``HcclDataType`` per call (hicann/hccl docs/zh/api_ref/comm_op_interface/HcclBroadcast.md),
+    so the float32 weights and slots go together and the int64 global step alone."""
+    groups: Dict[str, List] = {}
+    for variable in variables:
+        groups.setdefault(variable.dtype.base_dtype.name, []).append(variable)
+    return list(groups.values())
 
 
 class HcclStrategy(DistributedStrategy):
@@ -40,6 +54,7 @@ class HcclStrategy(DistributedStrategy):
         self._rank = int(npu_init.get_rank_id())
         self._size = int(npu_init.get_rank_size())
         self._local_rank = int(npu_init.get_local_rank_id())
+        self._local_size = int(npu_init.get_local_rank_size())
         if split is not None:  # HCCL takes the split strategy once it started, before the first allreduce
             kind, values = split
             setter = getattr(npu_init, "set_split_strategy_by_" + kind)
@@ -61,6 +76,10 @@ class HcclStrategy(DistributedStrategy):
     def local_rank(self) -> int:
         return self._local_rank
 
+    @property
+    def local_size(self) -> int:
+        return self._local_size
+
     def wrap_optimizer(self, optimizer):
         return self._npu.NPUDistributedOptimizer(optimizer)
 
@@ -68,9 +87,13 @@ class HcclStrategy(DistributedStrategy):
         import tensorflow as tf
 
         tf1 = tf.compat.v1
-        variables = tf1.global_variables()  # weights, optimizer slots and the global step
-        received = self._npu.hccl_ops.broadcast(variables, 0)  # one collective for the whole list
-        return tf.group(*[tf1.assign(variable, value) for variable, value in zip(variables, received)])
+        assignments, previous = [], []
+        for group in broadcast_groups(tf1.global_variables()):
+            with tf.control_dependencies(previous):  # the same order on every rank: no two wait on each other
+                received = self._npu.hccl_ops.broadcast(group, 0)
+            previous = received
+            assignments += [tf1.assign(variable, value) for variable, value in zip(group, received)]
+        return tf.group(*assignments)
 
     def allreduce_sum(self, values: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -108,9 +131,11 @@ def loss_scaling_optimizer(adapter, optimizer, kind: str, scale: float, distribu
 
     With the 1.x adapter: its NPULossScaleOptimizer and loss-scale managers (is_distributed reduces the
     overflow flag across ranks). The 2.x adapter's compat.v1 has neither (removed by
-    upgrade_tf1_compat_tf2.py), so TensorFlow's MixedPrecisionLossScaleOptimizer is used: it sees an overflow
-    as an inf/NaN gradient, which needs the device's INF/NaN mode (the Atlas A2 default); the gradients it
-    checks are already reduced, so all ranks skip the same steps.
+    upgrade_tf1_compat_tf2.py). In the device's INF/NaN mode (the Atlas A2 default) TensorFlow's
+    MixedPrecisionLossScaleOptimizer is used: it sees an overflow as an inf/NaN gradient; the gradients it
+    checks are already reduced, so all ranks skip the same steps. In saturation mode (Atlas 910), where an
+    overflow gives no inf/NaN, the device's float status is read instead, as the 2.x adapter's own optimiser
+    does (:mod:`backends.npu.float_status`).
     """
     npu_init = adapter.npu_init
     inner = npu_init.NPUDistributedOptimizer(optimizer) if distributed else optimizer
@@ -125,7 +150,9 @@ def loss_scaling_optimizer(adapter, optimizer, kind: str, scale: float, distribu
         # The adapter's order: loss scaling outside, the distributed reduction inside.
         wrapped = npu_init.NPULossScaleOptimizer(inner, manager, is_distributed=distributed)
         return _reporting_loss_scale(wrapped, manager.get_loss_scale, distributed)
-    _require_inf_nan_mode()
+    if not _inf_nan_mode():
+        return float_status.float_status_loss_scaling(importlib.import_module("npu_device").gen_npu_ops,
+                                                      npu_init.hccl_ops.allreduce, inner, kind, scale, distributed)
     import tensorflow as tf
 
     tf1 = tf.compat.v1
@@ -152,13 +179,7 @@ def _reporting_loss_scale(optimizer, loss_scale, distributed: bool) -> WrappedOp
                             step_metrics=lambda: {"loss_scale": loss_scale()})
 
 
-def _require_inf_nan_mode() -> None:
-    """TensorFlow's loss scaling sees an overflow only as inf/NaN: refuse it when the device saturates instead."""
-    import importlib
-
-    device = importlib.import_module("npu_device")
-    if not device.is_inf_nan_enabled():
-        raise BackendError("--npu_loss_scale with the TF 2 adapter: the device is in saturation mode, where "
-                           "overflows give no inf/NaN and TensorFlow's loss scaling cannot see them "
-                           "(npu_device.is_inf_nan_enabled() is false, as on Atlas 910); pass --npu_loss_scale 0, "
-                           "or use the TF 1.15 adapter, whose NPULossScaleOptimizer reads the overflow flag")
+def _inf_nan_mode() -> bool:
+    """Whether the device gives inf/NaN on overflow (``npu_device.is_inf_nan_enabled()``); false on Atlas 910,
+    which saturates."""
+    return bool(importlib.import_module("npu_device").is_inf_nan_enabled())

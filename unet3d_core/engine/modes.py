@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -17,6 +18,7 @@ from unet3d_core.data.layouts import LAYOUTS
 from unet3d_core.engine.run_config import RunConfig, process_core_settings, process_options
 from unet3d_core.engine.run_flags import CommandFlags
 from unet3d_core.engine.trainer import train
+from unet3d_core.errors import BackendError
 from unet3d_core.evaluation import metrics as metrics_lib
 from unet3d_core.evaluation.evaluate import EVAL_RESULTS, evaluate, evaluation_is_current
 from unet3d_core.evaluation.postprocessing import POSTPROCESSING_FILE, choose_for_cross_validation
@@ -34,11 +36,28 @@ def _loggable(options: CommandFlags) -> Dict:
             if isinstance(value, (int, float, str, bool, list, tuple)) or value is None}
 
 
+def with_backend_steps(config: RunConfig, runtime: Runtime) -> RunConfig:
+    """``config`` with the training steps the backend's options settled on: a backend may round ``--max_steps``
+    up (the npu backend, to keep its device loop at 10 steps or more), never down."""
+    core = getattr(runtime.options, "core", None)
+    asked = config.training.max_steps
+    steps = asked if core is None or not config.trains else int(core.max_steps)
+    if steps == asked:
+        return config
+    if steps < asked:
+        raise BackendError("backend '{}' lowered --max_steps {} to {}: a backend may only round it up".format(
+            runtime.backend.name, asked, steps))
+    note = "--max_steps {} rounded up to {} by the {} backend (its log line says why)".format(
+        asked, steps, runtime.backend.name)
+    return replace(config, training=replace(config.training, max_steps=steps), notes=config.notes + (note,))
+
+
 def run_fold(config: RunConfig, *, options: CommandFlags, runtime: Runtime, reuse_evaluation=False) -> Dict:
     """Run ``config.exec_mode`` for one fold (or one raw prediction folder) with ``options`` resolved for it."""
     import tensorflow as tf
 
     runtime = runtime.for_run(runtime.backend.backend_options(options, config.core_settings()))
+    config = with_backend_steps(config, runtime)
     if runtime.worker.is_chief:
         os.makedirs(config.model_dir, exist_ok=True)
     check_shared_folder(runtime.strategy, config.model_dir)  # before any rank waits for another

@@ -123,7 +123,8 @@ class RunConfig:
         training = self.training
         return CoreSettings(backend=self.backend, exec_mode=self.exec_mode, model_dir=self.model_dir,
                             max_steps=training.max_steps, batch_size=training.batch_size,
-                            benchmark=training.benchmark, warmup_steps=training.warmup_steps, seed=training.seed)
+                            benchmark=training.benchmark, warmup_steps=training.warmup_steps, seed=training.seed,
+                            cache=training.cache)
 
     def network_record(self) -> Dict:
         """The ``network`` section of ``run.json``."""

@@ -6,18 +6,60 @@
   sessions with an NpuOptimizer go to the device (the fake's hooks, npu_device.compat.v1._tf_adapter).
 * ``is_inf_nan_enabled()`` (67-69): the device's saturation mode is 1 (INF/NaN). The fake's mode is
   $FAKE_NPU_SAT_MODE (default 1, Atlas A2's), or what ``set_device_sat_mode`` set.
+* ``gen_npu_ops`` (49-50, ``_npu_ops.so``): of its ops the fake has the two float-status ops the adapter's
+  loss scaling uses (train/optimizer/npu_loss_scale_optimizer.py:33-49), as registered in
+  tf_adapter/ops/aicore/npu_mixed_precesion_ops.cc: ``npu_get_float_status_v2()`` (51-57: no input, a
+  stateful int32[8] output, nonzero after an overflow) and ``npu_clear_float_status_v2()`` (74-78: no input,
+  no output, stateful). The device's overflow register is a process-wide array here. What sets it: the
+  AI Core flags an op that overflowed; the fake, which runs on the CPU, counts the ops the status read is
+  ordered after (its control dependencies, as the adapter always builds it) and flags a non-finite float
+  output among them, the value the device would have saturated.
 """
 import importlib
 import os
 
+import numpy as np
 import tensorflow as tf
 
 _device_instances = {}  # device id -> the eager device (never filled: open is not faked)
 _sat_mode = [None]
 
 
+_FLOAT_STATUS = np.zeros(8, np.int32)  # the device's overflow register
+
+
+def _record(name, **arguments):
+    importlib.import_module("npu_device.compat.v1").record(name, **arguments)
+
+
 class _GenNpuOps(object):
-    """Stand-in for the loaded _npu_ops.so; unet3d's session-run path uses none of its ops."""
+    """Stand-in for the loaded _npu_ops.so: the float-status ops (see the module docstring)."""
+
+    @staticmethod
+    def npu_get_float_status_v2(name=None):
+        graph = tf.compat.v1.get_default_graph()
+        executed = [tensor for op in graph._current_control_dependencies() for tensor in op.outputs
+                    if tensor.dtype.is_floating]
+        _record("npu_get_float_status_v2", ordered_after=len(executed))
+
+        def read(*values):
+            if any(not np.all(np.isfinite(value)) for value in values):
+                _FLOAT_STATUS[0] = 1
+            return _FLOAT_STATUS.copy()
+
+        status = tf.compat.v1.py_func(read, executed, tf.int32, stateful=True, name=name or "NpuGetFloatStatusV2")
+        status.set_shape([8])
+        return status
+
+    @staticmethod
+    def npu_clear_float_status_v2(name=None):
+        _record("npu_clear_float_status_v2")
+
+        def clear():
+            _FLOAT_STATUS[:] = 0
+            return np.int32(0)
+
+        return tf.compat.v1.py_func(clear, [], tf.int32, stateful=True, name=name or "NpuClearFloatStatusV2").op
 
 
 gen_npu_ops = _GenNpuOps()

@@ -14,6 +14,11 @@
 * Compiling applies the checks of ``OMPartitionSubgraphsPass::ProcessGraph``
   (tf_adapter/optimizers/om_partition_subgraphs_pass.cc:2317-...) to the pruned graph of that run, among
   them the one-shot-iterator rule.
+* Float64 on the device: the AI Core has no float64 kernels (hicann/ops-nn: e.g. SoftmaxV2's AI Core
+  definition activation/softmax_v2/op_host/softmax_v2_def.cpp lists DT_FLOAT, DT_FLOAT16 and DT_BF16, its
+  AI CPU one op_kernel_aicpu/softmax_v2_aicpu_def.cpp adds DT_DOUBLE), so GE places an op reading or
+  writing float64 on the AI CPU: one more task per step, and data copied between the two. Each compiled
+  device graph records those ops (``"aicpu_float64": [op names]``).
 * The device loop: with ``iterations_per_loop`` N > 1 in the parameter map, a graph holding the node named
   ``IterationOp`` is run N times by one ``Session.run`` (GeOp: tf_adapter/kernels/geop_npu.cc:462 reads N,
   :1545-1548 finds IterationOp, :1148-1150 and :1248-1250 hand the loop to GE). The fake runs the
@@ -218,7 +223,13 @@ def _compile(state, key, tensors, targets, feeds):
     state.graphs[key] = (loop_op if iterations > 1 else None, iterations if iterations > 1 else 1)
     record("compile_graph", session=state.id, graphs=len(state.graphs), on_device=on_device,
            feeds=list(key[0]), fetches=list(key[1]), targets=list(key[2]),
-           iterations_per_run=state.graphs[key][1])
+           iterations_per_run=state.graphs[key][1], aicpu_float64=_float64_ops(ops) if on_device else [])
+
+
+def _float64_ops(ops):
+    """The ops of a device graph that read or write float64: AI CPU's, not AI Core's (see the docstring)."""
+    return sorted(op.name for op in ops
+                  if any(t.dtype.base_dtype == tf.float64 for t in list(op.inputs) + list(op.outputs)))
 
 
 def _run_hook(original):

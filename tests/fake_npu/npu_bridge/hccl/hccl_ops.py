@@ -120,8 +120,9 @@ def broadcast(tensor, root_rank, fusion=2, fusion_id=0, group="hccl_world_group"
         raise ValueError("broadcast fusion must be 0 (no fusion) or 2 (fuse by fusion_id), got {} "
                          "(tf_adapter/python/npu_bridge/hccl/hccl_ops.py:66)".format(fusion))
     check_group(group)
-    record("broadcast", count=len(tensor), root_rank=root_rank, fusion=fusion, group=group)
     tensors = [tf.convert_to_tensor(t) for t in tensor]
+    record("broadcast", count=len(tensor), root_rank=root_rank, fusion=fusion, group=group,
+           dtypes=sorted({t.dtype.base_dtype.name for t in tensors}))
     key = tf.compat.v1.get_default_graph().unique_name("HcomBroadcast", mark_as_used=True)
 
     def send(*values):
